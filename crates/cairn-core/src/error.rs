@@ -1,0 +1,69 @@
+//! Errors shared by all crates: the typed validation error and the one list of
+//! stable error codes that the HTTP layer (problem+json `code`) and the CLI
+//! print. A code, once published, never changes meaning.
+
+use std::fmt;
+
+/// Stable, documented error codes. Each crate maps its own error enum onto
+/// these, and the edge (HTTP, CLI, RES) maps these onto its own status space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Input failed validation (bad identifier, empty batch, bad metadata...).
+    InvalidInput,
+    /// The stream's current version is not what the caller expected.
+    WrongExpectedVersion,
+    /// An event id was reused with different content.
+    IdempotencyConflict,
+    /// The stream was deleted (tombstoned) and accepts no more events.
+    StreamDeleted,
+    /// The stream (or another resource) does not exist.
+    NotFound,
+    /// A stored payload could not be decoded or upcast.
+    Corrupt,
+    /// The backing store failed or could not be reached.
+    Unavailable,
+    /// An unexpected internal error.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's wire name: `snake_case`, stable forever.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::WrongExpectedVersion => "wrong_expected_version",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::StreamDeleted => "stream_deleted",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Corrupt => "corrupt",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A value was rejected before anything was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    /// Which input was wrong (`tenant`, `stream`, `event_type`, `metadata.traceparent`...).
+    pub field: &'static str,
+    /// Why, in words a user can act on.
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
