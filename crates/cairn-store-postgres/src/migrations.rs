@@ -1,0 +1,56 @@
+//! Versioned schema migrations, embedded in the binary and applied on
+//! connect. They run in one transaction under an advisory lock keyed by the
+//! schema name, so several processes starting at once apply each migration
+//! exactly once, and a failed migration leaves the schema as it was.
+//!
+//! A migration, once released, is never edited: changes come as a new version.
+
+use sqlx::{Executor, PgPool};
+
+/// `(version, name, sql)`, in version order.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "event log",
+    include_str!("../migrations/0001_event_log.sql"),
+)];
+
+pub(crate) async fn apply(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cairn-migrate:' || $1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    let quoted = quote_ident(schema);
+    tx.execute(format!("CREATE SCHEMA IF NOT EXISTS {quoted}").as_str())
+        .await?;
+    tx.execute(format!("SET LOCAL search_path TO {quoted}").as_str())
+        .await?;
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS cairn_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM cairn_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(schema, version, name, "applying migration");
+        tx.execute(sqlx::raw_sql(sql)).await?;
+        sqlx::query("INSERT INTO cairn_migrations (version, name) VALUES ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Quotes an identifier that [`crate::PostgresOptions`] already validated.
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}

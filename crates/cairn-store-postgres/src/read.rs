@@ -1,0 +1,212 @@
+//! Reads. Each is one statement (one snapshot), so what a read returns is
+//! consistent; the gap-safety of `$all` comes from how positions are
+//! written (see the crate docs), not from anything the reader does.
+
+use cairn_core::{EventId, Metadata, RecordedEvent, StreamId, TenantId};
+use cairn_store::{
+    AllFilter, Direction, ReadStream, Snapshot, StoreError, StreamInfo, TenantScope,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Row, postgres::PgRow};
+use uuid::Uuid;
+
+use crate::unavailable;
+
+pub(crate) const EVENT_COLUMNS: &str = "position, tenant_id, stream_id, version, event_id, event_type, \
+     schema_version, data, correlation_id, causation_id, traceparent, actor, recorded_at";
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let get = |e: sqlx::Error| corrupt("event row", e);
+    let tenant: &str = row.try_get(1).map_err(get)?;
+    let stream: &str = row.try_get(2).map_err(get)?;
+    let id: Uuid = row.try_get(4).map_err(get)?;
+    let position: i64 = row.try_get(0).map_err(get)?;
+    let version: i64 = row.try_get(3).map_err(get)?;
+    let schema_version: i32 = row.try_get(6).map_err(get)?;
+    Ok(RecordedEvent {
+        id: EventId::from_uuid(id),
+        tenant: TenantId::new(tenant).map_err(|e| corrupt("tenant id", e))?,
+        stream: StreamId::new(stream).map_err(|e| corrupt("stream id", e))?,
+        version: version as u64,
+        position: position as u64,
+        event_type: row.try_get(5).map_err(get)?,
+        schema_version: schema_version as u32,
+        data: row.try_get::<Value, _>(7).map_err(get)?,
+        metadata: Metadata {
+            correlation_id: row.try_get(8).map_err(get)?,
+            causation_id: row.try_get(9).map_err(get)?,
+            traceparent: row.try_get(10).map_err(get)?,
+            actor: row.try_get(11).map_err(get)?,
+        },
+        recorded_at: row.try_get::<DateTime<Utc>, _>(12).map_err(get)?,
+    })
+}
+
+fn decode_info(row: &PgRow) -> Result<StreamInfo, StoreError> {
+    let get = |e: sqlx::Error| corrupt("stream row", e);
+    let stream: &str = row.try_get(0).map_err(get)?;
+    let version: i64 = row.try_get(1).map_err(get)?;
+    let truncate: Option<i64> = row.try_get(3).map_err(get)?;
+    Ok(StreamInfo {
+        stream: StreamId::new(stream).map_err(|e| corrupt("stream id", e))?,
+        version: version as u64,
+        deleted: row.try_get(2).map_err(get)?,
+        truncate_before: truncate.map(|t| t as u64),
+    })
+}
+
+pub(crate) async fn stream_info(
+    pool: &PgPool,
+    tenant: &TenantId,
+    stream: &StreamId,
+) -> Result<Option<StreamInfo>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_id, version, deleted, truncate_before FROM streams
+         WHERE tenant_id = $1 AND stream_id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(stream.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(unavailable)?;
+    row.as_ref().map(decode_info).transpose()
+}
+
+pub(crate) async fn list_streams(
+    pool: &PgPool,
+    tenant: &TenantId,
+    after: Option<&StreamId>,
+    limit: usize,
+) -> Result<Vec<StreamInfo>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT stream_id, version, deleted, truncate_before FROM streams
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR stream_id > $2)
+         ORDER BY stream_id LIMIT $3",
+    )
+    .bind(tenant.as_str())
+    .bind(after.map(StreamId::as_str))
+    .bind(clamp(limit as u64))
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(decode_info).collect()
+}
+
+pub(crate) async fn read_stream(
+    pool: &PgPool,
+    tenant: &TenantId,
+    stream: &StreamId,
+    read: ReadStream,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let Some(info) = stream_info(pool, tenant, stream).await? else {
+        return Ok(Vec::new());
+    };
+    if info.deleted {
+        return Err(StoreError::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
+    let Some((lo, hi)) = read.bounds(info.truncate_before.unwrap_or(0), info.version) else {
+        return Ok(Vec::new());
+    };
+    let order = match read.direction {
+        Direction::Forward => "ASC",
+        Direction::Backward => "DESC",
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE tenant_id = $1 AND stream_id = $2 AND version BETWEEN $3 AND $4
+         ORDER BY version {order}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .bind(clamp(lo))
+        .bind(clamp(hi))
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(decode_event).collect()
+}
+
+pub(crate) async fn read_all(
+    pool: &PgPool,
+    after: u64,
+    filter: &AllFilter,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Only the conditions in use appear, so each shape gets its own cached
+    // prepared statement and a plan that fits it.
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1");
+    let mut n = 1;
+    let mut condition = |sql: &mut String, column: &str| {
+        n += 1;
+        sql.push_str(&format!(" AND {column} = ANY(${n})"));
+    };
+    let tenants: Option<Vec<&str>> = match &filter.tenants {
+        TenantScope::AllTenants => None,
+        TenantScope::Tenants(ts) => Some(ts.iter().map(TenantId::as_str).collect()),
+    };
+    if tenants.is_some() {
+        condition(&mut sql, "tenant_id");
+    }
+    if !filter.categories.is_empty() {
+        condition(&mut sql, "category");
+    }
+    if !filter.event_types.is_empty() {
+        condition(&mut sql, "event_type");
+    }
+    sql.push_str(&format!(" ORDER BY position LIMIT ${}", n + 1));
+    let mut query = sqlx::query(&sql).bind(clamp(after));
+    if let Some(tenants) = tenants {
+        query = query.bind(tenants);
+    }
+    if !filter.categories.is_empty() {
+        query = query.bind(&filter.categories);
+    }
+    if !filter.event_types.is_empty() {
+        query = query.bind(&filter.event_types);
+    }
+    let rows = query
+        .bind(clamp(limit as u64))
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(decode_event).collect()
+}
+
+pub(crate) async fn load_snapshot(
+    pool: &PgPool,
+    tenant: &TenantId,
+    stream: &StreamId,
+) -> Result<Option<Snapshot>, StoreError> {
+    let row = sqlx::query(
+        "SELECT version, schema_version, state FROM snapshots WHERE tenant_id = $1 AND stream_id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(stream.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |e: sqlx::Error| corrupt("snapshot row", e);
+    let version: i64 = row.try_get(0).map_err(get)?;
+    let schema_version: i32 = row.try_get(1).map_err(get)?;
+    Ok(Some(Snapshot {
+        version: version as u64,
+        schema_version: schema_version as u32,
+        state: row.try_get(2).map_err(get)?,
+    }))
+}

@@ -1,0 +1,7 @@
+//! The conformance suite against PostgreSQL.
+
+mod common;
+
+use common::fresh;
+
+cairn_store::conformance_suite!(fresh);
