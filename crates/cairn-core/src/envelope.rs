@@ -46,13 +46,13 @@ impl Metadata {
             MAX_CORRELATION_ID_BYTES,
         )?;
         check_text(&self.actor, "metadata.actor", MAX_ACTOR_BYTES)?;
-        if let Some(tp) = &self.traceparent {
-            if !is_traceparent(tp) {
-                return Err(ValidationError::new(
-                    "metadata.traceparent",
-                    "must be W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zero",
-                ));
-            }
+        if let Some(tp) = &self.traceparent
+            && !is_traceparent(tp)
+        {
+            return Err(ValidationError::new(
+                "metadata.traceparent",
+                "must be W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zero",
+            ));
         }
         Ok(())
     }

@@ -148,6 +148,12 @@ impl PostgresStore {
     /// Connects, creates the schema if needed and applies migrations.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         options.validate()?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::invalid(
+                "store_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
         let connect: PgConnectOptions = url
             .parse::<PgConnectOptions>()
             .map_err(|e| StoreError::invalid("store_url", format!("not a PostgreSQL URL: {e}")))?

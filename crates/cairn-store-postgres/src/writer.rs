@@ -110,12 +110,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>)
             // Retry each alone, so that one request the database refuses
             // cannot fail the others.
             for request in requests {
-                if let Err((mut failed, error)) = commit_batch(&shared, vec![request]).await {
-                    if let Some(request) = failed.pop() {
-                        request.fail(StoreError::Unavailable(format!(
-                            "the write transaction failed: {error}"
-                        )));
-                    }
+                if let Err((mut failed, error)) = commit_batch(&shared, vec![request]).await
+                    && let Some(request) = failed.pop()
+                {
+                    request.fail(StoreError::Unavailable(format!(
+                        "the write transaction failed: {error}"
+                    )));
                 }
             }
         }
