@@ -1,0 +1,221 @@
+//! The PostgreSQL baseline: sqlx on one connection, in a schema of its own in
+//! the database the store uses, with a table shaped like the store's
+//! `events` table (`crates/cairn-store-postgres/migrations/0001_event_log.sql`).
+
+use std::{hint::black_box, time::Instant};
+
+use anyhow::Context;
+use cairn_core::TenantId;
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use sqlx::{
+    Connection, Executor, PgConnection, Postgres, Row as _, postgres::PgArguments, query::Query,
+};
+use uuid::Uuid;
+
+use super::{BATCH_ROWS, Row, RowSource, TABLE, Timed};
+
+/// Columns in insert and select order.
+const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_id, event_type, \
+                       schema_version, data, correlation_id, causation_id, traceparent, actor, \
+                       recorded_at";
+const COLUMN_COUNT: usize = 14;
+
+/// The store's `events` DDL, same types, collations, constraints and
+/// indexes, so index upkeep costs the same on both sides.
+fn create_table_sql() -> String {
+    format!(
+        "CREATE TABLE {TABLE} (
+            position bigint PRIMARY KEY,
+            tenant_id text COLLATE \"C\" NOT NULL,
+            stream_id text COLLATE \"C\" NOT NULL,
+            category text COLLATE \"C\" NOT NULL,
+            version bigint NOT NULL,
+            event_id uuid NOT NULL,
+            event_type text COLLATE \"C\" NOT NULL,
+            schema_version integer NOT NULL,
+            data jsonb NOT NULL,
+            correlation_id text,
+            causation_id text,
+            traceparent text,
+            actor text,
+            recorded_at timestamptz NOT NULL,
+            UNIQUE (tenant_id, stream_id, version),
+            UNIQUE (tenant_id, event_id)
+        );
+        CREATE INDEX {TABLE}_tenant_position ON {TABLE} (tenant_id, position);
+        CREATE INDEX {TABLE}_category_position ON {TABLE} (category, position);"
+    )
+}
+
+/// `INSERT ... VALUES ($1..$14), ($15..$28), ...` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=COLUMN_COUNT)
+                .map(|c| format!("${}", r * COLUMN_COUNT + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        tuples.join(", ")
+    )
+}
+
+fn bind_row(q: Query<'_, Postgres, PgArguments>, row: Row) -> Query<'_, Postgres, PgArguments> {
+    q.bind(row.position)
+        .bind(row.tenant_id)
+        .bind(row.stream_id)
+        .bind(row.category)
+        .bind(row.version)
+        .bind(row.event_id)
+        .bind(row.event_type)
+        .bind(row.schema_version)
+        .bind(row.data)
+        .bind(row.correlation_id)
+        .bind(row.causation_id)
+        .bind(row.traceparent)
+        .bind(row.actor)
+        .bind(row.recorded_at)
+}
+
+/// Quotes an identifier (our schema names are generated, but quoting keeps
+/// any name safe to splice).
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[derive(Debug)]
+pub(crate) struct PgBaseline {
+    conn: PgConnection,
+    source: RowSource,
+    insert_one: String,
+    insert_batch: String,
+}
+
+impl PgBaseline {
+    /// Connects to `url` and creates `schema` with an empty baseline table;
+    /// fails if the schema already exists, so a run never mixes with old rows.
+    pub(crate) async fn create(url: &str, schema: &str, tenant: TenantId) -> anyhow::Result<Self> {
+        let mut conn = PgConnection::connect(url)
+            .await
+            .context("connecting to PostgreSQL for the baseline")?;
+        let quoted = quote_ident(schema);
+        conn.execute(format!("CREATE SCHEMA {quoted}").as_str())
+            .await
+            .with_context(|| format!("creating baseline schema {schema}"))?;
+        conn.execute(format!("SET search_path TO {quoted}").as_str())
+            .await
+            .context("selecting the baseline schema")?;
+        conn.execute(sqlx::raw_sql(&create_table_sql()))
+            .await
+            .context("creating the baseline table")?;
+        Ok(Self {
+            conn,
+            source: RowSource::new(tenant),
+            insert_one: insert_sql(1),
+            insert_batch: insert_sql(BATCH_ROWS),
+        })
+    }
+
+    pub(crate) fn rows(&self) -> u64 {
+        self.source.made()
+    }
+
+    pub(crate) async fn insert_1_per_tx(
+        &mut self,
+        stream: &str,
+        rows: u64,
+    ) -> anyhow::Result<Timed> {
+        let start = Instant::now();
+        for _ in 0..rows {
+            let row = self.source.row(stream);
+            // Outside an explicit transaction each statement commits on its
+            // own: one INSERT, one transaction, one WAL flush.
+            bind_row(sqlx::query(&self.insert_one), row)
+                .execute(&mut self.conn)
+                .await
+                .context("baseline single-row insert")?;
+        }
+        Ok(Timed::since(start, rows))
+    }
+
+    pub(crate) async fn insert_100_per_tx(
+        &mut self,
+        stream: &str,
+        batches: u64,
+    ) -> anyhow::Result<Timed> {
+        let start = Instant::now();
+        for _ in 0..batches {
+            let mut q = sqlx::query(&self.insert_batch);
+            for _ in 0..BATCH_ROWS {
+                q = bind_row(q, self.source.row(stream));
+            }
+            q.execute(&mut self.conn)
+                .await
+                .context("baseline 100-row insert")?;
+        }
+        Ok(Timed::since(start, batches * BATCH_ROWS as u64))
+    }
+
+    pub(crate) async fn select_scan(&mut self) -> anyhow::Result<Timed> {
+        let sql = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY position");
+        let start = Instant::now();
+        let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
+        let mut count = 0u64;
+        while let Some(r) = rows.try_next().await.context("baseline scan")? {
+            let row = Row {
+                position: r.try_get(0)?,
+                tenant_id: r.try_get(1)?,
+                stream_id: r.try_get(2)?,
+                category: r.try_get(3)?,
+                version: r.try_get(4)?,
+                event_id: r.try_get::<Uuid, _>(5)?,
+                event_type: r.try_get(6)?,
+                schema_version: r.try_get(7)?,
+                data: r.try_get::<Value, _>(8)?,
+                correlation_id: r.try_get(9)?,
+                causation_id: r.try_get(10)?,
+                traceparent: r.try_get(11)?,
+                actor: r.try_get(12)?,
+                recorded_at: r.try_get::<DateTime<Utc>, _>(13)?,
+            };
+            black_box(row);
+            count += 1;
+        }
+        Ok(Timed::since(start, count))
+    }
+}
+
+/// Drops `schemas` (the store's and the baseline's) with a connection of
+/// its own, so it works even when the run failed before the baseline existed.
+pub(crate) async fn drop_pg_schemas(url: &str, schemas: &[String]) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connecting to PostgreSQL to drop the bench schemas")?;
+    for schema in schemas {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema));
+        conn.execute(sql.as_str())
+            .await
+            .with_context(|| format!("dropping schema {schema}"))?;
+    }
+    conn.close().await.context("closing the cleanup connection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_sql_numbers_every_parameter() {
+        let sql = insert_sql(2);
+        assert!(
+            sql.ends_with("($15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)")
+        );
+        assert_eq!(sql.matches('$').count(), 2 * COLUMN_COUNT);
+        assert_eq!(COLUMNS.split(',').count(), COLUMN_COUNT);
+    }
+}

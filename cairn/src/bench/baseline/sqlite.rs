@@ -1,0 +1,264 @@
+//! The SQLite baseline: rusqlite on one connection to the store's own file,
+//! with the store's pragmas (WAL, `synchronous=FULL`), writing a table shaped
+//! like the store's `events` table. rusqlite is blocking, so every run goes
+//! to the blocking thread pool with the connection moved in and back out.
+
+use std::{hint::black_box, path::Path, time::Instant};
+
+use anyhow::{Context, anyhow};
+use cairn_core::TenantId;
+use chrono::DateTime;
+use rusqlite::{Connection, Statement};
+use uuid::Uuid;
+
+use super::{BATCH_ROWS, Row, RowSource, TABLE, Timed};
+
+/// Columns in insert and select order.
+const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_id, event_type, \
+                       schema_version, data, correlation_id, causation_id, traceparent, actor, \
+                       recorded_at";
+const COLUMN_COUNT: usize = 14;
+
+/// The store's `events` DDL (`crates/cairn-store-sqlite/src/migrations/
+/// 0001_initial.sql`): same STRICT column types (16-byte BLOB ids, JSON as
+/// TEXT, microsecond INTEGER timestamps), constraints and indexes, so index
+/// upkeep costs the same on both sides.
+fn create_table_sql() -> String {
+    format!(
+        "CREATE TABLE {TABLE} (
+            position INTEGER PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            stream_id TEXT NOT NULL,
+            category TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            event_id BLOB NOT NULL,
+            event_type TEXT NOT NULL,
+            schema_version INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            correlation_id TEXT,
+            causation_id TEXT,
+            traceparent TEXT,
+            actor TEXT,
+            recorded_at INTEGER NOT NULL,
+            UNIQUE (tenant_id, stream_id, version),
+            UNIQUE (tenant_id, event_id)
+        ) STRICT;
+        CREATE INDEX {TABLE}_by_tenant ON {TABLE} (tenant_id, position);
+        CREATE INDEX {TABLE}_by_tenant_category ON {TABLE} (tenant_id, category, position);
+        CREATE INDEX {TABLE}_by_tenant_type ON {TABLE} (tenant_id, event_type, position);"
+    )
+}
+
+/// `INSERT ... VALUES (?1..?14), (?15..?28), ...` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=COLUMN_COUNT)
+                .map(|c| format!("?{}", r * COLUMN_COUNT + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        tuples.join(", ")
+    )
+}
+
+/// Binds `row` as the `slot`-th tuple of a prepared insert.
+fn bind_row(stmt: &mut Statement<'_>, slot: usize, row: &Row) -> anyhow::Result<()> {
+    let at = slot * COLUMN_COUNT;
+    // The store keeps JSON as text, so serialising it is part of the row's cost.
+    let data = serde_json::to_string(&row.data)?;
+    stmt.raw_bind_parameter(at + 1, row.position)?;
+    stmt.raw_bind_parameter(at + 2, &row.tenant_id)?;
+    stmt.raw_bind_parameter(at + 3, &row.stream_id)?;
+    stmt.raw_bind_parameter(at + 4, &row.category)?;
+    stmt.raw_bind_parameter(at + 5, row.version)?;
+    stmt.raw_bind_parameter(at + 6, &row.event_id.as_bytes()[..])?;
+    stmt.raw_bind_parameter(at + 7, &row.event_type)?;
+    stmt.raw_bind_parameter(at + 8, row.schema_version)?;
+    stmt.raw_bind_parameter(at + 9, data)?;
+    stmt.raw_bind_parameter(at + 10, &row.correlation_id)?;
+    stmt.raw_bind_parameter(at + 11, &row.causation_id)?;
+    stmt.raw_bind_parameter(at + 12, &row.traceparent)?;
+    stmt.raw_bind_parameter(at + 13, &row.actor)?;
+    stmt.raw_bind_parameter(at + 14, row.recorded_at.timestamp_micros())?;
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Connection,
+    source: RowSource,
+}
+
+#[derive(Debug)]
+pub(crate) struct SqliteBaseline {
+    /// `None` only while a run holds it on the blocking pool (or after that
+    /// run panicked).
+    inner: Option<Inner>,
+    rows: u64,
+}
+
+impl SqliteBaseline {
+    /// Opens `path` (the store's file, already created by the store) with
+    /// the store's pragmas and creates the baseline table.
+    pub(crate) async fn create(path: &Path, tenant: TenantId) -> anyhow::Result<Self> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> anyhow::Result<Connection> {
+            let conn = Connection::open(&path)
+                .with_context(|| format!("opening {} for the baseline", path.display()))?;
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(anyhow!(
+                    "cannot switch {} to WAL (got {mode})",
+                    path.display()
+                ));
+            }
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "busy_timeout", 5_000)?;
+            conn.execute_batch(&create_table_sql())
+                .context("creating the baseline table")?;
+            Ok(conn)
+        })
+        .await
+        .context("baseline setup task failed")??;
+        Ok(Self {
+            inner: Some(Inner {
+                conn,
+                source: RowSource::new(tenant),
+            }),
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Runs `f` on the blocking pool with the connection, then takes the
+    /// connection back.
+    async fn blocking(
+        &mut self,
+        f: impl FnOnce(&mut Inner) -> anyhow::Result<Timed> + Send + 'static,
+    ) -> anyhow::Result<Timed> {
+        let mut inner = self
+            .inner
+            .take()
+            .context("the baseline connection was lost in an earlier failure")?;
+        let (inner, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut inner);
+            (inner, result)
+        })
+        .await
+        .context("baseline task failed")?;
+        self.rows = inner.source.made();
+        self.inner = Some(inner);
+        result
+    }
+
+    pub(crate) async fn insert_1_per_tx(
+        &mut self,
+        stream: &str,
+        rows: u64,
+    ) -> anyhow::Result<Timed> {
+        let stream = stream.to_owned();
+        self.blocking(move |inner| {
+            let sql = insert_sql(1);
+            let mut stmt = inner.conn.prepare(&sql)?;
+            let start = Instant::now();
+            for _ in 0..rows {
+                let row = inner.source.row(&stream);
+                bind_row(&mut stmt, 0, &row)?;
+                // Autocommit: each INSERT is its own transaction.
+                stmt.raw_execute().context("baseline single-row insert")?;
+            }
+            Ok(Timed::since(start, rows))
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_100_per_tx(
+        &mut self,
+        stream: &str,
+        batches: u64,
+    ) -> anyhow::Result<Timed> {
+        let stream = stream.to_owned();
+        self.blocking(move |inner| {
+            let sql = insert_sql(BATCH_ROWS);
+            let mut stmt = inner.conn.prepare(&sql)?;
+            let start = Instant::now();
+            for _ in 0..batches {
+                for slot in 0..BATCH_ROWS {
+                    let row = inner.source.row(&stream);
+                    bind_row(&mut stmt, slot, &row)?;
+                }
+                stmt.raw_execute().context("baseline 100-row insert")?;
+            }
+            Ok(Timed::since(start, batches * BATCH_ROWS as u64))
+        })
+        .await
+    }
+
+    pub(crate) async fn select_scan(&mut self) -> anyhow::Result<Timed> {
+        self.blocking(|inner| {
+            let sql = format!("SELECT {COLUMNS} FROM {TABLE} ORDER BY position");
+            let start = Instant::now();
+            let mut stmt = inner.conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut count = 0u64;
+            while let Some(r) = rows.next().context("baseline scan")? {
+                let id: Vec<u8> = r.get(5)?;
+                let data: String = r.get(8)?;
+                let micros: i64 = r.get(13)?;
+                let row = Row {
+                    position: r.get(0)?,
+                    tenant_id: r.get(1)?,
+                    stream_id: r.get(2)?,
+                    category: r.get(3)?,
+                    version: r.get(4)?,
+                    event_id: Uuid::from_slice(&id)?,
+                    event_type: r.get(6)?,
+                    schema_version: r.get(7)?,
+                    data: serde_json::from_str(&data)?,
+                    correlation_id: r.get(9)?,
+                    causation_id: r.get(10)?,
+                    traceparent: r.get(11)?,
+                    actor: r.get(12)?,
+                    recorded_at: DateTime::from_timestamp_micros(micros)
+                        .context("recorded_at out of range")?,
+                };
+                black_box(row);
+                count += 1;
+            }
+            Ok(Timed::since(start, count))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::new("t").unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_and_scans_back_every_row() {
+        let dir = std::env::temp_dir().join(format!("cairn-bench-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("baseline.db");
+        let _ = std::fs::remove_file(&path);
+        let mut b = SqliteBaseline::create(&path, tenant()).await.unwrap();
+        assert_eq!(b.insert_1_per_tx("order-1", 3).await.unwrap().rows, 3);
+        assert_eq!(b.insert_100_per_tx("order-x", 2).await.unwrap().rows, 200);
+        assert_eq!(b.rows(), 203);
+        assert_eq!(b.select_scan().await.unwrap().rows, 203);
+        drop(b);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

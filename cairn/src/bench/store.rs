@@ -1,0 +1,648 @@
+//! `cairn bench store`: the event store's append and catch-up throughput,
+//! measured through the [`EventStore`] trait, beside raw SQL baselines run on
+//! the same database in the same run (see [`super::baseline`]).
+//!
+//! Workloads, in the order they run (each Cairn workload right after its
+//! baseline, so both see the same cache and file state):
+//! 1. `raw_insert_1_per_tx` (baseline), then `append_1_writer`: one task
+//!    appending single events to its own stream, expected version exact.
+//! 2. `append_64_writers`: 64 tasks, each appending single events to its own
+//!    stream; also events per write transaction where the backend counts
+//!    commits (group commit shows here).
+//! 3. `raw_insert_100_per_tx` (baseline), then `append_batch_100`: one task
+//!    appending batches of 100 events.
+//! 4. Untimed top-up so the log holds enough events to read (at least 100k
+//!    in full mode), and the baseline table as many rows as the log.
+//! 5. `catchup_read`: `subscribe_all` from 0 until the head, then
+//!    `raw_select_scan` (baseline): one `SELECT ... ORDER BY position`.
+//!
+//! Latency is measured per `append` call (so per batch for
+//! `append_batch_100`), recorded in microseconds, printed in milliseconds.
+//! Making each event (ids, payload) happens inside the timed loop but
+//! outside the latency window, the same way on the baseline side.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, anyhow, bail};
+use cairn_core::{NewEvent, StreamId, TenantId};
+use cairn_store::{AllFilter, EventStore, ExpectedVersion, MemoryStore};
+use cairn_store_postgres::{PostgresOptions, PostgresStore};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use clap::Args;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use super::{
+    baseline::{Baseline, PgBaseline, SqliteBaseline, Timed},
+    report::{self, Metric},
+    workload::{latency_histogram, order_event, quantile_ms, rate, record},
+};
+use crate::store_url::{StoreUrl, split_schema};
+
+pub(crate) const LONG_ABOUT: &str = "\
+Event store throughput and latency beside raw SQL on the same database.
+
+Runs four workloads through the EventStore interface: append_1_writer,
+append_64_writers, append_batch_100 and catchup_read (subscribe to $all from 0
+until the head), and, on SQLite and PostgreSQL, three baselines on the same
+database: raw_insert_1_per_tx, raw_insert_100_per_tx and raw_select_scan, into
+and from a table of the same shape as Cairn's events table
+(bench_baseline_events). Ratios are Cairn / baseline.
+
+Store URLs:
+  memory:            no baseline.
+  sqlite://PATH      PATH must not exist: the bench creates a fresh database
+                     there (store and baseline tables in the same file) and
+                     deletes it, with its -wal and -shm files, at the end
+                     unless --keep is given. It never touches an existing file.
+  postgres://...     the store goes into a fresh schema cairn_bench_<unix-ts>_<pid>
+                     and the baseline into <that>_baseline, in the same
+                     database; both are dropped at the end unless --keep.
+
+Full mode sizes each append workload to take seconds on a small machine and
+reads at least 100k events; --quick shrinks everything to finish in seconds.";
+
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// Store to benchmark: memory:, sqlite://PATH (PATH must not exist) or
+    /// postgres://USER@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    store: String,
+    /// Small counts: the whole suite in seconds (for tests and smoke runs).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as a JSON array to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Tenant the benchmark writes under.
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// Keep the SQLite file or the PostgreSQL schemas after the run.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Streams a concurrent append workload uses, one per writer.
+const WRITERS: usize = 64;
+/// Events per append in the batch workload.
+const BATCH: usize = 100;
+/// The longest the catch-up read may take before the bench gives up rather
+/// than hang on a subscription that never reaches the head.
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// How much each workload does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Appends of one event by the single writer.
+    single: u64,
+    /// Appends of one event by each of the 64 writers.
+    per_writer: u64,
+    /// Appends of 100 events.
+    batches: u64,
+    /// Events the log must hold before the catch-up read.
+    catchup_min: u64,
+    /// Untimed single-event appends (and baseline inserts) before the first
+    /// timed workload.
+    warmup: u64,
+}
+
+impl Sizes {
+    /// Fixed counts per backend, so runs are comparable with each other,
+    /// sized from release runs on a 2-core VM so each full-mode append
+    /// workload takes roughly 5-15 s there: SQLite ~4.5k events/s for one
+    /// writer, ~35k with 64, ~70k in batches; PostgreSQL ~750, ~6.5k and
+    /// ~7k. The memory backend is capped by what it holds instead (about
+    /// 1.5 GB at the end of a full run, each workload about a second).
+    fn new(url: &StoreUrl, quick: bool) -> Self {
+        match (url, quick) {
+            (StoreUrl::Memory, true) => Self {
+                single: 2_000,
+                per_writer: 50,
+                batches: 50,
+                catchup_min: 0,
+                warmup: 20,
+            },
+            (_, true) => Self {
+                single: 200,
+                per_writer: 5,
+                batches: 10,
+                catchup_min: 0,
+                warmup: 20,
+            },
+            (StoreUrl::Memory, false) => Self {
+                single: 200_000,
+                per_writer: 4_000,
+                batches: 5_000,
+                catchup_min: 100_000,
+                warmup: 500,
+            },
+            (StoreUrl::Sqlite(_), false) => Self {
+                single: 40_000,
+                per_writer: 4_000,
+                batches: 6_000,
+                catchup_min: 100_000,
+                warmup: 500,
+            },
+            (StoreUrl::Postgres(_), false) => Self {
+                single: 6_000,
+                per_writer: 600,
+                batches: 400,
+                catchup_min: 100_000,
+                warmup: 500,
+            },
+        }
+    }
+}
+
+/// The store under test and what comes with it.
+struct Target {
+    store: Arc<dyn EventStore>,
+    /// Write transactions the store has committed, where it counts them.
+    commits: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+    baseline: Option<Baseline>,
+}
+
+/// What to remove once the run is over.
+#[derive(Debug)]
+enum Cleanup {
+    Nothing,
+    SqliteFile(PathBuf),
+    PgSchemas { url: String, schemas: Vec<String> },
+}
+
+pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let url = StoreUrl::parse(&args.store).context("--store")?;
+    let tenant = TenantId::new(&args.tenant).context("--tenant")?;
+    let sizes = Sizes::new(&url, args.quick);
+
+    let backend = match url {
+        StoreUrl::Memory => "memory",
+        StoreUrl::Sqlite(_) => "sqlite",
+        StoreUrl::Postgres(_) => "postgres",
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cairn bench store");
+    println!("backend: {backend}");
+    println!("store:   {}", url.redacted());
+    println!("mode:    {}", if args.quick { "quick" } else { "full" });
+    println!("cores:   {cores}");
+    println!(
+        "sizes:   warm-up {}, 1 writer x {}, {WRITERS} writers x {}, {} batches of {BATCH}, \
+         read >= {}",
+        sizes.warmup, sizes.single, sizes.per_writer, sizes.batches, sizes.catchup_min
+    );
+
+    let (opened, cleanup) = open(&url, &tenant).await;
+    let outcome = match opened {
+        // Ctrl-C ends the run through the cleanup below instead of leaving
+        // schemas or files behind.
+        Ok(target) => tokio::select! {
+            outcome = suite(target, &tenant, sizes) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        },
+        Err(e) => Err(e),
+    };
+    // Clean up whether or not the suite succeeded, so a failed run leaves no
+    // schemas or files behind either.
+    let cleaned = if args.keep {
+        keep_notice(&cleanup);
+        Ok(())
+    } else {
+        clean(cleanup).await
+    };
+    let metrics = outcome?;
+
+    println!();
+    print!("{}", report::table(&metrics));
+    if let Some(path) = &args.json {
+        report::write_json(path, &metrics)?;
+        println!("wrote {}", path.display());
+    }
+    cleaned
+}
+
+/// Opens the store and its baseline. The cleanup is returned even when
+/// opening fails halfway, so whatever was created can still be removed.
+async fn open(url: &StoreUrl, tenant: &TenantId) -> (anyhow::Result<Target>, Cleanup) {
+    match url {
+        StoreUrl::Memory => (
+            Ok(Target {
+                store: Arc::new(MemoryStore::new()),
+                commits: None,
+                baseline: None,
+            }),
+            Cleanup::Nothing,
+        ),
+        StoreUrl::Sqlite(path) => {
+            let path = PathBuf::from(path);
+            if let Err(e) = check_fresh(&path) {
+                return (Err(e), Cleanup::Nothing);
+            }
+            let cleanup = Cleanup::SqliteFile(path.clone());
+            (open_sqlite(&path, tenant).await, cleanup)
+        }
+        StoreUrl::Postgres(conn) => {
+            // The bench always uses fresh schemas of its own; a `schema=`
+            // parameter is Cairn's, not the driver's, so it must not reach sqlx.
+            let (conn, schema) = split_schema(conn);
+            if let Some(schema) = schema {
+                eprintln!("bench: ignoring schema={schema}: the bench uses fresh schemas");
+            }
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let store_schema = format!("cairn_bench_{stamp}_{}", std::process::id());
+            let baseline_schema = format!("{store_schema}_baseline");
+            let cleanup = Cleanup::PgSchemas {
+                url: conn.clone(),
+                schemas: vec![store_schema.clone(), baseline_schema.clone()],
+            };
+            (
+                open_postgres(&conn, &store_schema, &baseline_schema, tenant).await,
+                cleanup,
+            )
+        }
+    }
+}
+
+/// Refuses a path that exists: the figures are only comparable on a fresh
+/// database, and the bench must never write into (or delete) a real one.
+fn check_fresh(path: &Path) -> anyhow::Result<()> {
+    for candidate in [path.to_owned(), sidecar(path, "-wal")] {
+        if candidate.exists() {
+            bail!(
+                "{} already exists: the bench needs a fresh database, pass a path that does not exist",
+                candidate.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `PATH-wal` / `PATH-shm`.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+async fn open_sqlite(path: &Path, tenant: &TenantId) -> anyhow::Result<Target> {
+    let store = SqliteStore::open_with(path, SqliteOptions::default())
+        .await
+        .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
+    let store = Arc::new(store);
+    let counted = Arc::clone(&store);
+    // The store has created the file and its schema; the baseline table
+    // goes into the same file.
+    let baseline = SqliteBaseline::create(path, tenant.clone()).await?;
+    Ok(Target {
+        store,
+        commits: Some(Box::new(move || counted.commits())),
+        baseline: Some(Baseline::Sqlite(baseline)),
+    })
+}
+
+async fn open_postgres(
+    url: &str,
+    store_schema: &str,
+    baseline_schema: &str,
+    tenant: &TenantId,
+) -> anyhow::Result<Target> {
+    let options = PostgresOptions {
+        schema: store_schema.to_owned(),
+        ..Default::default()
+    };
+    let store = PostgresStore::connect_with(url, options)
+        .await
+        .context("connecting the PostgreSQL store")?;
+    let store = Arc::new(store);
+    let counted = Arc::clone(&store);
+    let baseline = PgBaseline::create(url, baseline_schema, tenant.clone()).await?;
+    Ok(Target {
+        store,
+        commits: Some(Box::new(move || counted.commits())),
+        baseline: Some(Baseline::Postgres(baseline)),
+    })
+}
+
+fn keep_notice(cleanup: &Cleanup) {
+    match cleanup {
+        Cleanup::Nothing => {}
+        Cleanup::SqliteFile(path) => eprintln!("bench: kept {}", path.display()),
+        Cleanup::PgSchemas { schemas, .. } => {
+            eprintln!("bench: kept schemas {}", schemas.join(", "));
+        }
+    }
+}
+
+async fn clean(cleanup: Cleanup) -> anyhow::Result<()> {
+    match cleanup {
+        Cleanup::Nothing => Ok(()),
+        Cleanup::SqliteFile(path) => {
+            for file in [path.clone(), sidecar(&path, "-wal"), sidecar(&path, "-shm")] {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("removing {}", file.display()));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cleanup::PgSchemas { url, schemas } => {
+            super::baseline::drop_pg_schemas(&url, &schemas).await
+        }
+    }
+}
+
+/// Runs every workload and returns the metrics, in table order.
+async fn suite(target: Target, tenant: &TenantId, sizes: Sizes) -> anyhow::Result<Vec<Metric>> {
+    let Target {
+        store,
+        commits,
+        mut baseline,
+    } = target;
+    let mut metrics = Vec::new();
+    let mut head = 0u64;
+
+    // 0. Warm-up, untimed: opens connections, prepares statements and grows
+    // the files (SQLite's WAL, PostgreSQL's relations) on both sides, so the
+    // first timed workload does not pay for it alone.
+    if sizes.warmup > 0 {
+        eprintln!("bench: warm-up ({} events each side)", sizes.warmup);
+        if let Some(b) = &mut baseline {
+            b.insert_1_per_tx("order-warmup", sizes.warmup).await?;
+        }
+        let warm = append_loop(&store, tenant, stream("order-warmup")?, sizes.warmup, 1).await?;
+        head = head.max(warm.last_position);
+    }
+
+    // 1. One writer, one event per append.
+    let raw_1 = match &mut baseline {
+        Some(b) => {
+            progress("raw_insert_1_per_tx", sizes.single);
+            Some(b.insert_1_per_tx("order-raw1", sizes.single).await?)
+        }
+        None => None,
+    };
+    let raw_1_rate = raw_1.map(|t| ("raw_insert_1_per_tx", rate(t.rows, t.elapsed)));
+    progress("append_1_writer", sizes.single);
+    let one = append_loop(&store, tenant, stream("order-w1")?, sizes.single, 1).await?;
+    head = head.max(one.last_position);
+    push_append(&mut metrics, "append_1_writer", &one, raw_1_rate);
+
+    // 2. 64 writers, one event per append, each on its own stream.
+    progress("append_64_writers", sizes.per_writer * WRITERS as u64);
+    let commits_before = commits.as_ref().map(|c| c());
+    let many = append_concurrent(&store, tenant, sizes.per_writer).await?;
+    let commits_after = commits.as_ref().map(|c| c());
+    head = head.max(many.last_position);
+    push_append(&mut metrics, "append_64_writers", &many, raw_1_rate);
+    if let (Some(before), Some(after)) = (commits_before, commits_after) {
+        let txs = after.saturating_sub(before);
+        if txs > 0 {
+            metrics.push(Metric::new(
+                "append_64_writers_events_per_tx",
+                many.events as f64 / txs as f64,
+                "events/tx",
+            ));
+        }
+    }
+
+    // 3. One writer, 100 events per append.
+    let raw_100 = match &mut baseline {
+        Some(b) => {
+            progress("raw_insert_100_per_tx", sizes.batches * BATCH as u64);
+            Some(b.insert_100_per_tx("order-raw100", sizes.batches).await?)
+        }
+        None => None,
+    };
+    let raw_100_rate = raw_100.map(|t| ("raw_insert_100_per_tx", rate(t.rows, t.elapsed)));
+    progress("append_batch_100", sizes.batches * BATCH as u64);
+    let batch = append_loop(&store, tenant, stream("order-batch")?, sizes.batches, BATCH).await?;
+    head = head.max(batch.last_position);
+    push_append(&mut metrics, "append_batch_100", &batch, raw_100_rate);
+
+    // 4. Enough history to read, on both sides.
+    head = head.max(*store.head().borrow());
+    if head < sizes.catchup_min {
+        let batches = (sizes.catchup_min - head).div_ceil(BATCH as u64);
+        eprintln!(
+            "bench: writing {} more events to read back",
+            batches * BATCH as u64
+        );
+        let fill = append_loop(&store, tenant, stream("order-fill")?, batches, BATCH).await?;
+        head = head.max(fill.last_position);
+    }
+    if let Some(b) = &mut baseline {
+        b.top_up(head).await?;
+    }
+
+    // 5. Read everything back.
+    progress("catchup_read", head);
+    let read = catchup(&store, head).await?;
+    let scan = match &mut baseline {
+        Some(b) => {
+            progress("raw_select_scan", b.rows());
+            Some(b.select_scan().await?)
+        }
+        None => None,
+    };
+    metrics.push(
+        Metric::new("catchup_read", rate(read.rows, read.elapsed), "events/s")
+            .against(scan.map(|t: Timed| ("raw_select_scan", rate(t.rows, t.elapsed)))),
+    );
+    Ok(metrics)
+}
+
+fn progress(name: &str, events: u64) {
+    eprintln!("bench: {name} ({events} events)");
+}
+
+fn stream(id: &str) -> anyhow::Result<StreamId> {
+    StreamId::new(id).with_context(|| format!("stream id {id}"))
+}
+
+/// Throughput, p50 and p99 of one append workload.
+fn push_append(
+    metrics: &mut Vec<Metric>,
+    name: &str,
+    run: &AppendRun,
+    baseline: Option<(&str, f64)>,
+) {
+    metrics.push(Metric::new(name, rate(run.events, run.elapsed), "events/s").against(baseline));
+    metrics.push(Metric::new(
+        format!("{name}_p50"),
+        quantile_ms(&run.latency, 0.50),
+        "ms",
+    ));
+    metrics.push(Metric::new(
+        format!("{name}_p99"),
+        quantile_ms(&run.latency, 0.99),
+        "ms",
+    ));
+}
+
+/// One append workload's raw figures.
+struct AppendRun {
+    events: u64,
+    elapsed: Duration,
+    /// Per-append latency, microseconds.
+    latency: Histogram<u64>,
+    last_position: u64,
+}
+
+/// One task making `appends` appends of `per_append` events to `stream`,
+/// each expecting the version the previous one left (as an aggregate does).
+async fn append_loop(
+    store: &Arc<dyn EventStore>,
+    tenant: &TenantId,
+    stream: StreamId,
+    appends: u64,
+    per_append: usize,
+) -> anyhow::Result<AppendRun> {
+    let mut latency = latency_histogram();
+    let mut expected = ExpectedVersion::NoStream;
+    let mut last_position = 0;
+    let mut seq = 0u64;
+    let start = Instant::now();
+    for _ in 0..appends {
+        let events: Vec<NewEvent> = (0..per_append)
+            .map(|_| {
+                seq += 1;
+                order_event(seq)
+            })
+            .collect();
+        let t = Instant::now();
+        let outcome = store
+            .append(tenant, &stream, expected, events)
+            .await
+            .with_context(|| format!("appending to {}", stream.as_str()))?;
+        record(&mut latency, t.elapsed());
+        expected = ExpectedVersion::Exact(outcome.last_version);
+        last_position = last_position.max(outcome.last_position);
+    }
+    Ok(AppendRun {
+        events: appends * per_append as u64,
+        elapsed: start.elapsed(),
+        latency,
+        last_position,
+    })
+}
+
+/// 64 tasks, each running [`append_loop`] with single events on its own
+/// stream; latency is merged over all of them, throughput is over the
+/// wall-clock time until the last one finishes.
+async fn append_concurrent(
+    store: &Arc<dyn EventStore>,
+    tenant: &TenantId,
+    per_writer: u64,
+) -> anyhow::Result<AppendRun> {
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for writer in 0..WRITERS {
+        let store = Arc::clone(store);
+        let tenant = tenant.clone();
+        let stream = stream(&format!("order-w64-{writer}"))?;
+        tasks.spawn(async move { append_loop(&store, &tenant, stream, per_writer, 1).await });
+    }
+    let mut latency = latency_histogram();
+    let mut last_position = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let run = joined.context("writer task failed")??;
+        latency
+            .add(&run.latency)
+            .map_err(|e| anyhow!("merging latency histograms: {e:?}"))?;
+        last_position = last_position.max(run.last_position);
+    }
+    Ok(AppendRun {
+        events: per_writer * WRITERS as u64,
+        elapsed: start.elapsed(),
+        latency,
+        last_position,
+    })
+}
+
+/// Follows `$all` from 0 (every tenant, like the baseline's unfiltered
+/// scan) until position `head`.
+async fn catchup(store: &Arc<dyn EventStore>, head: u64) -> anyhow::Result<Timed> {
+    let start = Instant::now();
+    let mut subscription = store.subscribe_all(0, AllFilter::all_tenants());
+    let mut count = 0u64;
+    let read = async {
+        while let Some(item) = subscription.next().await {
+            let event = item.context("catch-up subscription")?;
+            count += 1;
+            if event.position >= head {
+                return Ok(());
+            }
+        }
+        Err(anyhow!("the subscription ended before position {head}"))
+    };
+    tokio::time::timeout(CATCHUP_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            anyhow!("catch-up did not reach position {head} within {CATCHUP_TIMEOUT:?}")
+        })??;
+    Ok(Timed::since(start, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn existing_sqlite_paths_are_refused() {
+        let dir = std::env::temp_dir().join(format!("cairn-bench-fresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.db");
+        assert!(check_fresh(&path).is_ok());
+        std::fs::write(sidecar(&path, "-wal"), b"").unwrap();
+        assert!(check_fresh(&path).is_err());
+        std::fs::write(&path, b"").unwrap();
+        let err = check_fresh(&path).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_suite_reports_every_metric() {
+        let sizes = Sizes {
+            single: 20,
+            per_writer: 2,
+            batches: 3,
+            catchup_min: 1_000,
+            warmup: 5,
+        };
+        let target = Target {
+            store: Arc::new(MemoryStore::new()),
+            commits: None,
+            baseline: None,
+        };
+        let tenant = TenantId::new("t").unwrap();
+        let metrics = suite(target, &tenant, sizes).await.unwrap();
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "append_1_writer",
+                "append_1_writer_p50",
+                "append_1_writer_p99",
+                "append_64_writers",
+                "append_64_writers_p50",
+                "append_64_writers_p99",
+                "append_batch_100",
+                "append_batch_100_p50",
+                "append_batch_100_p99",
+                "catchup_read",
+            ]
+        );
+        assert!(metrics.iter().all(|m| m.value > 0.0 && m.ratio.is_none()));
+    }
+}

@@ -1,0 +1,235 @@
+//! End-to-end checks of `cairn bench store`: the real binary, run in quick
+//! mode on each backend, must exit 0 and write a JSON array holding every
+//! metric with a positive value, with baselines and ratios where the backend
+//! has SQL to compare against; bad input must fail with one clear line.
+//!
+//! PostgreSQL runs only when reachable at `CAIRN_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); otherwise the test is skipped
+//! with a notice, or fails when `CAIRN_TEST_SERVICES=required`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use cairn_store::testkit::service_absent;
+use serde_json::Value;
+use sqlx::Connection;
+
+/// The throughput metrics every run reports, each with its baseline on SQL
+/// backends; the append ones also report `_p50` and `_p99` latencies.
+const THROUGHPUT: [(&str, &str); 4] = [
+    ("append_1_writer", "raw_insert_1_per_tx"),
+    ("append_64_writers", "raw_insert_1_per_tx"),
+    ("append_batch_100", "raw_insert_100_per_tx"),
+    ("catchup_read", "raw_select_scan"),
+];
+
+/// A fresh, empty directory for one test.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("bench")
+        .arg("store")
+        .args(args)
+        .output()
+        .expect("run cairn")
+}
+
+/// Runs a quick bench on `store`, asserts success and returns the JSON.
+fn quick_run(store: &str, json: &Path) -> Vec<Value> {
+    let json_arg = json.to_str().expect("utf-8 temp path");
+    let out = bench(&["--store", store, "--quick", "--json", json_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("mode:    quick"), "{stdout}");
+    assert!(stdout.contains("cores:"), "{stdout}");
+    let text = std::fs::read_to_string(json).expect("JSON file written");
+    match serde_json::from_str(&text).expect("JSON parses") {
+        Value::Array(items) => items,
+        other => panic!("expected a JSON array, got {other}"),
+    }
+}
+
+fn metric<'a>(metrics: &'a [Value], name: &str) -> &'a Value {
+    metrics
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("metric {name} missing from {metrics:?}"))
+}
+
+/// Every metric present, positive, in the right unit; baselines and ratios
+/// present on throughput rows exactly when `with_baseline`.
+fn check_metrics(metrics: &[Value], with_baseline: bool) {
+    for m in metrics {
+        for field in [
+            "name",
+            "value",
+            "unit",
+            "baseline",
+            "baseline_value",
+            "ratio",
+        ] {
+            assert!(m.get(field).is_some(), "{field} missing in {m}");
+        }
+        assert!(m["value"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+    }
+    for (name, baseline) in THROUGHPUT {
+        let m = metric(metrics, name);
+        assert_eq!(m["unit"], "events/s", "{m}");
+        if with_baseline {
+            assert_eq!(m["baseline"], baseline, "{m}");
+            assert!(m["baseline_value"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+            let ratio = m["ratio"].as_f64().expect("ratio");
+            let expected = m["value"].as_f64().unwrap() / m["baseline_value"].as_f64().unwrap();
+            assert!(
+                ratio > 0.0 && (ratio - expected).abs() < 1e-9 * expected,
+                "{m}"
+            );
+        } else {
+            assert!(m["baseline"].is_null() && m["ratio"].is_null(), "{m}");
+            assert!(m["baseline_value"].is_null(), "{m}");
+        }
+        if name != "catchup_read" {
+            for q in ["p50", "p99"] {
+                let l = metric(metrics, &format!("{name}_{q}"));
+                assert_eq!(l["unit"], "ms", "{l}");
+                assert!(l["baseline"].is_null(), "{l}");
+            }
+        }
+    }
+    if with_baseline {
+        let m = metric(metrics, "append_64_writers_events_per_tx");
+        assert!(m["value"].as_f64().is_some_and(|v| v >= 1.0), "{m}");
+    }
+}
+
+#[test]
+fn memory_quick_reports_every_metric_without_baselines() {
+    let dir = scratch("memory");
+    let json = dir.join("memory.json");
+    let metrics = quick_run("memory:", &json);
+    check_metrics(&metrics, false);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sqlite_quick_compares_against_raw_sql_and_cleans_up() {
+    let dir = scratch("sqlite");
+    let db = dir.join("b.db");
+    let json = dir.join("sqlite.json");
+    let url = format!("sqlite://{}", db.display());
+    let metrics = quick_run(&url, &json);
+    check_metrics(&metrics, true);
+    assert!(
+        !db.exists(),
+        "the bench database should be removed without --keep"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sqlite_refuses_an_existing_file_and_leaves_it_alone() {
+    let dir = scratch("existing");
+    let db = dir.join("data.db");
+    std::fs::write(&db, b"precious").unwrap();
+    let out = bench(&["--store", &format!("sqlite://{}", db.display()), "--quick"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), b"precious");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_url_fails_with_one_clear_line() {
+    let out = bench(&["--store", "mysql://localhost/x", "--quick"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("error:") && lines[0].contains("store URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_tenant_fails_with_one_clear_line() {
+    let out = bench(&["--store", "memory:", "--quick", "--tenant", "Not Valid"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--tenant"), "{stderr}");
+}
+
+fn postgres_url() -> String {
+    std::env::var("CAIRN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Schemas in the database whose name starts with `prefix`.
+async fn schemas_like(conn: &mut sqlx::PgConnection, prefix: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+        .bind(prefix)
+        .fetch_all(conn)
+        .await
+        .expect("list schemas")
+}
+
+#[tokio::test]
+async fn postgres_quick_compares_against_raw_sql_and_drops_its_schemas() {
+    let url = postgres_url();
+    let mut conn = match sqlx::PgConnection::connect(&url).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let _ = service_absent::<()>("PostgreSQL", e);
+            return;
+        }
+    };
+    let dir = scratch("postgres");
+    let json = dir.join("pg.json");
+    let json_arg = json.to_str().expect("utf-8 temp path").to_owned();
+    // The bench names its schemas after its pid; spawn it to learn the pid.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "bench", "store", "--store", &url, "--quick", "--json", &json_arg,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    let pid = child.id();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("wait for cairn");
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("JSON file written");
+    let metrics: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+    check_metrics(&metrics, true);
+    let left: Vec<String> = schemas_like(&mut conn, "cairn_bench_")
+        .await
+        .into_iter()
+        .filter(|s| s.ends_with(&format!("_{pid}")) || s.ends_with(&format!("_{pid}_baseline")))
+        .collect();
+    assert!(left.is_empty(), "schemas left behind: {left:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
