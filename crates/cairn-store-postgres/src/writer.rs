@@ -140,11 +140,16 @@ async fn commit_batch(
         Ok((verdicts, head)) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
             if let Some(head) = head {
+                let mut before = 0;
                 shared.head.send_if_modified(|h| {
+                    before = *h;
                     let moved = head > *h;
                     *h = (*h).max(head);
                     moved
                 });
+                if crossed_analyze_mark(before, head) {
+                    refresh_statistics(shared);
+                }
             }
             for (request, verdict) in requests.into_iter().zip(verdicts) {
                 // Dropped receivers (callers that gave up) are fine to ignore.
@@ -364,8 +369,9 @@ async fn judge_and_write(
 }
 
 /// The log head and the state of every stream the batch touches, in one
-/// query. The lateral join makes each key an index probe whatever the
-/// planner thinks of the array's size.
+/// query. Each key is a lateral index probe; the `LIMIT 1` keeps the planner
+/// from flattening it into a hash join over the whole table, which it does
+/// when statistics are stale (a young table looks tiny).
 async fn load_head_and_streams(
     tx: &mut Transaction<'static, Postgres>,
     requests: &[Request],
@@ -387,6 +393,7 @@ async fn load_head_and_streams(
              CROSS JOIN LATERAL (
                  SELECT * FROM streams
                  WHERE streams.tenant_id = k.tenant_id AND streams.stream_id = k.stream_id
+                 LIMIT 1
              ) st
          ) s ON true
          WHERE h.id = 1",
@@ -423,6 +430,7 @@ async fn load_head_and_streams(
 }
 
 /// Stored events carrying any of the batch's event ids, by (tenant, id).
+/// Probed per id, like the streams (see [`load_head_and_streams`]).
 async fn load_stored_ids(
     tx: &mut Transaction<'static, Postgres>,
     requests: &[Request],
@@ -444,6 +452,7 @@ async fn load_stored_ids(
          CROSS JOIN LATERAL (
              SELECT {EVENT_COLUMNS} FROM events
              WHERE events.tenant_id = k.tenant_id AND events.event_id = k.event_id
+             LIMIT 1
          ) e"
     );
     let rows = sqlx::query(&sql)
@@ -560,6 +569,28 @@ async fn write_changes(
     Ok(())
 }
 
+/// Whether the log grew past a power of two between 1,024 and 4,194,304
+/// events. Autovacuum analyzes a table at most once a minute and only after
+/// it grew by a tenth, so a young log that fills at thousands of events a
+/// second is planned on guesses; with stale statistics PostgreSQL may probe
+/// `events` for an id through the tenant/position index instead of the
+/// unique one, which costs a scan of the tenant's events per id. Analyzing
+/// at each doubling while the log is young keeps the plans honest; past that
+/// autovacuum's own thresholds suffice.
+fn crossed_analyze_mark(before: u64, after: u64) -> bool {
+    (10..=22).any(|k| before < (1 << k) && after >= (1 << k))
+}
+
+/// Runs ANALYZE on the log's tables in the background.
+fn refresh_statistics(shared: &Shared) {
+    let pool = shared.pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = sqlx::query("ANALYZE events, streams").execute(&pool).await {
+            tracing::warn!(error = %e, "could not refresh the event log's statistics");
+        }
+    });
+}
+
 /// A duration drawn uniformly from `range`, without a random-number
 /// dependency: the std hasher is randomly seeded per instance.
 fn random_in(range: &std::ops::Range<Duration>) -> Duration {
@@ -570,4 +601,30 @@ fn random_in(range: &std::ops::Range<Duration>) -> Duration {
     }
     let r = RandomState::new().hash_one(Utc::now().timestamp_nanos_opt());
     range.start + Duration::from_micros(r % span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_at_each_doubling_of_a_young_log() {
+        assert!(!crossed_analyze_mark(0, 1023));
+        assert!(crossed_analyze_mark(1000, 1024));
+        assert!(crossed_analyze_mark(0, 5000));
+        assert!(!crossed_analyze_mark(1024, 2047));
+        assert!(crossed_analyze_mark(2047, 2048));
+        assert!(crossed_analyze_mark(4_194_303, 4_194_304));
+        assert!(!crossed_analyze_mark(4_194_304, 8_388_608));
+    }
+
+    #[test]
+    fn random_pauses_stay_in_range() {
+        let range = Duration::from_millis(5)..Duration::from_millis(9);
+        for _ in 0..100 {
+            let d = random_in(&range);
+            assert!(range.contains(&d), "{d:?}");
+        }
+        assert_eq!(random_in(&(Duration::ZERO..Duration::ZERO)), Duration::ZERO);
+    }
 }
