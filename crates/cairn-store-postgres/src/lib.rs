@@ -36,7 +36,7 @@ use cairn_store::{
     StoreError, StreamInfo, validate_append,
 };
 use sqlx::{
-    PgPool,
+    Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::{
@@ -158,13 +158,20 @@ impl PostgresStore {
             .parse::<PgConnectOptions>()
             .map_err(|e| StoreError::invalid("store_url", format!("not a PostgreSQL URL: {e}")))?
             .options([("search_path", options.schema.as_str())]);
+        // Migrate on a connection of its own: the pool's connections prepare
+        // the writer's load statement as they open, which needs the tables.
+        let mut setup = PgConnection::connect_with(&connect)
+            .await
+            .map_err(unavailable)?;
+        migrations::apply(&mut setup, &options.schema)
+            .await
+            .map_err(unavailable)?;
+        let _ = setup.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| Box::pin(async move { writer::prepare(conn).await }))
             .connect_with(connect)
-            .await
-            .map_err(unavailable)?;
-        migrations::apply(&pool, &options.schema)
             .await
             .map_err(unavailable)?;
 

@@ -5,7 +5,7 @@
 //!
 //! A migration, once released, is never edited: changes come as a new version.
 
-use sqlx::{Executor, PgPool};
+use sqlx::{Connection, Executor, PgConnection};
 
 /// `(version, name, sql)`, in version order.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(
@@ -14,8 +14,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     include_str!("../migrations/0001_event_log.sql"),
 )];
 
-pub(crate) async fn apply(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub(crate) async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cairn-migrate:' || $1))")
         .bind(schema)
         .execute(&mut *tx)

@@ -30,9 +30,8 @@ use cairn_store::{
 };
 use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::Value;
-use sqlx::{Postgres, Row, Transaction, types::Json};
+use sqlx::{PgConnection, Row, postgres::PgRow, types::Json};
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
 
 use crate::{
     Shared,
@@ -189,17 +188,27 @@ async fn judge_and_write(
     shared: &Shared,
     requests: &[Request],
 ) -> Result<(Vec<Verdict>, Option<u64>), sqlx::Error> {
-    // Taking the lock in the BEGIN round trip saves one; reading the head
-    // (and everything else) in later statements matters: under READ
-    // COMMITTED each statement sees what committed before it started, so
-    // only statements issued after the lock is held see the previous
-    // writer's commit.
-    let mut tx = shared
-        .pool
-        .begin_with("BEGIN; SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE")
-        .await?;
-    let (head, mut streams) = load_head_and_streams(&mut tx, requests).await?;
-    let mut stored = load_stored_ids(&mut tx, requests).await?;
+    let mut conn = shared.pool.acquire().await?;
+    let result = write_batch(shared, &mut conn, requests).await;
+    if result.is_err() {
+        // Never hand a connection back to the pool inside a transaction.
+        if simple_query(&mut conn, "ROLLBACK").await.is_err() {
+            conn.close_on_drop();
+        }
+    }
+    result
+}
+
+async fn write_batch(
+    shared: &Shared,
+    conn: &mut PgConnection,
+    requests: &[Request],
+) -> Result<(Vec<Verdict>, Option<u64>), sqlx::Error> {
+    let Loaded {
+        head,
+        mut streams,
+        mut stored,
+    } = open_and_load(conn, requests).await?;
 
     let recorded_at = Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))
@@ -338,7 +347,7 @@ async fn judge_and_write(
 
     let new_head = (next_position - 1 > head as u64).then_some(next_position - 1);
     write_changes(
-        &mut tx,
+        conn,
         &new_events,
         &streams,
         new_head,
@@ -358,120 +367,173 @@ async fn judge_and_write(
         .bind(snapshot.version as i64)
         .bind(snapshot.schema_version as i32)
         .bind(&snapshot.state)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
     if let Some(range) = &shared.options.pause_in_transaction {
         tokio::time::sleep(random_in(range)).await;
     }
-    tx.commit().await?;
+    simple_query(conn, "COMMIT").await?;
     Ok((verdicts, new_head))
 }
 
-/// The log head and the state of every stream the batch touches, in one
-/// query. Each key is a lateral index probe; the `LIMIT 1` keeps the planner
-/// from flattening it into a hash join over the whole table, which it does
-/// when statistics are stale (a young table looks tiny).
-async fn load_head_and_streams(
-    tx: &mut Transaction<'static, Postgres>,
-    requests: &[Request],
-) -> Result<(i64, HashMap<(TenantId, StreamId), StreamState>), sqlx::Error> {
-    let mut keys: HashSet<(&TenantId, &StreamId)> = HashSet::new();
-    let (mut tenants, mut ids) = (Vec::new(), Vec::new());
-    for r in requests {
-        let (t, s) = r.key();
-        if keys.insert((t, s)) {
-            tenants.push(t.as_str());
-            ids.push(s.as_str());
-        }
-    }
-    let rows = sqlx::query(
-        "SELECT h.position, s.tenant_id, s.stream_id, s.version, s.deleted, s.truncate_before
-         FROM log_head h
-         LEFT JOIN LATERAL (
-             SELECT st.* FROM UNNEST($1::text[], $2::text[]) AS k(tenant_id, stream_id)
-             CROSS JOIN LATERAL (
-                 SELECT * FROM streams
-                 WHERE streams.tenant_id = k.tenant_id AND streams.stream_id = k.stream_id
-                 LIMIT 1
-             ) st
-         ) s ON true
-         WHERE h.id = 1",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut head = 0;
-    let mut found = HashMap::with_capacity(rows.len());
-    for row in rows {
-        head = row.try_get(0)?;
-        let tenant: Option<&str> = row.try_get(1)?;
-        let stream: Option<&str> = row.try_get(2)?;
-        let (Some(tenant), Some(stream)) = (tenant, stream) else {
-            continue;
-        };
-        let (Ok(tenant), Ok(stream)) = (TenantId::new(tenant), StreamId::new(stream)) else {
-            continue;
-        };
-        let version: i64 = row.try_get(3)?;
-        let truncate: Option<i64> = row.try_get(5)?;
-        found.insert(
-            (tenant, stream),
-            StreamState {
-                version: Some(version as u64),
-                deleted: row.try_get(4)?,
-                truncate_before: truncate.map(|t| t as u64),
-                dirty: false,
-            },
-        );
-    }
-    Ok((head, found))
+/// The name of the per-connection prepared statement that loads a batch's
+/// state (see [`prepare`]).
+const LOAD_STATEMENT: &str = "cairn_load_batch";
+
+/// Prepares the load statement on a new pool connection. Preparing it once
+/// per connection lets the simple-query message of [`open_and_load`] run it
+/// with a cached plan (planning this query costs more than a round trip).
+pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "PREPARE {LOAD_STATEMENT}(jsonb, jsonb) AS
+         SELECT 0, h.position, NULL::text, NULL::text, NULL::bigint, NULL::bool, NULL::bigint
+           FROM log_head h WHERE h.id = 1
+         UNION ALL
+         SELECT 1, NULL, st.tenant_id, st.stream_id, st.version, st.deleted, st.truncate_before
+           FROM jsonb_array_elements($1) AS k
+           CROSS JOIN LATERAL (
+               SELECT * FROM streams
+               WHERE streams.tenant_id = k->>0 AND streams.stream_id = k->>1
+               LIMIT 1
+           ) st
+         UNION ALL
+         SELECT 2, e.position, NULL, NULL, NULL, NULL, NULL
+           FROM jsonb_array_elements($2) AS k
+           CROSS JOIN LATERAL (
+               SELECT position FROM events
+               WHERE events.tenant_id = k->>0 AND events.event_id = (k->>1)::uuid
+               LIMIT 1
+           ) e"
+    );
+    simple_query(conn, &sql).await.map(drop)
 }
 
-/// Stored events carrying any of the batch's event ids, by (tenant, id).
-/// Probed per id, like the streams (see [`load_head_and_streams`]).
-async fn load_stored_ids(
-    tx: &mut Transaction<'static, Postgres>,
+/// What a batch's transaction reads before judging.
+struct Loaded {
+    head: i64,
+    streams: HashMap<(TenantId, StreamId), StreamState>,
+    stored: HashMap<(TenantId, EventId), RecordedEvent>,
+}
+
+/// Opens the write transaction and loads what the batch is judged on, in
+/// one round trip: `BEGIN`, the lock on the log head, then one read of the
+/// head, the state of every stream the batch touches and the positions of
+/// stored events carrying one of its ids.
+///
+/// The read must be its own statement after the lock: under READ COMMITTED
+/// each statement sees what committed before *it* started, so only a
+/// statement issued once the lock is held sees the previous writer's
+/// commit. A simple-query message runs its statements one after another, so
+/// the three go in one message. The simple protocol takes no parameters, so
+/// the keys travel as JSON text (escaped by serde_json) inside a
+/// dollar-quoted literal whose tag cannot occur in it, as arguments of the
+/// prepared [`LOAD_STATEMENT`].
+///
+/// Each key is a lateral index probe; the `LIMIT 1` keeps the planner from
+/// flattening it into a hash join over the whole table, which it does when
+/// statistics are stale (a young table looks tiny).
+async fn open_and_load(
+    conn: &mut PgConnection,
     requests: &[Request],
-) -> Result<HashMap<(TenantId, EventId), RecordedEvent>, sqlx::Error> {
-    let (mut tenants, mut ids): (Vec<&str>, Vec<Uuid>) = (Vec::new(), Vec::new());
+) -> Result<Loaded, sqlx::Error> {
+    let mut stream_keys: Vec<(&str, &str)> = Vec::new();
+    let mut seen: HashSet<(&TenantId, &StreamId)> = HashSet::new();
+    let mut id_keys: Vec<(&str, String)> = Vec::new();
     for r in requests {
+        let (t, s) = r.key();
+        if seen.insert((t, s)) {
+            stream_keys.push((t.as_str(), s.as_str()));
+        }
         if let Request::Append { tenant, events, .. } = r {
-            for e in events {
-                tenants.push(tenant.as_str());
-                ids.push(e.id.as_uuid());
-            }
+            id_keys.extend(events.iter().map(|e| (tenant.as_str(), e.id.to_string())));
         }
     }
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
+    let stream_keys =
+        serde_json::to_string(&stream_keys).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let id_keys = serde_json::to_string(&id_keys).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let sql = format!(
-        "SELECT e.* FROM UNNEST($1::text[], $2::uuid[]) AS k(tenant_id, event_id)
-         CROSS JOIN LATERAL (
-             SELECT {EVENT_COLUMNS} FROM events
-             WHERE events.tenant_id = k.tenant_id AND events.event_id = k.event_id
-             LIMIT 1
-         ) e"
+        "BEGIN;
+         SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE;
+         EXECUTE {LOAD_STATEMENT}({}::jsonb, {}::jsonb)",
+        dollar_quote(&stream_keys),
+        dollar_quote(&id_keys),
     );
-    let rows = sqlx::query(&sql)
-        .bind(&tenants)
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut stored = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let event = decode_event(row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
-        stored.insert((event.tenant.clone(), event.id), event);
+    let rows = simple_query(conn, &sql).await?;
+    let mut loaded = Loaded {
+        head: 0,
+        streams: HashMap::new(),
+        stored: HashMap::new(),
+    };
+    let mut stored_positions: Vec<i64> = Vec::new();
+    // The lock statement's row has one column; the read's rows have seven.
+    for row in rows.iter().filter(|r| r.len() == 7) {
+        let kind: i32 = row.try_get(0)?;
+        match kind {
+            0 => loaded.head = row.try_get(1)?,
+            1 => {
+                let tenant: &str = row.try_get(2)?;
+                let stream: &str = row.try_get(3)?;
+                let (Ok(tenant), Ok(stream)) = (TenantId::new(tenant), StreamId::new(stream))
+                else {
+                    continue;
+                };
+                let version: i64 = row.try_get(4)?;
+                let truncate: Option<i64> = row.try_get(6)?;
+                loaded.streams.insert(
+                    (tenant, stream),
+                    StreamState {
+                        version: Some(version as u64),
+                        deleted: row.try_get(5)?,
+                        truncate_before: truncate.map(|t| t as u64),
+                        dirty: false,
+                    },
+                );
+            }
+            _ => stored_positions.push(row.try_get(1)?),
+        }
     }
-    Ok(stored)
+    if !stored_positions.is_empty() {
+        // Resends are rare: only then fetch the stored events in full.
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position = ANY($1)");
+        let rows = sqlx::query(&sql)
+            .bind(&stored_positions)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            let event = decode_event(row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+            loaded
+                .stored
+                .insert((event.tenant.clone(), event.id), event);
+        }
+    }
+    Ok(loaded)
+}
+
+/// Runs `sql` with the simple-query protocol (several statements, no
+/// parameters, one round trip). Boxed so the writer's future stays `Send`
+/// for every lifetime, which the compiler cannot prove through sqlx's
+/// generic executor otherwise.
+fn simple_query<'c>(
+    conn: &'c mut PgConnection,
+    sql: &'c str,
+) -> futures_core::future::BoxFuture<'c, Result<Vec<PgRow>, sqlx::Error>> {
+    sqlx::Executor::fetch_all(conn, sqlx::raw_sql(sql))
+}
+
+/// `text` as a dollar-quoted SQL literal, with a tag that does not occur in it.
+fn dollar_quote(text: &str) -> String {
+    let mut tag = String::from("k");
+    while text.contains(&format!("${tag}$")) {
+        tag.push('k');
+    }
+    format!("${tag}${text}${tag}$")
 }
 
 /// Writes the batch's accepted events, the changed stream rows and the new
 /// head, and queues the notification, in one statement (one round trip).
 async fn write_changes(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     events: &[RecordedEvent],
     streams: &HashMap<(TenantId, StreamId), StreamState>,
     new_head: Option<u64>,
@@ -564,7 +626,7 @@ async fn write_changes(
     .bind(new_head.unwrap_or(0) as i64)
     .bind(new_head.is_some())
     .bind(channel)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -616,6 +678,13 @@ mod tests {
         assert!(crossed_analyze_mark(2047, 2048));
         assert!(crossed_analyze_mark(4_194_303, 4_194_304));
         assert!(!crossed_analyze_mark(4_194_304, 8_388_608));
+    }
+
+    #[test]
+    fn dollar_quotes_pick_a_tag_absent_from_the_text() {
+        assert_eq!(dollar_quote("[]"), "$k$[]$k$");
+        assert_eq!(dollar_quote("a$k$b"), "$kk$a$k$b$kk$");
+        assert_eq!(dollar_quote("$k$$kk$"), "$kkk$$k$$kk$$kkk$");
     }
 
     #[test]

@@ -149,3 +149,51 @@ async fn bad_options_are_rejected() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
 }
+
+/// Stream ids travel to the server inside a dollar-quoted JSON literal on
+/// the write path; ids built to break out of it must be stored and found
+/// like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_stream_ids_are_plain_data() {
+    let Some(store) = store_with(options(&fresh_schema())).await else {
+        return;
+    };
+    let t = TenantId::new("acme").unwrap();
+    let hostile = [
+        "x-$k$; DROP TABLE events; --",
+        "x-$kk$'\"\\",
+        "x-'); DELETE FROM streams; --",
+        "x-\\\"]]}",
+        "x-$$ $k $",
+    ];
+    for (i, name) in hostile.iter().enumerate() {
+        let s = StreamId::new(name).unwrap();
+        let e = NewEvent::new("E", json!({"i": i, "name": name}));
+        let first = store
+            .append(&t, &s, ExpectedVersion::NoStream, vec![e.clone()])
+            .await
+            .unwrap();
+        let again = store
+            .append(&t, &s, ExpectedVersion::NoStream, vec![e])
+            .await
+            .unwrap();
+        assert_eq!(first, again, "{name}: resend must be recognised");
+        let err = store
+            .append(
+                &t,
+                &s,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new("E", json!({}))],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::WrongExpectedVersion { .. }),
+            "{name}: {err:?}"
+        );
+        let info = store.stream_info(&t, &s).await.unwrap().unwrap();
+        assert_eq!(info.stream.as_str(), *name);
+    }
+    let streams = store.list_streams(&t, None, 100).await.unwrap();
+    assert_eq!(streams.len(), hostile.len());
+}
