@@ -631,7 +631,7 @@ async fn write_changes(
     Ok(())
 }
 
-/// Whether the log grew past a power of two between 1,024 and 4,194,304
+/// Whether the log grew past a power of two between 64 and 4,194,304
 /// events. Autovacuum analyzes a table at most once a minute and only after
 /// it grew by a tenth, so a young log that fills at thousands of events a
 /// second is planned on guesses; with stale statistics PostgreSQL may probe
@@ -640,7 +640,7 @@ async fn write_changes(
 /// at each doubling while the log is young keeps the plans honest; past that
 /// autovacuum's own thresholds suffice.
 fn crossed_analyze_mark(before: u64, after: u64) -> bool {
-    (10..=22).any(|k| before < (1 << k) && after >= (1 << k))
+    (6..=22).any(|k| before < (1 << k) && after >= (1 << k))
 }
 
 /// Runs ANALYZE on the log's tables in the background.
@@ -671,7 +671,8 @@ mod tests {
 
     #[test]
     fn statistics_are_refreshed_at_each_doubling_of_a_young_log() {
-        assert!(!crossed_analyze_mark(0, 1023));
+        assert!(!crossed_analyze_mark(0, 63));
+        assert!(crossed_analyze_mark(60, 64));
         assert!(crossed_analyze_mark(1000, 1024));
         assert!(crossed_analyze_mark(0, 5000));
         assert!(!crossed_analyze_mark(1024, 2047));
