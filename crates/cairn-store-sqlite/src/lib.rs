@@ -7,8 +7,9 @@
 //! - **One writer, group commit.** A dedicated thread owns the only write
 //!   connection. Appends, deletes, truncations and snapshot saves queue up
 //!   for it; it runs whatever is queued in one transaction, each request in
-//!   its own savepoint and judged on its own expected version, then commits
-//!   once for all of them (see `writer`).
+//!   its own savepoint (a lone request in the transaction itself) and judged
+//!   on its own expected version, then commits once for all of them (see
+//!   `writer`).
 //! - **Durable acknowledgements.** WAL journal; a request is answered only
 //!   after its transaction committed. With [`SqliteOptions::synchronous_full`]
 //!   (the default) the WAL is fsynced at each commit, so an acknowledged

@@ -12,7 +12,10 @@
 //! migrations recorded and applies nothing. A file migrated by a newer build
 //! (a version this build does not know) is refused rather than written to.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use cairn_store::StoreError;
 use rusqlite::{Connection, OpenFlags};
@@ -23,8 +26,9 @@ use crate::codec::DbResult;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Statements each connection keeps prepared; `$all` reads build one SQL text
-/// per filter shape, so leave room for several shapes.
-const STATEMENT_CACHE: usize = 64;
+/// per filter shape, so leave room for several shapes, and the writer
+/// prepares one insert and one id probe per run length (38 in all).
+pub(crate) const STATEMENT_CACHE: usize = 64;
 
 /// One embedded schema change.
 #[derive(Debug, Clone, Copy)]
@@ -57,11 +61,9 @@ pub(crate) fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connect
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).db()?;
     configure(&conn)?;
-    // Set before anything takes a lock, so a concurrent opener waits instead
-    // of failing on the journal-mode switch.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .db()?;
+    // Set before anything takes a lock; openers racing on a new file retry
+    // (see `switch_to_wal`).
+    let mode = switch_to_wal(&conn)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Unavailable(format!(
             "{} cannot use WAL journaling (got {mode}); a file on a local disk is required",
@@ -72,6 +74,24 @@ pub(crate) fn open_writer(path: &Path, synchronous_full: bool) -> Result<Connect
     conn.pragma_update(None, "synchronous", sync).db()?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Sets WAL journaling and returns the journal mode now in force. When two
+/// connections open the same new file at once, SQLite can answer this
+/// pragma with `SQLITE_BUSY` without calling the busy handler, so this
+/// retries for as long as the busy timeout would have waited.
+fn switch_to_wal(conn: &Connection) -> Result<String, StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other.db(),
+        }
+    }
 }
 
 /// Opens a connection for reads. It is opened read-write but set to

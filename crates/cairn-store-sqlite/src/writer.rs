@@ -6,10 +6,16 @@
 //! `max_batch`) and runs them in ONE `BEGIN IMMEDIATE` transaction, each in
 //! its own savepoint: a request that fails (wrong expected version,
 //! idempotency conflict, any error) is rolled back alone and the others still
-//! commit. Requests are applied in arrival order, so each is judged on its
-//! own expected version against the state left by the ones before it, exactly
-//! as if they had run one by one. The cost of a commit (the fsync) is shared
-//! by the whole group, which is what makes many concurrent appends fast.
+//! commit (a request alone in its group needs no savepoint: the whole
+//! transaction is rolled back instead). Requests are applied in arrival
+//! order, so each is judged on its own expected version against the state
+//! left by the ones before it, exactly as if they had run one by one. The
+//! cost of a commit (the fsync) is shared by the whole group, which is what
+//! makes many concurrent appends fast.
+//!
+//! An append costs a few statements whatever its size: one `IN (...)`
+//! query finds the stored events carrying its ids, and multi-row INSERTs
+//! write its events, up to 100 per statement (see [`runs`]).
 //!
 //! Guarantees:
 //! - a reply is sent only after the transaction holding the request
@@ -24,10 +30,13 @@
 //!
 //! The thread exits when every sender is gone (all store handles dropped).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-    mpsc,
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
 use cairn_core::{NewEvent, RecordedEvent, StreamId, TenantId};
@@ -35,7 +44,7 @@ use cairn_store::{
     AppendOutcome, ExpectedVersion, Idempotency, Snapshot, StoreError, check_expected,
     judge_idempotency,
 };
-use rusqlite::Connection;
+use rusqlite::{Connection, Statement};
 use tokio::sync::{oneshot, watch};
 
 use crate::codec::{DbResult, Decoder, event_columns, from_sql, stream_row, to_sql, to_sql_bits};
@@ -134,14 +143,146 @@ impl Finished {
     }
 }
 
+/// Most events one statement inserts (or ids it probes): per-statement
+/// costs (cache lookup, step, reset) are spread over this many rows, and a
+/// full insert binds 6 + 8 x 100 parameters, far below SQLite's limit.
+const MAX_ROWS_PER_STATEMENT: usize = 100;
+
+/// The run lengths statements are prepared for: 1 to 9, the tens, and
+/// [`MAX_ROWS_PER_STATEMENT`].
+fn run_lengths() -> impl Iterator<Item = usize> {
+    (1..10).chain((10..=MAX_ROWS_PER_STATEMENT).step_by(10))
+}
+
+/// Where the statement for a run of `len` rows sits in [`BulkSql`]'s lists.
+fn shape(len: usize) -> usize {
+    debug_assert!(run_lengths().any(|n| n == len), "{len} is no run length");
+    if len < 10 { len - 1 } else { 8 + len / 10 }
+}
+
+/// Splits `0..len` into runs of a hundred, then the tens, then the units
+/// (345 = 100 + 100 + 100 + 40 + 5): nineteen statement shapes, each
+/// prepared once, write any append in a few statements, and a small or
+/// round one (up to 10 events, or 20, 50, 100) in one.
+fn runs(len: usize) -> impl Iterator<Item = Range<usize>> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = len - start;
+        let size = match left {
+            0 => return None,
+            MAX_ROWS_PER_STATEMENT.. => MAX_ROWS_PER_STATEMENT,
+            10.. => left / 10 * 10,
+            _ => left,
+        };
+        let run = start..start + size;
+        start += size;
+        Some(run)
+    })
+}
+
+/// Parameters an insert binds once for all its rows (see [`BulkSql`]).
+const SHARED_PARAMS: usize = 6;
+/// Parameters an insert binds per row.
+const ROW_PARAMS: usize = 8;
+
+/// The multi-row statements, one text per run length (at [`shape`]), built
+/// once: the statement cache is keyed by text.
+struct BulkSql {
+    /// Inserts a run of consecutive events of one append. What the rows
+    /// share is bound once: `?1` first position, `?2` tenant, `?3` stream,
+    /// `?4` category, `?5` first version, `?6` recorded_at; row `r` takes
+    /// position `?1 + r`, version `?5 + r` and [`ROW_PARAMS`] values of its
+    /// own (id, type, schema version, data, the four metadata fields).
+    insert: Vec<String>,
+    /// Selects the events of tenant `?1` carrying any of a run of ids.
+    probe: Vec<String>,
+}
+
+impl BulkSql {
+    fn new() -> Self {
+        let insert = run_lengths()
+            .map(|n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|r| {
+                        let own: Vec<String> = (1..=ROW_PARAMS)
+                            .map(|j| format!("?{}", SHARED_PARAMS + r * ROW_PARAMS + j))
+                            .collect();
+                        format!("(?1 + {r}, ?2, ?3, ?4, ?5 + {r}, {}, ?6)", own.join(", "))
+                    })
+                    .collect();
+                // OR FAIL: a row that breaks a constraint stops the statement
+                // without undoing the rows before it, so SQLite needs no
+                // statement journal (one more copy of every page changed).
+                // A failed request is rolled back whole anyway.
+                format!(
+                    "INSERT OR FAIL INTO events (position, tenant_id, stream_id, category, version, \
+                     event_id, event_type, schema_version, data, correlation_id, causation_id, \
+                     traceparent, actor, recorded_at) VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .collect();
+        let probe = run_lengths()
+            .map(|n| {
+                format!(
+                    concat!(
+                        "SELECT ",
+                        event_columns!(),
+                        " FROM events WHERE tenant_id = ? AND event_id IN ({})"
+                    ),
+                    vec!["?"; n].join(", ")
+                )
+            })
+            .collect();
+        Self { insert, probe }
+    }
+}
+
+/// Binds `req`'s events in `run` (with their payloads) as the rows of a
+/// [`BulkSql::insert`] statement; the run's first event goes to `position`
+/// with `version`.
+fn bind_run(
+    stmt: &mut Statement<'_>,
+    req: &AppendRequest,
+    run: Range<usize>,
+    position: u64,
+    version: u64,
+    recorded_at: i64,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(1, to_sql(position))?;
+    stmt.raw_bind_parameter(2, req.tenant.as_str())?;
+    stmt.raw_bind_parameter(3, req.stream.as_str())?;
+    stmt.raw_bind_parameter(4, req.stream.category().as_str())?;
+    stmt.raw_bind_parameter(5, to_sql(version))?;
+    stmt.raw_bind_parameter(6, recorded_at)?;
+    let rows = req.events[run.clone()].iter().zip(&req.payloads[run]);
+    for (r, (event, data)) in rows.enumerate() {
+        let at = SHARED_PARAMS + r * ROW_PARAMS;
+        let md = &event.metadata;
+        stmt.raw_bind_parameter(at + 1, &event.id.as_uuid().as_bytes()[..])?;
+        stmt.raw_bind_parameter(at + 2, &event.event_type)?;
+        stmt.raw_bind_parameter(at + 3, event.schema_version)?;
+        stmt.raw_bind_parameter(at + 4, data)?;
+        stmt.raw_bind_parameter(at + 5, &md.correlation_id)?;
+        stmt.raw_bind_parameter(at + 6, &md.causation_id)?;
+        stmt.raw_bind_parameter(at + 7, &md.traceparent)?;
+        stmt.raw_bind_parameter(at + 8, &md.actor)?;
+    }
+    Ok(())
+}
+
 /// The state of the writer thread.
 pub(crate) struct Writer {
     conn: Connection,
     head: Arc<watch::Sender<u64>>,
     commits: Arc<AtomicU64>,
     decoder: Decoder,
+    sql: BulkSql,
     /// The position the next event gets; valid inside a transaction only.
     next_position: u64,
+    /// Requests of the current group, dropped once every reply is out:
+    /// freeing their events and payloads is not the callers' wait.
+    spent: Vec<AppendRequest>,
 }
 
 impl Writer {
@@ -155,7 +296,9 @@ impl Writer {
             head,
             commits,
             decoder: Decoder::default(),
+            sql: BulkSql::new(),
             next_position: 1,
+            spent: Vec::new(),
         }
     }
 
@@ -184,6 +327,7 @@ impl Writer {
         for f in finished {
             f.send();
         }
+        self.spent.clear();
     }
 
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Finished> {
@@ -191,6 +335,12 @@ impl Writer {
             tracing::warn!(error = %err, "sqlite writer could not start a transaction");
             return batch.into_iter().map(|c| c.reject(&err)).collect();
         }
+        // A lone request runs without a savepoint: the transaction already
+        // isolates it, and savepoints are not free. SQLite copies every page
+        // a savepoint changes into a sub-journal, past 64 KiB into a
+        // temporary file created and deleted per transaction: for a large
+        // append, nearly as much work as its inserts.
+        let lone = batch.len() == 1;
         let mut finished = Vec::with_capacity(batch.len());
         let mut broken: Option<StoreError> = None;
         for cmd in batch {
@@ -199,18 +349,22 @@ impl Writer {
                 continue;
             }
             let start = self.next_position;
-            if let Err(err) = self.exec("SAVEPOINT request") {
+            if !lone && let Err(err) = self.exec("SAVEPOINT request") {
                 finished.push(cmd.reject(&err));
                 broken = Some(err);
                 continue;
             }
             let done = self.apply(cmd);
-            let closed = if done.is_ok() {
-                self.exec("RELEASE request")
-            } else {
+            if !done.is_ok() {
                 self.next_position = start;
-                self.exec("ROLLBACK TO request")
-                    .and_then(|()| self.exec("RELEASE request"))
+            }
+            let closed = match (lone, done.is_ok()) {
+                // Committed or rolled back with the transaction, below.
+                (true, _) => Ok(()),
+                (false, true) => self.exec("RELEASE request"),
+                (false, false) => self
+                    .exec("ROLLBACK TO request")
+                    .and_then(|()| self.exec("RELEASE request")),
             };
             finished.push(done);
             if let Err(err) = closed {
@@ -226,6 +380,11 @@ impl Writer {
         }
         let outcome = match broken {
             Some(err) => Err(err),
+            None if lone && !finished[0].is_ok() => {
+                // The failed request is the whole transaction: undo it all.
+                self.rollback();
+                return finished;
+            }
             None => self.exec("COMMIT"),
         };
         match outcome {
@@ -238,11 +397,19 @@ impl Writer {
             }
             Err(err) => {
                 tracing::warn!(error = %err, requests = finished.len(), "sqlite group commit failed");
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                }
+                self.rollback();
                 finished.into_iter().map(|f| f.fail(&err)).collect()
             }
+        }
+    }
+
+    /// Ends the open transaction, if SQLite has not already rolled it back,
+    /// undoing everything in it.
+    fn rollback(&self) {
+        if !self.conn.is_autocommit()
+            && let Err(err) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %err, "sqlite writer could not roll back");
         }
     }
 
@@ -268,7 +435,7 @@ impl Writer {
                 Ok(())
             }
             Err(err) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                self.rollback();
                 Err(err)
             }
         }
@@ -286,7 +453,11 @@ impl Writer {
 
     fn apply(&mut self, cmd: Command) -> Finished {
         match cmd {
-            Command::Append(req, reply) => Finished::Append(reply, self.append(&req)),
+            Command::Append(req, reply) => {
+                let result = self.append(&req);
+                self.spent.push(req);
+                Finished::Append(reply, result)
+            }
             Command::Delete {
                 tenant,
                 stream,
@@ -312,26 +483,27 @@ impl Writer {
         }
     }
 
-    /// The stored events of `tenant` carrying any of `events`' ids.
+    /// The stored events of `tenant` carrying any of `events`' ids, found
+    /// with one `IN (...)` query per run of ids rather than one per id.
     fn stored_with_ids(
         &mut self,
         tenant: &TenantId,
         events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM events WHERE tenant_id = ?1 AND event_id = ?2"
-            ))
-            .db()?;
         let mut stored = Vec::new();
-        for e in events {
-            let mut rows = stmt
-                .query((tenant.as_str(), &e.id.as_uuid().as_bytes()[..]))
+        for run in runs(events.len()) {
+            let ids = &events[run];
+            let mut stmt = self
+                .conn
+                .prepare_cached(&self.sql.probe[shape(ids.len())])
                 .db()?;
-            if let Some(row) = rows.next().db()? {
+            stmt.raw_bind_parameter(1, tenant.as_str()).db()?;
+            for (i, e) in ids.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 2, &e.id.as_uuid().as_bytes()[..])
+                    .db()?;
+            }
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next().db()? {
                 stored.push(self.decoder.event(row)?);
             }
         }
@@ -344,7 +516,7 @@ impl Writer {
             stream,
             expected,
             events,
-            payloads,
+            ..
         } = req;
         let stored = self.stored_with_ids(tenant, events)?;
         if let Idempotency::Replay(outcome) = judge_idempotency(stream, events, &stored)? {
@@ -364,36 +536,22 @@ impl Writer {
         let recorded_at = chrono::Utc::now().timestamp_micros();
         let first_version = current.map_or(0, |v| v + 1);
         let first_position = self.next_position;
-        let category = stream.category().as_str();
-        let mut insert = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO events (position, tenant_id, stream_id, category, version, event_id,
-                     event_type, schema_version, data, correlation_id, causation_id,
-                     traceparent, actor, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        for run in runs(events.len()) {
+            let mut insert = self
+                .conn
+                .prepare_cached(&self.sql.insert[shape(run.len())])
+                .db()?;
+            let offset = run.start as u64;
+            bind_run(
+                &mut insert,
+                req,
+                run,
+                first_position + offset,
+                first_version + offset,
+                recorded_at,
             )
             .db()?;
-        for (i, (e, data)) in events.iter().zip(payloads).enumerate() {
-            let md = &e.metadata;
-            insert
-                .execute(rusqlite::params![
-                    to_sql(first_position + i as u64),
-                    tenant.as_str(),
-                    stream.as_str(),
-                    category,
-                    to_sql(first_version + i as u64),
-                    &e.id.as_uuid().as_bytes()[..],
-                    e.event_type,
-                    e.schema_version,
-                    data,
-                    md.correlation_id,
-                    md.causation_id,
-                    md.traceparent,
-                    md.actor,
-                    recorded_at,
-                ])
-                .db()?;
+            insert.raw_execute().db()?;
         }
         let count = events.len() as u64;
         let last_version = first_version + count - 1;
@@ -514,7 +672,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::EventId;
+    use cairn_core::{EventId, Metadata};
     use serde_json::json;
 
     struct Harness {
@@ -577,6 +735,128 @@ mod tests {
         w.conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// Every stored event, in log order.
+    fn stored(w: &Writer) -> Vec<RecordedEvent> {
+        let mut stmt = w
+            .conn
+            .prepare(concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events ORDER BY position"
+            ))
+            .unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        let mut decoder = Decoder::default();
+        let mut events = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            events.push(decoder.event(row).unwrap());
+        }
+        events
+    }
+
+    #[test]
+    fn runs_cover_every_length_with_prepared_shapes() {
+        let sql = BulkSql::new();
+        // Every shape, and the writer's dozen other statements, stay cached.
+        assert!(sql.insert.len() + sql.probe.len() + 12 <= crate::schema::STATEMENT_CACHE);
+        for n in run_lengths() {
+            assert_eq!(sql.insert[shape(n)].matches("?2, ?3, ?4").count(), n);
+            assert_eq!(sql.probe[shape(n)].matches('?').count(), 1 + n);
+        }
+        for len in 0..=1_000 {
+            let runs: Vec<_> = runs(len).collect();
+            assert_eq!(runs.first().map_or(0, |r| r.start), 0);
+            assert_eq!(runs.last().map_or(0, |r| r.end), len);
+            assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(runs.iter().all(|r| run_lengths().any(|n| n == r.len())));
+            if len <= 10 || (len <= 100 && len % 10 == 0) {
+                assert!(runs.len() <= 1, "{len} takes {runs:?}");
+            }
+        }
+        let lengths: Vec<_> = runs(345).map(|r| r.len()).collect();
+        assert_eq!(lengths, [100, 100, 100, 40, 5]);
+    }
+
+    #[test]
+    fn id_probes_seek_the_unique_index() {
+        let h = harness();
+        for n in run_lengths() {
+            let sql = format!("EXPLAIN QUERY PLAN {}", h.writer.sql.probe[shape(n)]);
+            let mut stmt = h.writer.conn.prepare(&sql).unwrap();
+            let mut rows = stmt.raw_query();
+            let mut plan = String::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push_str(row.get_ref(3).unwrap().as_str().unwrap());
+            }
+            assert!(
+                plan.contains("(tenant_id=? AND event_id=?)"),
+                "{n} ids: {plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_append_spans_statements_row_for_row() {
+        let mut h = harness();
+        let (c0, r0) = append("a-1", ExpectedVersion::NoStream, vec![ev(0)]);
+        h.writer.run_batch(vec![c0]);
+        result(r0).unwrap();
+        // Three full inserts, a run of 40 and one of 5, every row with
+        // values of its own in every column.
+        let events: Vec<NewEvent> = (1..=345u32)
+            .map(|n| {
+                NewEvent::new(format!("E{}", n % 7), json!({ "n": n }))
+                    .with_schema_version(1 + n % 3)
+                    .with_metadata(Metadata {
+                        correlation_id: Some(format!("c-{n}")),
+                        causation_id: (n % 2 == 0).then(|| format!("k-{n}")),
+                        traceparent: (n % 5 == 0).then(|| {
+                            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()
+                        }),
+                        actor: Some(format!("u-{n}")),
+                    })
+            })
+            .collect();
+        let (c1, r1) = append("a-1", ExpectedVersion::Exact(0), events.clone());
+        // A resend in the same group finds all 345 ids, across runs.
+        let (c2, r2) = append("a-1", ExpectedVersion::Exact(0), events.clone());
+        h.writer.run_batch(vec![c1, c2]);
+        let o = result(r1).unwrap();
+        assert_eq!(
+            (o.first_version, o.last_version),
+            (1, 345),
+            "versions follow the stream's"
+        );
+        assert_eq!((o.first_position, o.last_position), (2, 346));
+        assert_eq!(result(r2).unwrap(), o);
+
+        let rows = stored(&h.writer);
+        assert_eq!(rows.len(), 346);
+        for (e, r) in events.iter().zip(&rows[1..]) {
+            assert!(e.same_content_as(r), "{e:?} stored as {r:?}");
+            assert_eq!(r.position, r.version + 1);
+            assert_eq!((r.tenant.as_str(), r.stream.as_str()), ("acme", "a-1"));
+            assert_eq!(r.recorded_at, rows[1].recorded_at, "one append, one time");
+        }
+        let category: String = h
+            .writer
+            .conn
+            .query_row("SELECT DISTINCT category FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(category, "a");
+
+        // Stored ids in a late run mixed with a new one: a conflict.
+        let mut mixed = events[340..].to_vec();
+        mixed.push(ev(999));
+        let (c3, r3) = append("a-1", ExpectedVersion::Any, mixed);
+        h.writer.run_batch(vec![c3]);
+        assert!(matches!(
+            result(r3),
+            Err(StoreError::IdempotencyConflict { .. })
+        ));
+        assert_eq!(count(&h.writer), 346);
     }
 
     #[test]
@@ -661,6 +941,64 @@ mod tests {
             .query_row("SELECT count(*) FROM streams", [], |r| r.get(0))
             .unwrap();
         assert_eq!(streams, 3, "bad-1 was rolled back");
+    }
+
+    #[test]
+    fn a_statement_failing_midway_leaves_no_row_alone_or_in_a_group() {
+        let mut h = harness();
+        // A stray row holds version 2 of x-1 (with no stream row), so an
+        // append of three events to x-1 inserts two rows, then fails.
+        h.writer
+            .conn
+            .execute_batch(
+                "INSERT INTO events (position, tenant_id, stream_id, category, version,
+                     event_id, event_type, schema_version, data, recorded_at)
+                 VALUES (1, 'acme', 'x-1', 'x', 2, x'00', 'E', 1, '{}', 0)",
+            )
+            .unwrap();
+        let three = || (0..3).map(ev).collect::<Vec<_>>();
+        let (c1, r1) = append("x-1", ExpectedVersion::Any, three());
+        h.writer.run_batch(vec![c1]);
+        assert!(matches!(result(r1), Err(StoreError::Unavailable(_))));
+        assert_eq!(
+            count(&h.writer),
+            1,
+            "alone: rolled back with its transaction"
+        );
+
+        let (c2, r2) = append("ok-1", ExpectedVersion::NoStream, vec![ev(3)]);
+        let (c3, r3) = append("x-1", ExpectedVersion::Any, three());
+        let (c4, r4) = append("ok-2", ExpectedVersion::NoStream, vec![ev(4)]);
+        h.writer.run_batch(vec![c2, c3, c4]);
+        assert_eq!(result(r2).unwrap().first_position, 2);
+        assert!(matches!(result(r3), Err(StoreError::Unavailable(_))));
+        assert_eq!(
+            result(r4).unwrap().first_position,
+            3,
+            "positions stay dense"
+        );
+        assert_eq!(
+            count(&h.writer),
+            3,
+            "in a group: rolled back to its savepoint"
+        );
+
+        // A lone request judged wrong commits nothing; the writer carries on.
+        let commits = h.commits.load(Ordering::Relaxed);
+        let (c5, r5) = append("ok-1", ExpectedVersion::NoStream, vec![ev(5)]);
+        h.writer.run_batch(vec![c5]);
+        assert!(matches!(
+            result(r5),
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(0),
+                ..
+            })
+        ));
+        assert_eq!(h.commits.load(Ordering::Relaxed), commits);
+        let (c6, r6) = append("ok-1", ExpectedVersion::Exact(0), vec![ev(6)]);
+        h.writer.run_batch(vec![c6]);
+        assert_eq!(result(r6).unwrap().first_position, 4);
+        assert_eq!(*h.head.borrow(), 4);
     }
 
     #[test]
