@@ -322,7 +322,7 @@ async fn open_postgres(
         .context("connecting the PostgreSQL store")?;
     let store = Arc::new(store);
     let counted = Arc::clone(&store);
-    let baseline = PgBaseline::create(url, baseline_schema, tenant.clone()).await?;
+    let baseline = PgBaseline::create(url, baseline_schema, store_schema, tenant.clone()).await?;
     Ok(Target {
         store,
         commits: Some(Box::new(move || counted.commits())),

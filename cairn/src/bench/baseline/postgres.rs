@@ -1,6 +1,6 @@
 //! The PostgreSQL baseline: sqlx on one connection, in a schema of its own in
-//! the database the store uses, with a table shaped like the store's
-//! `events` table (`crates/cairn-store-postgres/migrations/0001_event_log.sql`).
+//! the database the store uses, with a copy of the store's `events` table
+//! (`CREATE TABLE ... (LIKE ... INCLUDING ALL)`).
 
 use std::{hint::black_box, time::Instant};
 
@@ -22,30 +22,14 @@ const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_
                        recorded_at";
 const COLUMN_COUNT: usize = 14;
 
-/// The store's `events` DDL, same types, collations, constraints and
-/// indexes, so index upkeep costs the same on both sides.
-fn create_table_sql() -> String {
+/// A copy of the store's own `events` table (types, collations,
+/// constraints, indexes), taken from the schema the store just migrated, so
+/// the two can never drift apart and index upkeep costs the same on both
+/// sides.
+fn create_table_sql(store_schema: &str) -> String {
     format!(
-        "CREATE TABLE {TABLE} (
-            position bigint PRIMARY KEY,
-            tenant_id text COLLATE \"C\" NOT NULL,
-            stream_id text COLLATE \"C\" NOT NULL,
-            category text COLLATE \"C\" NOT NULL,
-            version bigint NOT NULL,
-            event_id uuid NOT NULL,
-            event_type text COLLATE \"C\" NOT NULL,
-            schema_version integer NOT NULL,
-            data jsonb NOT NULL,
-            correlation_id text,
-            causation_id text,
-            traceparent text,
-            actor text,
-            recorded_at timestamptz NOT NULL,
-            UNIQUE (tenant_id, stream_id, version),
-            UNIQUE (tenant_id, event_id)
-        );
-        CREATE INDEX {TABLE}_tenant_position ON {TABLE} (tenant_id, position);
-        CREATE INDEX {TABLE}_category_position ON {TABLE} (category, position);"
+        "CREATE TABLE {TABLE} (LIKE {}.events INCLUDING ALL)",
+        quote_ident(store_schema)
     )
 }
 
@@ -97,9 +81,15 @@ pub(crate) struct PgBaseline {
 }
 
 impl PgBaseline {
-    /// Connects to `url` and creates `schema` with an empty baseline table;
-    /// fails if the schema already exists, so a run never mixes with old rows.
-    pub(crate) async fn create(url: &str, schema: &str, tenant: TenantId) -> anyhow::Result<Self> {
+    /// Connects to `url` and creates `schema` with an empty baseline table
+    /// shaped like `store_schema.events`; fails if the schema already
+    /// exists, so a run never mixes with old rows.
+    pub(crate) async fn create(
+        url: &str,
+        schema: &str,
+        store_schema: &str,
+        tenant: TenantId,
+    ) -> anyhow::Result<Self> {
         let mut conn = PgConnection::connect(url)
             .await
             .context("connecting to PostgreSQL for the baseline")?;
@@ -110,7 +100,7 @@ impl PgBaseline {
         conn.execute(format!("SET search_path TO {quoted}").as_str())
             .await
             .context("selecting the baseline schema")?;
-        conn.execute(sqlx::raw_sql(&create_table_sql()))
+        conn.execute(sqlx::raw_sql(&create_table_sql(store_schema)))
             .await
             .context("creating the baseline table")?;
         Ok(Self {

@@ -19,34 +19,44 @@ const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_
                        recorded_at";
 const COLUMN_COUNT: usize = 14;
 
-/// The store's `events` DDL (`crates/cairn-store-sqlite/src/migrations/
-/// 0001_initial.sql`): same STRICT column types (16-byte BLOB ids, JSON as
-/// TEXT, microsecond INTEGER timestamps), constraints and indexes, so index
-/// upkeep costs the same on both sides.
-fn create_table_sql() -> String {
-    format!(
-        "CREATE TABLE {TABLE} (
-            position INTEGER PRIMARY KEY,
-            tenant_id TEXT NOT NULL,
-            stream_id TEXT NOT NULL,
-            category TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            event_id BLOB NOT NULL,
-            event_type TEXT NOT NULL,
-            schema_version INTEGER NOT NULL,
-            data TEXT NOT NULL,
-            correlation_id TEXT,
-            causation_id TEXT,
-            traceparent TEXT,
-            actor TEXT,
-            recorded_at INTEGER NOT NULL,
-            UNIQUE (tenant_id, stream_id, version),
-            UNIQUE (tenant_id, event_id)
-        ) STRICT;
-        CREATE INDEX {TABLE}_by_tenant ON {TABLE} (tenant_id, position);
-        CREATE INDEX {TABLE}_by_tenant_category ON {TABLE} (tenant_id, category, position);
-        CREATE INDEX {TABLE}_by_tenant_type ON {TABLE} (tenant_id, event_type, position);"
-    )
+/// A copy of the store's own `events` table and its indexes, taken from
+/// `sqlite_master` of the file the store just migrated, so the two can
+/// never drift apart and index upkeep costs the same on both sides.
+fn create_table_sql(conn: &Connection) -> anyhow::Result<String> {
+    let mut statement = conn.prepare(
+        "SELECT type, name, sql FROM sqlite_master
+         WHERE tbl_name = 'events' AND sql IS NOT NULL ORDER BY type DESC",
+    )?;
+    let rows = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut script = String::new();
+    for row in rows {
+        let (kind, name, sql) = row?;
+        let (from, to) = match kind.as_str() {
+            "table" => (
+                "CREATE TABLE events".to_owned(),
+                format!("CREATE TABLE {TABLE}"),
+            ),
+            _ => (
+                format!("CREATE INDEX {name} ON events"),
+                format!("CREATE INDEX {TABLE}_{name} ON {TABLE}"),
+            ),
+        };
+        if !sql.starts_with(&from) {
+            return Err(anyhow!("unexpected DDL for {name} in the store: {sql}"));
+        }
+        script.push_str(&sql.replacen(&from, &to, 1));
+        script.push_str(";\n");
+    }
+    if !script.contains("CREATE TABLE") {
+        return Err(anyhow!("the store has no events table to copy"));
+    }
+    Ok(script)
 }
 
 /// `INSERT ... VALUES (?1..?14), (?15..?28), ...` for `rows` rows.
@@ -119,7 +129,7 @@ impl SqliteBaseline {
             }
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "busy_timeout", 5_000)?;
-            conn.execute_batch(&create_table_sql())
+            conn.execute_batch(&create_table_sql(&conn)?)
                 .context("creating the baseline table")?;
             Ok(conn)
         })
@@ -253,7 +263,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("baseline.db");
         let _ = std::fs::remove_file(&path);
+        // The baseline copies the store's table, so the store comes first.
+        let store = cairn_store_sqlite::SqliteStore::open(&path).await.unwrap();
         let mut b = SqliteBaseline::create(&path, tenant()).await.unwrap();
+        drop(store);
         assert_eq!(b.insert_1_per_tx("order-1", 3).await.unwrap().rows, 3);
         assert_eq!(b.insert_100_per_tx("order-x", 2).await.unwrap().rows, 200);
         assert_eq!(b.rows(), 203);
