@@ -1,16 +1,18 @@
 //! The writer: group commit with per-request judgement.
 //!
 //! One task per store handle owns all writes. It takes every request queued
-//! at that moment (up to `max_batch`) and runs them in one transaction:
+//! at that moment (up to `max_batch`) and runs them in one transaction, in
+//! three round trips:
 //!
-//! 1. lock the `log_head` row (serializes writers across processes and fixes
-//!    the next position),
-//! 2. load, in one query each, the state of every stream the batch touches
-//!    and every stored event that carries one of the batch's event ids,
-//! 3. judge each request in order, in memory, with the shared rules of
-//!    `cairn-store` (a later request sees an earlier one's effect),
-//! 4. write all accepted events, stream rows and snapshots in a few set-based
-//!    statements, move the head and notify, and commit.
+//! 1. one simple-query message: `BEGIN`, lock the `log_head` row (serializes
+//!    writers across processes and fixes the next position), then load the
+//!    head, the state of every stream the batch touches and the stored
+//!    events that carry one of the batch's ids;
+//! 2. judge each request in order, in memory, with the shared rules of
+//!    `cairn-store` (a later request sees an earlier one's effect), then
+//!    write all accepted events and stream rows, move the head and notify in
+//!    one statement (snapshots, rare, in their own);
+//! 3. `COMMIT`.
 //!
 //! A request that fails its checks gets its typed error and writes nothing;
 //! the others commit. If the transaction itself fails (the database went

@@ -38,6 +38,30 @@ pub(crate) const TABLE: &str = "bench_baseline_events";
 /// Rows per transaction in `raw_insert_100_per_tx` and in top-ups.
 pub(crate) const BATCH_ROWS: usize = 100;
 
+/// The baseline table's columns, in insert and select order (the same as
+/// the store's `events` table).
+pub(crate) const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_id, \
+                                  event_type, schema_version, data, correlation_id, causation_id, \
+                                  traceparent, actor, recorded_at";
+pub(crate) const COLUMN_COUNT: usize = 14;
+
+/// `INSERT ... VALUES (p1..p14), (p15..p28), ...` for `rows` rows, each
+/// parameter written by `placeholder` (`$n` on PostgreSQL, `?n` on SQLite).
+pub(crate) fn insert_sql(rows: usize, placeholder: fn(usize) -> String) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=COLUMN_COUNT)
+                .map(|c| placeholder(r * COLUMN_COUNT + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
+        tuples.join(", ")
+    )
+}
+
 /// One row of the events table shape, owned: what an insert binds and what
 /// the scan decodes into.
 #[derive(Debug, Clone, PartialEq)]

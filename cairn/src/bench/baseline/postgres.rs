@@ -14,13 +14,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{BATCH_ROWS, Row, RowSource, TABLE, Timed};
-
-/// Columns in insert and select order.
-const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_id, event_type, \
-                       schema_version, data, correlation_id, causation_id, traceparent, actor, \
-                       recorded_at";
-const COLUMN_COUNT: usize = 14;
+use super::{BATCH_ROWS, COLUMNS, Row, RowSource, TABLE, Timed, insert_sql};
 
 /// A copy of the store's own `events` table (types, collations,
 /// constraints, indexes), taken from the schema the store just migrated, so
@@ -30,22 +24,6 @@ fn create_table_sql(store_schema: &str) -> String {
     format!(
         "CREATE TABLE {TABLE} (LIKE {}.events INCLUDING ALL)",
         quote_ident(store_schema)
-    )
-}
-
-/// `INSERT ... VALUES ($1..$14), ($15..$28), ...` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let tuples: Vec<String> = (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=COLUMN_COUNT)
-                .map(|c| format!("${}", r * COLUMN_COUNT + c))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
-        tuples.join(", ")
     )
 }
 
@@ -106,8 +84,8 @@ impl PgBaseline {
         Ok(Self {
             conn,
             source: RowSource::new(tenant),
-            insert_one: insert_sql(1),
-            insert_batch: insert_sql(BATCH_ROWS),
+            insert_one: insert_sql(1, |n| format!("${n}")),
+            insert_batch: insert_sql(BATCH_ROWS, |n| format!("${n}")),
         })
     }
 
@@ -201,7 +179,8 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_every_parameter() {
-        let sql = insert_sql(2);
+        use super::super::COLUMN_COUNT;
+        let sql = insert_sql(2, |n| format!("${n}"));
         assert!(
             sql.ends_with("($15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)")
         );

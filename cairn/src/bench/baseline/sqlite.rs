@@ -11,13 +11,7 @@ use chrono::DateTime;
 use rusqlite::{Connection, Statement};
 use uuid::Uuid;
 
-use super::{BATCH_ROWS, Row, RowSource, TABLE, Timed};
-
-/// Columns in insert and select order.
-const COLUMNS: &str = "position, tenant_id, stream_id, category, version, event_id, event_type, \
-                       schema_version, data, correlation_id, causation_id, traceparent, actor, \
-                       recorded_at";
-const COLUMN_COUNT: usize = 14;
+use super::{BATCH_ROWS, COLUMN_COUNT, COLUMNS, Row, RowSource, TABLE, Timed, insert_sql};
 
 /// A copy of the store's own `events` table and its indexes, taken from
 /// `sqlite_master` of the file the store just migrated, so the two can
@@ -57,22 +51,6 @@ fn create_table_sql(conn: &Connection) -> anyhow::Result<String> {
         return Err(anyhow!("the store has no events table to copy"));
     }
     Ok(script)
-}
-
-/// `INSERT ... VALUES (?1..?14), (?15..?28), ...` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let tuples: Vec<String> = (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=COLUMN_COUNT)
-                .map(|c| format!("?{}", r * COLUMN_COUNT + c))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO {TABLE} ({COLUMNS}) VALUES {}",
-        tuples.join(", ")
-    )
 }
 
 /// Binds `row` as the `slot`-th tuple of a prepared insert.
@@ -176,7 +154,7 @@ impl SqliteBaseline {
     ) -> anyhow::Result<Timed> {
         let stream = stream.to_owned();
         self.blocking(move |inner| {
-            let sql = insert_sql(1);
+            let sql = insert_sql(1, |n| format!("?{n}"));
             let mut stmt = inner.conn.prepare(&sql)?;
             let start = Instant::now();
             for _ in 0..rows {
@@ -197,7 +175,7 @@ impl SqliteBaseline {
     ) -> anyhow::Result<Timed> {
         let stream = stream.to_owned();
         self.blocking(move |inner| {
-            let sql = insert_sql(BATCH_ROWS);
+            let sql = insert_sql(BATCH_ROWS, |n| format!("?{n}"));
             let mut stmt = inner.conn.prepare(&sql)?;
             let start = Instant::now();
             for _ in 0..batches {
