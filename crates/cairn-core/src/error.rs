@@ -25,6 +25,28 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected internal error.
     Internal,
+    /// The request body or its syntax was malformed (bad JSON, wrong content type).
+    MalformedRequest,
+    /// Fields were well-formed but invalid (422): a missing name, a past date...
+    ValidationFailed,
+    /// A domain rule forbids the command in the current state (409).
+    RuleViolation,
+    /// A concurrent change won and retrying did not help (409).
+    ConcurrencyConflict,
+    /// An `If-Match` version no longer matches (412).
+    PreconditionFailed,
+    /// The request body is larger than allowed (413).
+    PayloadTooLarge,
+    /// An `Idempotency-Key` was reused for a different request (422).
+    IdempotencyKeyReused,
+    /// No valid credentials (401).
+    Unauthenticated,
+    /// Valid credentials without the needed permission (403).
+    Forbidden,
+    /// Too many requests (429).
+    RateLimited,
+    /// A dependency did not answer in time (504).
+    Timeout,
 }
 
 impl ErrorCode {
@@ -39,6 +61,17 @@ impl ErrorCode {
             ErrorCode::Corrupt => "corrupt",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::RuleViolation => "rule_violation",
+            ErrorCode::ConcurrencyConflict => "concurrency_conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }

@@ -9,12 +9,14 @@
 //!
 //! Architecture invariant: this crate does no I/O and has no async code.
 
+mod context;
 mod envelope;
 mod error;
 mod event;
 mod ids;
 mod upcast;
 
+pub use context::RequestContext;
 pub use envelope::{
     MAX_ACTOR_BYTES, MAX_CORRELATION_ID_BYTES, MAX_EVENT_TYPE_BYTES, Metadata, NewEvent,
     RecordedEvent, validate_event_type,

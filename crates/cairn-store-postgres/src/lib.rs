@@ -10,12 +10,15 @@
 //!   queued at that moment and runs them in one transaction, judging each on
 //!   its own expected version in memory, so a conflict in one does not fail
 //!   the others and the transaction costs one WAL flush for all of them.
+//!   Plain appends (exact or no-stream expectations on distinct streams)
+//!   commit in a single statement instead; see the `fast` module.
 //! - **Live notification.** Each commit sends `pg_notify` with the new head;
 //!   a listener turns it into the handle's [`EventStore::head`] watch, which
 //!   wakes subscriptions. Polling covers a lost notification.
 //! - **Isolation between deployments and tests**: everything lives in one
 //!   schema ([`PostgresOptions::schema`]), created and migrated on connect.
 
+mod fast;
 mod migrations;
 mod read;
 mod writer;
@@ -117,6 +120,7 @@ pub(crate) struct Shared {
     pub(crate) pool: PgPool,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) commits: AtomicU64,
+    pub(crate) one_statement_commits: AtomicU64,
     pub(crate) options: PostgresOptions,
 }
 
@@ -189,6 +193,7 @@ impl PostgresStore {
             pool,
             head: watch::Sender::new(head as u64),
             commits: AtomicU64::new(0),
+            one_statement_commits: AtomicU64::new(0),
             options,
         });
         let (requests, queue) = mpsc::channel(shared.options.max_batch.max(1) * 4);
@@ -207,6 +212,16 @@ impl PostgresStore {
     /// fewer than the appends it served.
     pub fn commits(&self) -> u64 {
         self.inner.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// Of [`Self::commits`], those made by the one-statement append (plain
+    /// appends with an exact or no-stream expectation on distinct streams;
+    /// see the writer's fast path in ARCHITECTURE.md).
+    pub fn one_statement_commits(&self) -> u64 {
+        self.inner
+            .shared
+            .one_statement_commits
+            .load(Ordering::Relaxed)
     }
 
     /// The connection pool, for read models that share the database.

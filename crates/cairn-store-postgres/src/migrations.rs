@@ -8,11 +8,18 @@
 use sqlx::{Connection, Executor, PgConnection};
 
 /// `(version, name, sql)`, in version order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "event log",
-    include_str!("../migrations/0001_event_log.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "event log",
+        include_str!("../migrations/0001_event_log.sql"),
+    ),
+    (
+        2,
+        "one-statement append",
+        include_str!("../migrations/0002_one_statement_append.sql"),
+    ),
+];
 
 pub(crate) async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;

@@ -1,8 +1,10 @@
 //! The writer: group commit with per-request judgement.
 //!
 //! One task per store handle owns all writes. It takes every request queued
-//! at that moment (up to `max_batch`) and runs them in one transaction, in
-//! three round trips:
+//! at that moment (up to `max_batch`) and first offers them to the
+//! one-statement append ([`crate::fast`]); a batch that does not qualify, or
+//! that the statement refused, runs in one transaction here, in three round
+//! trips:
 //!
 //! 1. one simple-query message: `BEGIN`, lock the `log_head` row (serializes
 //!    writers across processes and fixes the next position), then load the
@@ -30,13 +32,13 @@ use cairn_store::{
     AppendOutcome, ExpectedVersion, Idempotency, Snapshot, StoreError, check_expected,
     judge_idempotency,
 };
-use chrono::{DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, Row, postgres::PgRow, types::Json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Shared,
+    Shared, fast,
     read::{EVENT_COLUMNS, decode_event},
 };
 
@@ -105,8 +107,19 @@ enum Verdict {
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>) {
     let max_batch = shared.options.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
+    let channel = shared.options.channel();
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         let requests = std::mem::take(&mut batch);
+        let pause = shared.options.pause_in_transaction.as_ref().map(random_in);
+        let requests = match fast::try_append(&shared.pool, &channel, pause, requests).await {
+            fast::Attempt::Committed(head) => {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                shared.one_statement_commits.fetch_add(1, Ordering::Relaxed);
+                advance_head(&shared, head);
+                continue;
+            }
+            fast::Attempt::Declined(requests) => requests,
+        };
         if let Err((requests, _)) = commit_batch(&shared, requests).await {
             // Retry each alone, so that one request the database refuses
             // cannot fail the others.
@@ -131,6 +144,21 @@ struct StreamState {
     dirty: bool,
 }
 
+/// Moves the head watch to a committed `head`, refreshing statistics when
+/// the log has grown enough.
+fn advance_head(shared: &Shared, head: u64) {
+    let mut before = 0;
+    shared.head.send_if_modified(|h| {
+        before = *h;
+        let moved = head > *h;
+        *h = (*h).max(head);
+        moved
+    });
+    if crossed_analyze_mark(before, head) {
+        refresh_statistics(shared);
+    }
+}
+
 /// Runs `requests` in one transaction and answers them; on a database
 /// error, answers nothing and hands the requests back.
 async fn commit_batch(
@@ -141,16 +169,7 @@ async fn commit_batch(
         Ok((verdicts, head)) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
             if let Some(head) = head {
-                let mut before = 0;
-                shared.head.send_if_modified(|h| {
-                    before = *h;
-                    let moved = head > *h;
-                    *h = (*h).max(head);
-                    moved
-                });
-                if crossed_analyze_mark(before, head) {
-                    refresh_statistics(shared);
-                }
+                advance_head(shared, head);
             }
             for (request, verdict) in requests.into_iter().zip(verdicts) {
                 // Dropped receivers (callers that gave up) are fine to ignore.
@@ -212,9 +231,7 @@ async fn write_batch(
         mut stored,
     } = open_and_load(conn, requests).await?;
 
-    let recorded_at = Utc::now()
-        .duration_trunc(TimeDelta::microseconds(1))
-        .unwrap_or_else(|_| Utc::now());
+    let recorded_at = recorded_now();
     let mut next_position = head as u64 + 1;
     let mut new_events: Vec<RecordedEvent> = Vec::new();
     let mut snapshots: Vec<(&TenantId, &StreamId, &Snapshot)> = Vec::new();
@@ -543,34 +560,10 @@ async fn write_changes(
 ) -> Result<(), sqlx::Error> {
     let n = events.len();
     let mut position = Vec::with_capacity(n);
-    let mut tenant = Vec::with_capacity(n);
-    let mut stream = Vec::with_capacity(n);
-    let mut category = Vec::with_capacity(n);
-    let mut version = Vec::with_capacity(n);
-    let mut event_id = Vec::with_capacity(n);
-    let mut event_type = Vec::with_capacity(n);
-    let mut schema_version = Vec::with_capacity(n);
-    let mut data: Vec<Json<&Value>> = Vec::with_capacity(n);
-    let mut correlation = Vec::with_capacity(n);
-    let mut causation = Vec::with_capacity(n);
-    let mut traceparent = Vec::with_capacity(n);
-    let mut actor = Vec::with_capacity(n);
-    let mut recorded_at = Vec::with_capacity(n);
+    let mut columns = EventColumns::with_capacity(n);
     for e in events {
         position.push(e.position as i64);
-        tenant.push(e.tenant.as_str());
-        stream.push(e.stream.as_str());
-        category.push(e.stream.category().as_str());
-        version.push(e.version as i64);
-        event_id.push(e.id.as_uuid());
-        event_type.push(e.event_type.as_str());
-        schema_version.push(e.schema_version as i32);
-        data.push(Json(&e.data));
-        correlation.push(e.metadata.correlation_id.as_deref());
-        causation.push(e.metadata.causation_id.as_deref());
-        traceparent.push(e.metadata.traceparent.as_deref());
-        actor.push(e.metadata.actor.as_deref());
-        recorded_at.push(e.recorded_at);
+        columns.push_recorded(e);
     }
     let (mut s_tenant, mut s_stream, mut s_version, mut s_deleted, mut s_truncate) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -587,7 +580,7 @@ async fn write_changes(
     if n == 0 && s_tenant.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let query = sqlx::query(
         "WITH new_events AS (
              INSERT INTO events (position, tenant_id, stream_id, category, version, event_id,
                                  event_type, schema_version, data, correlation_id, causation_id,
@@ -606,30 +599,19 @@ async fn write_changes(
          )
          SELECT pg_notify($22, $20::text) WHERE $21",
     )
-    .bind(position)
-    .bind(tenant)
-    .bind(stream)
-    .bind(category)
-    .bind(version)
-    .bind(event_id)
-    .bind(event_type)
-    .bind(schema_version)
-    .bind(data)
-    .bind(correlation)
-    .bind(causation)
-    .bind(traceparent)
-    .bind(actor)
-    .bind(recorded_at)
-    .bind(s_tenant)
-    .bind(s_stream)
-    .bind(s_version)
-    .bind(s_deleted)
-    .bind(s_truncate)
-    .bind(new_head.unwrap_or(0) as i64)
-    .bind(new_head.is_some())
-    .bind(channel)
-    .execute(&mut *conn)
-    .await?;
+    .bind(position);
+    columns
+        .bind_without_position(query)
+        .bind(s_tenant)
+        .bind(s_stream)
+        .bind(s_version)
+        .bind(s_deleted)
+        .bind(s_truncate)
+        .bind(new_head.unwrap_or(0) as i64)
+        .bind(new_head.is_some())
+        .bind(channel)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -665,6 +647,116 @@ fn random_in(range: &std::ops::Range<Duration>) -> Duration {
     }
     let r = RandomState::new().hash_one(Utc::now().timestamp_nanos_opt());
     range.start + Duration::from_micros(r % span)
+}
+
+/// The time stamped on a batch's events, at the microsecond precision
+/// PostgreSQL stores.
+pub(crate) fn recorded_now() -> DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or_else(|_| Utc::now())
+}
+
+/// A batch's event columns as arrays, bound as binary parameters and
+/// turned back into rows by `UNNEST` (position excepted: the full path
+/// knows it, the fast path computes it in SQL).
+pub(crate) struct EventColumns<'a> {
+    tenant: Vec<&'a str>,
+    stream: Vec<&'a str>,
+    category: Vec<&'a str>,
+    version: Vec<i64>,
+    event_id: Vec<uuid::Uuid>,
+    event_type: Vec<&'a str>,
+    schema_version: Vec<i32>,
+    data: Vec<Json<&'a Value>>,
+    correlation: Vec<Option<&'a str>>,
+    causation: Vec<Option<&'a str>>,
+    traceparent: Vec<Option<&'a str>>,
+    actor: Vec<Option<&'a str>>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            tenant: Vec::with_capacity(n),
+            stream: Vec::with_capacity(n),
+            category: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            schema_version: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            correlation: Vec::with_capacity(n),
+            causation: Vec::with_capacity(n),
+            traceparent: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            recorded_at: Vec::with_capacity(n),
+        }
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        tenant: &'a TenantId,
+        stream: &'a StreamId,
+        version: u64,
+        e: &'a NewEvent,
+        recorded_at: DateTime<Utc>,
+    ) {
+        self.tenant.push(tenant.as_str());
+        self.stream.push(stream.as_str());
+        self.category.push(stream.category().as_str());
+        self.version.push(version as i64);
+        self.event_id.push(e.id.as_uuid());
+        self.event_type.push(e.event_type.as_str());
+        self.schema_version.push(e.schema_version as i32);
+        self.data.push(Json(&e.data));
+        self.correlation.push(e.metadata.correlation_id.as_deref());
+        self.causation.push(e.metadata.causation_id.as_deref());
+        self.traceparent.push(e.metadata.traceparent.as_deref());
+        self.actor.push(e.metadata.actor.as_deref());
+        self.recorded_at.push(recorded_at);
+    }
+
+    fn push_recorded(&mut self, e: &'a RecordedEvent) {
+        self.tenant.push(e.tenant.as_str());
+        self.stream.push(e.stream.as_str());
+        self.category.push(e.stream.category().as_str());
+        self.version.push(e.version as i64);
+        self.event_id.push(e.id.as_uuid());
+        self.event_type.push(e.event_type.as_str());
+        self.schema_version.push(e.schema_version as i32);
+        self.data.push(Json(&e.data));
+        self.correlation.push(e.metadata.correlation_id.as_deref());
+        self.causation.push(e.metadata.causation_id.as_deref());
+        self.traceparent.push(e.metadata.traceparent.as_deref());
+        self.actor.push(e.metadata.actor.as_deref());
+        self.recorded_at.push(e.recorded_at);
+    }
+
+    /// Binds the thirteen arrays, in table column order after `position`.
+    pub(crate) fn bind_without_position<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.tenant)
+            .bind(self.stream)
+            .bind(self.category)
+            .bind(self.version)
+            .bind(self.event_id)
+            .bind(self.event_type)
+            .bind(self.schema_version)
+            .bind(self.data)
+            .bind(self.correlation)
+            .bind(self.causation)
+            .bind(self.traceparent)
+            .bind(self.actor)
+            .bind(self.recorded_at)
+    }
 }
 
 #[cfg(test)]

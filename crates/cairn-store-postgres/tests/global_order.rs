@@ -78,6 +78,17 @@ async fn naive_sequence_positions_let_a_reader_skip_a_late_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_transaction_holds_back_later_positions_until_it_commits() {
+    // `Any` goes through the writer's full path (lock, load, write, commit).
+    slow_transaction_holds_back(ExpectedVersion::Any).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_one_statement_append_holds_back_later_positions_until_it_commits() {
+    // `NoStream` on a fresh stream goes through the one-statement append.
+    slow_transaction_holds_back(ExpectedVersion::NoStream).await;
+}
+
+async fn slow_transaction_holds_back(expected: ExpectedVersion) {
     let schema = fresh_schema();
     let Some(reader) = store_with(options(&schema)).await else {
         return;
@@ -90,12 +101,12 @@ async fn a_slow_transaction_holds_back_later_positions_until_it_commits() {
 
     let t = tenant();
     let slow_append = {
-        let t = t.clone();
+        let (t, slow) = (t.clone(), slow.clone());
         tokio::spawn(async move {
             slow.append(
                 &t,
                 &StreamId::new("slow-1").unwrap(),
-                ExpectedVersion::Any,
+                expected,
                 vec![NewEvent::new("Slow", json!({}))],
             )
             .await
@@ -104,12 +115,12 @@ async fn a_slow_transaction_holds_back_later_positions_until_it_commits() {
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     let fast_append = {
-        let t = t.clone();
+        let (t, fast) = (t.clone(), fast.clone());
         tokio::spawn(async move {
             fast.append(
                 &t,
                 &StreamId::new("fast-1").unwrap(),
-                ExpectedVersion::Any,
+                expected,
                 vec![NewEvent::new("Fast", json!({}))],
             )
             .await
@@ -138,6 +149,11 @@ async fn a_slow_transaction_holds_back_later_positions_until_it_commits() {
     );
     let (slow_out, fast_out) = (slow_append.await.unwrap(), fast_append.await.unwrap());
     assert!(slow_out.last_position < fast_out.first_position);
+    let one_statement = slow.one_statement_commits() + fast.one_statement_commits();
+    match expected {
+        ExpectedVersion::Any => assert_eq!(one_statement, 0),
+        _ => assert_eq!(one_statement, 2),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,24 +177,35 @@ async fn many_slow_concurrent_writers_and_subscribers_see_every_event_once_in_or
     // Writers: separate handles (as separate processes would be), each
     // pausing a random time inside every transaction.
     let mut writers = Vec::new();
+    let mut stores = Vec::new();
     for h in 0..HANDLES {
         let mut o = options(&schema);
         o.pause_in_transaction = Some(Duration::ZERO..Duration::from_millis(15));
         let store = Arc::new(store_with(o).await.unwrap());
+        stores.push(store.clone());
         for task in 0..TASKS_PER_HANDLE {
             let (store, t) = (store.clone(), t.clone());
             writers.push(tokio::spawn(async move {
                 let mut written = 0;
+                // Even tasks share streams and append with `Any` (the
+                // writer's full path); odd tasks own a stream and append
+                // with exact versions (the one-statement append).
+                let mut version: Option<u64> = None;
                 for i in 0..APPENDS_PER_TASK {
-                    let stream = StreamId::new(format!("w{h}-{}", i % 3)).unwrap();
+                    let (stream, expected) = if task % 2 == 0 {
+                        (format!("w{h}-{}", i % 3), ExpectedVersion::Any)
+                    } else {
+                        let expected =
+                            version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                        (format!("x{h}-{task}"), expected)
+                    };
+                    let stream = StreamId::new(stream).unwrap();
                     let size = 1 + (i + task) % 3;
                     let events = (0..size)
                         .map(|k| NewEvent::new("W", json!({"h": h, "t": task, "i": i, "k": k})))
                         .collect();
-                    store
-                        .append(&t, &stream, ExpectedVersion::Any, events)
-                        .await
-                        .unwrap();
+                    let outcome = store.append(&t, &stream, expected, events).await.unwrap();
+                    version = Some(outcome.last_version);
                     written += size;
                 }
                 written
@@ -189,6 +216,13 @@ async fn many_slow_concurrent_writers_and_subscribers_see_every_event_once_in_or
     for w in writers {
         total += w.await.unwrap();
     }
+
+    let one_statement: u64 = stores.iter().map(|s| s.one_statement_commits()).sum();
+    let all: u64 = stores.iter().map(|s| s.commits()).sum();
+    assert!(
+        one_statement > 0 && one_statement < all,
+        "both write paths must run: {one_statement} of {all} commits took one statement"
+    );
 
     let log = reader
         .read_all(0, &AllFilter::tenant(t.clone()), usize::MAX)

@@ -125,11 +125,12 @@ async fn reconnecting_keeps_data_and_migrations_are_idempotent() {
         assert_eq!(*h.head().borrow(), 1);
         assert_eq!(h.stream_info(&t, &s).await.unwrap().unwrap().version, 0);
     }
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn_migrations")
-        .fetch_one(first.pool())
-        .await
-        .unwrap();
-    assert_eq!(applied, 1);
+    let applied: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM cairn_migrations ORDER BY version")
+            .fetch_all(first.pool())
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![1, 2]);
 }
 
 #[tokio::test]
