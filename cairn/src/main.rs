@@ -1,9 +1,11 @@
-//! `cairn`: the platform binary. Today it carries the operator tools for the
-//! event store (`cairn events ...`) and the benchmarks (`cairn bench ...`).
+//! `cairn`: the platform binary: the whole platform in one process
+//! (`cairn up`), the operator tools for the event store (`cairn events ...`)
+//! and the benchmarks (`cairn bench ...`).
 
 mod bench;
 mod events;
 mod store_url;
+mod up;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,8 @@ enum Command {
     /// Read and write events in a store.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Run the whole platform in one process (flights, passengers, audit).
+    Up(up::UpArgs),
     /// Measure throughput and latency beside a baseline on the same machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Events(cmd) => events::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     match result {

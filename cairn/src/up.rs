@@ -1,0 +1,222 @@
+//! `cairn up`: the whole reference system in one process. Flights,
+//! Passengers and Audit share one event store, one read-model database and
+//! one pair of in-process buses, behind one HTTP router.
+//!
+//! Stores: embedded SQLite under `--data-dir` (default), in memory with
+//! `--ephemeral`, or PostgreSQL with `--store postgres://…` (read models then
+//! live in the schema `<schema>_read` of the same database).
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use axum::{Json, Router, routing::get};
+use cairn_audit::{AuditApi, AuditOpenApi, AuditProjection};
+use cairn_core::TenantId;
+use cairn_domain::{CommandBus, QueryBus};
+use cairn_flights::{
+    app::Flights,
+    http::{FlightsApi, FlightsOpenApi},
+    view::FlightsProjection,
+};
+use cairn_http::{
+    Health, HttpOptions, IdempotencyOptions, IdempotencyStore, TenantHeaderOptions, app,
+    openapi_document, openapi_router, serve, shutdown_signal,
+};
+use cairn_passengers::{
+    app::Passengers,
+    http::{PassengersApi, PassengersOpenApi},
+    view::PassengersProjection,
+};
+use cairn_projection::{Projection, ProjectionOptions, ProjectionStatus, Projections, ReadDb};
+use cairn_store::{EventStore, MemoryStore};
+use utoipa::OpenApi;
+
+use crate::store_url::{StoreUrl, open_store, split_schema};
+
+/// Options of `cairn up`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct UpArgs {
+    /// Address to serve HTTP on (port 0 picks a free port).
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: String,
+    /// Directory of the embedded SQLite databases.
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "data")]
+    pub(crate) data_dir: PathBuf,
+    /// Keep everything in memory; nothing survives the process.
+    #[arg(long, conflicts_with = "store")]
+    pub(crate) ephemeral: bool,
+    /// Event store URL instead of the embedded one: postgres://…[?schema=S]
+    /// or sqlite://PATH.
+    #[arg(long, env = "CAIRN_STORE")]
+    pub(crate) store: Option<String>,
+    /// Tenant of requests that name none (`X-Cairn-Tenant`).
+    #[arg(long, env = "CAIRN_DEFAULT_TENANT", default_value = "demo")]
+    pub(crate) default_tenant: String,
+}
+
+/// Runs the platform until SIGINT or SIGTERM.
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let tenant = TenantId::new(&args.default_tenant).context("--default-tenant")?;
+    let (store, store_what, read_db, read_what) = open_stores(&args).await?;
+
+    let projections: Vec<Arc<dyn Projection>> = vec![
+        Arc::new(FlightsProjection),
+        Arc::new(PassengersProjection),
+        Arc::new(AuditProjection),
+    ];
+    let projections = Projections::start(
+        read_db.clone(),
+        store.clone(),
+        projections,
+        ProjectionOptions::default(),
+    )
+    .await
+    .context("starting the projections")?;
+
+    let commands = CommandBus::new();
+    let queries = QueryBus::new();
+    let flights = Flights::register(store.clone(), &commands, &queries, &projections)
+        .context("wiring the flights service")?;
+    let passengers = Passengers::register(store.clone(), &commands, &queries, &projections)
+        .map_err(|e| anyhow::anyhow!("wiring the passengers service: {e}"))?;
+
+    let idempotency = IdempotencyStore::open(read_db.pool().clone(), IdempotencyOptions::default())
+        .await
+        .context("opening the idempotency-key store")?;
+    let health = Health::new().with_sql_check("read-models", read_db.pool().clone());
+
+    let api = Router::new()
+        .merge(cairn_flights::http::router(FlightsApi {
+            flights,
+            commands: commands.clone(),
+            queries: queries.clone(),
+        }))
+        .merge(cairn_passengers::http::router(PassengersApi {
+            passengers,
+            commands: commands.clone(),
+            queries: queries.clone(),
+        }))
+        .merge(cairn_audit::router(AuditApi {
+            projections: projections.clone(),
+        }));
+    let doc = openapi_document(
+        "Cairn flight operations",
+        env!("CARGO_PKG_VERSION"),
+        [
+            FlightsOpenApi::openapi(),
+            PassengersOpenApi::openapi(),
+            AuditOpenApi::openapi(),
+        ],
+    );
+    let status = projections.clone();
+    let public = Router::new()
+        .merge(health.router())
+        .merge(openapi_router(doc))
+        .route(
+            "/api/projections",
+            get(move || {
+                let status = status.clone();
+                async move { Json::<Vec<ProjectionStatus>>(status.status().await) }
+            }),
+        );
+    let options = HttpOptions {
+        tenant: TenantHeaderOptions {
+            default_tenant: Some(tenant.clone()),
+        },
+        ..HttpOptions::default()
+    };
+    let router = app(api, public, &options, Some(&idempotency));
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("cairn up: listening on http://{addr}");
+    println!("  event store:  {store_what}");
+    println!("  read models:  {read_what}");
+    println!("  services:     flights /api/flights, passengers /api/passengers, audit /api/audit");
+    println!("  openapi:      http://{addr}/openapi.json");
+    println!("  health:       http://{addr}/health/ready");
+    println!("  tenant:       {tenant} (default; X-Cairn-Tenant picks another)");
+    println!("  stop:         Ctrl-C");
+
+    let draining = health.clone();
+    serve(listener, router, async move {
+        shutdown_signal().await;
+        draining.set_draining();
+        println!("cairn up: stopping; finishing in-flight requests");
+    })
+    .await
+    .context("serving HTTP")?;
+    projections.shutdown().await;
+    read_db.close().await;
+    println!("cairn up: stopped; checkpoints flushed");
+    Ok(())
+}
+
+async fn open_stores(
+    args: &UpArgs,
+) -> anyhow::Result<(Arc<dyn EventStore>, String, ReadDb, String)> {
+    if args.ephemeral {
+        let db = ReadDb::ephemeral()
+            .await
+            .context("opening the read models")?;
+        return Ok((
+            Arc::new(MemoryStore::new()),
+            "memory (ephemeral)".into(),
+            db,
+            "SQLite in memory (ephemeral)".into(),
+        ));
+    }
+    match args.store.as_deref().map(StoreUrl::parse).transpose()? {
+        Some(StoreUrl::Postgres(url)) => {
+            let store = open_store(&url).await?;
+            let (base, schema) = split_schema(&url);
+            let read_schema = format!("{}_read", schema.as_deref().unwrap_or("cairn"));
+            let read_url = format!(
+                "{base}{}schema={read_schema}",
+                if base.contains('?') { "&" } else { "?" }
+            );
+            let db = ReadDb::open(&read_url)
+                .await
+                .context("opening the read models on PostgreSQL")?;
+            let what = StoreUrl::Postgres(url.clone()).redacted();
+            Ok((
+                store,
+                what.clone(),
+                db,
+                format!("{what} schema {read_schema}"),
+            ))
+        }
+        Some(StoreUrl::Memory) => bail!("use --ephemeral for an in-memory store"),
+        Some(StoreUrl::Sqlite(path)) => {
+            let store = open_store(&format!("sqlite://{path}")).await?;
+            let read_path = format!("{path}.read");
+            let db = ReadDb::open_sqlite(&read_path)
+                .await
+                .context("opening the read models")?;
+            Ok((
+                store,
+                format!("sqlite://{path}"),
+                db,
+                format!("sqlite://{read_path}"),
+            ))
+        }
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let events = args.data_dir.join("events.db");
+            let read = args.data_dir.join("read-models.db");
+            let store = open_store(&format!("sqlite://{}", events.display())).await?;
+            let db = ReadDb::open_sqlite(&read)
+                .await
+                .context("opening the read models")?;
+            Ok((
+                store,
+                format!("sqlite://{}", events.display()),
+                db,
+                format!("sqlite://{}", read.display()),
+            ))
+        }
+    }
+}

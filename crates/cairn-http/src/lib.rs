@@ -1,0 +1,61 @@
+//! The axum glue every Cairn service uses, so each service's HTTP edge
+//! behaves the same way.
+//!
+//! - [`ApiError`]: errors as RFC 9457 `application/problem+json`, one
+//!   mapping from [`cairn_core::ErrorCode`] to status ([`status_for`]).
+//! - [`ApiJson`], [`ApiPath`], [`ApiQuery`]: extractors whose rejections are
+//!   problems (415 / 400 / 422 with the field / 413), and the 404/405
+//!   fallbacks ([`with_problem_fallbacks`]).
+//! - [`Context`] and [`tenant_from_header`]: the caller's
+//!   [`RequestContext`](cairn_core::RequestContext) in every request.
+//! - [`IdempotencyStore`] / [`IdempotencyLayer`]: `Idempotency-Key` on POST,
+//!   persisted in SQL (SQLite or PostgreSQL through `sqlx::AnyPool`).
+//! - [`ETag`], [`IfMatch`]: the stream version as a strong entity tag.
+//! - [`Position`], [`MinPosition`], [`wait_for_position`]: read-your-writes.
+//! - [`Health`]: `/health/live`, `/health/ready`.
+//! - [`openapi_document`], [`openapi_router`], [`ProblemResponses`]:
+//!   one OpenAPI 3.1 document at `/openapi.json`.
+//! - [`app`], [`serve`], [`shutdown_signal`], [`BodyLimitLayer`],
+//!   [`trace_layer`]: the standard stack and graceful serving.
+//!
+//! Architecture invariant: an error leaves a Cairn service only as a
+//! problem document with a stable `code`, and a 5xx body never carries the
+//! internal detail it was built with.
+
+mod context;
+mod etag;
+mod extract;
+mod health;
+mod idempotency;
+mod openapi;
+mod position;
+mod problem;
+mod server;
+
+pub use context::{
+    CORRELATION_ID_HEADER, Context, RequestContextLayer, RequestContextService, TENANT_HEADER,
+    TRACEPARENT_HEADER, TenantHeaderOptions, context_from_headers, tenant_from_header,
+};
+pub use etag::{ETag, IfMatch};
+pub use extract::{
+    ApiJson, ApiPath, ApiQuery, decode_json, decode_query, method_not_allowed_fallback,
+    not_found_fallback, with_problem_fallbacks,
+};
+pub use health::{CheckReport, Health, HealthReport};
+pub use idempotency::{
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED_HEADER, IdempotencyError, IdempotencyLayer,
+    IdempotencyOptions, IdempotencyService, IdempotencyStore, MAX_IDEMPOTENCY_KEY_BYTES,
+    is_replayable,
+};
+pub use openapi::{
+    CairnHttpApi, ProblemResponses, openapi_document, openapi_router, problem_response,
+};
+pub use position::{MinPosition, POSITION_HEADER, Position, wait_for_position};
+pub use problem::{
+    ApiError, FieldError, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, Problem, RequestRejected,
+    status_for, title_for,
+};
+pub use server::{
+    BodyLimit, BodyLimitLayer, CairnTraceLayer, DEFAULT_BODY_LIMIT_BYTES, HttpOptions, RequestSpan,
+    app, serve, shutdown_signal, trace_layer,
+};

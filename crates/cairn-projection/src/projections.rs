@@ -1,0 +1,417 @@
+//! [`Projections`]: the set of projections a process runs, one runner task
+//! each, and the handle callers use to wait for a position, read the status,
+//! stop, retry, rebuild and shut down.
+//!
+//! Starting installs the checkpoint table, then for each projection, in one
+//! transaction: creates its checkpoint row if missing, runs its schema, and
+//! when the row is new or the projection's version changed, resets the model
+//! first and starts from zero. A projection whose stored row records a
+//! failure starts failed: it waits for [`Projections::restart`] instead of
+//! skipping the event.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use cairn_store::EventStore;
+use chrono::Utc;
+use sqlx::Executor;
+use tokio::sync::{Mutex, watch};
+
+use crate::{
+    Projection, ProjectionState, ProjectionStatus, ReadDb, ReadModelError, checkpoint,
+    runner::{self, Progress, Running, Slot},
+};
+
+/// How runners read and retry. The defaults suit a laptop.
+#[derive(Debug, Clone)]
+pub struct ProjectionOptions {
+    /// Most events applied in one transaction. Default 256.
+    pub batch_size: usize,
+    /// Longest wait for the store's head to move before reading again anyway
+    /// (commits by other processes may not wake this one). Default 500 ms.
+    pub poll_interval: Duration,
+    /// First delay before retrying after a transient failure. Default 50 ms.
+    pub retry_min: Duration,
+    /// Longest delay between retries. Default 5 s.
+    pub retry_max: Duration,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll_interval: Duration::from_millis(500),
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The projections of a process. Clones are cheap and share the runners;
+/// when the last clone is dropped the runners are told to stop (use
+/// [`shutdown`](Projections::shutdown) to wait for them).
+#[derive(Clone)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: ReadDb,
+    store: Arc<dyn EventStore>,
+    options: ProjectionOptions,
+    slots: Vec<Arc<Slot>>,
+    shut_down: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Ok(control) = slot.control.try_lock()
+                && let Some(running) = control.as_ref()
+            {
+                running.stop.send_replace(true);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Projections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projections")
+            .field("db", &self.inner.db)
+            .field("projections", &self.names())
+            .finish()
+    }
+}
+
+impl Projections {
+    /// Prepares every projection's tables and checkpoint and starts a runner
+    /// for each one that is not recorded as failed.
+    ///
+    /// Fails on a duplicate or empty name, on DDL that does not run, and when
+    /// the database is unreachable.
+    pub async fn start(
+        db: ReadDb,
+        store: Arc<dyn EventStore>,
+        projections: impl IntoIterator<Item = Arc<dyn Projection>>,
+        options: ProjectionOptions,
+    ) -> Result<Self, ReadModelError> {
+        if options.batch_size == 0 {
+            return Err(ReadModelError::invalid("batch_size", "must be at least 1"));
+        }
+        let projections: Vec<Arc<dyn Projection>> = projections.into_iter().collect();
+        let mut names = HashSet::new();
+        for p in &projections {
+            let name = p.name();
+            if name.is_empty() || name.len() > 200 {
+                return Err(ReadModelError::invalid(
+                    "projection name",
+                    "must be 1-200 bytes",
+                ));
+            }
+            if !names.insert(name) {
+                return Err(ReadModelError::invalid(
+                    "projection name",
+                    format!("{name:?} is registered twice"),
+                ));
+            }
+        }
+        db.pool().execute(checkpoint::TABLE_DDL).await?;
+
+        let mut slots = Vec::with_capacity(projections.len());
+        for projection in projections {
+            let stored = prepare(&db, &*projection, false).await?;
+            let state = if stored.failure.is_some() {
+                ProjectionState::Failed
+            } else {
+                ProjectionState::Stopped
+            };
+            slots.push(Arc::new(Slot {
+                name: projection.name(),
+                filter: projection.filter(),
+                projection,
+                progress: watch::Sender::new(Progress {
+                    state,
+                    position: stored.position,
+                    checkpoint: stored.position,
+                    failure: stored.failure,
+                    retrying: None,
+                }),
+                control: Mutex::new(None),
+            }));
+        }
+        let this = Self {
+            inner: Arc::new(Inner {
+                db,
+                store,
+                options,
+                slots,
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        for slot in &this.inner.slots {
+            if slot.progress.borrow().state == ProjectionState::Failed {
+                let failure = slot.progress.borrow().failure.clone();
+                tracing::warn!(
+                    projection = slot.name,
+                    failure = ?failure,
+                    "projection is recorded as failed; it stays stopped until retried"
+                );
+                continue;
+            }
+            let mut control = slot.control.lock().await;
+            *control = Some(this.spawn(slot));
+        }
+        Ok(this)
+    }
+
+    /// The read database the projections write to.
+    pub fn db(&self) -> &ReadDb {
+        &self.inner.db
+    }
+
+    /// The registered projections' names, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.inner.slots.iter().map(|s| s.name).collect()
+    }
+
+    /// Waits until projection `name` has handled every event up to
+    /// `position` (applied it, or found it not wanted by its filter), for at
+    /// most `timeout`. True when it has; false on timeout, for an unknown
+    /// name, and at once when the projection is stopped or failed short of
+    /// `position`.
+    pub async fn wait_for(&self, name: &str, position: u64, timeout: Duration) -> bool {
+        let Some(slot) = self.slot(name) else {
+            return false;
+        };
+        wait_slot(slot, position, timeout).await
+    }
+
+    /// Waits until every projection has reached `position`, for at most
+    /// `timeout` in all; false as soon as one cannot get there.
+    pub async fn wait_for_all(&self, position: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for slot in &self.inner.slots {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !wait_slot(slot, position, left).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The status of every projection, in registration order.
+    pub async fn status(&self) -> Vec<ProjectionStatus> {
+        let mut all = Vec::with_capacity(self.inner.slots.len());
+        for slot in &self.inner.slots {
+            all.push(self.status_of_slot(slot).await);
+        }
+        all
+    }
+
+    /// The status of one projection.
+    pub async fn status_of(&self, name: &str) -> Result<ProjectionStatus, ReadModelError> {
+        let slot = self.slot_or_err(name)?;
+        Ok(self.status_of_slot(slot).await)
+    }
+
+    /// Stops projection `name` after its current transaction and waits for
+    /// it. A failed projection stays failed.
+    pub async fn stop(&self, name: &str) -> Result<(), ReadModelError> {
+        let slot = self.slot_or_err(name)?;
+        let mut control = slot.control.lock().await;
+        if let Some(running) = control.take() {
+            running.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Runs projection `name` again: stops it if it runs, forgets a recorded
+    /// failure, and starts from its checkpoint (so a poison event is tried
+    /// again, typically after the code was fixed).
+    pub async fn restart(&self, name: &str) -> Result<(), ReadModelError> {
+        let slot = self.slot_or_err(name)?;
+        self.check_running()?;
+        let mut control = slot.control.lock().await;
+        if let Some(running) = control.take() {
+            running.stop().await;
+        }
+        let mut conn = self.inner.db.pool().acquire().await?;
+        checkpoint::clear_failure(&mut conn, name).await?;
+        drop(conn);
+        tracing::info!(projection = slot.name, "projection restarted");
+        *control = Some(self.spawn(slot));
+        Ok(())
+    }
+
+    /// Rebuilds projection `name` from zero: stops it, then in one
+    /// transaction runs its reset and schema statements and puts its
+    /// checkpoint at 0 (forgetting any failure), then runs it again. Readers
+    /// see the model empty and filling up meanwhile.
+    pub async fn rebuild(&self, name: &str) -> Result<(), ReadModelError> {
+        let slot = self.slot_or_err(name)?;
+        self.check_running()?;
+        let mut control = slot.control.lock().await;
+        if let Some(running) = control.take() {
+            running.stop().await;
+        }
+        let stored = prepare(&self.inner.db, &*slot.projection, true).await?;
+        slot.progress.send_modify(|p| {
+            p.position = stored.position;
+            p.checkpoint = stored.position;
+            p.failure = None;
+        });
+        tracing::info!(projection = slot.name, "projection rebuilding from zero");
+        *control = Some(self.spawn(slot));
+        Ok(())
+    }
+
+    /// Stops every runner after its current transaction commits (progress
+    /// past skipped events is flushed too) and waits for them. Afterwards
+    /// `restart` and `rebuild` refuse with [`ReadModelError::ShutDown`].
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::SeqCst);
+        let mut stopping = Vec::new();
+        for slot in &self.inner.slots {
+            let mut control = slot.control.lock().await;
+            if let Some(running) = control.take() {
+                running.stop.send_replace(true);
+                stopping.push(running);
+            }
+        }
+        for running in stopping {
+            running.stop().await;
+        }
+    }
+
+    fn spawn(&self, slot: &Arc<Slot>) -> Running {
+        runner::spawn(
+            slot.clone(),
+            self.inner.db.clone(),
+            self.inner.store.clone(),
+            self.inner.options.clone(),
+        )
+    }
+
+    fn check_running(&self) -> Result<(), ReadModelError> {
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            Err(ReadModelError::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.inner.slots.iter().find(|s| s.name == name)
+    }
+
+    fn slot_or_err(&self, name: &str) -> Result<&Arc<Slot>, ReadModelError> {
+        self.slot(name)
+            .ok_or_else(|| ReadModelError::UnknownProjection(name.to_owned()))
+    }
+
+    async fn status_of_slot(&self, slot: &Slot) -> ProjectionStatus {
+        let progress = slot.progress.borrow().clone();
+        let head = *self.inner.store.head().borrow();
+        let lag_events = head.saturating_sub(progress.position);
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            // The oldest event it wants and has not applied.
+            match self
+                .inner
+                .store
+                .read_all(progress.position, &slot.filter, 1)
+                .await
+            {
+                Ok(page) => page.first().map_or(0.0, |e| {
+                    let age = Utc::now() - e.recorded_at;
+                    (age.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6).max(0.0)
+                }),
+                Err(e) => {
+                    tracing::debug!(projection = slot.name, error = %e, "lag in seconds unknown");
+                    0.0
+                }
+            }
+        };
+        ProjectionStatus {
+            name: slot.name.to_owned(),
+            state: progress.state,
+            position: progress.position,
+            checkpoint: progress.checkpoint,
+            head,
+            lag_events,
+            lag_seconds,
+            failure: progress.failure,
+            retrying: progress.retrying,
+        }
+    }
+}
+
+async fn wait_slot(slot: &Slot, position: u64, timeout: Duration) -> bool {
+    let mut progress = slot.progress.subscribe();
+    let reached =
+        progress.wait_for(|p| p.position >= position || p.state != ProjectionState::Running);
+    match tokio::time::timeout(timeout, reached).await {
+        Ok(Ok(p)) => p.position >= position,
+        _ => false,
+    }
+}
+
+/// In one transaction: the checkpoint row (created at 0 if missing), then
+/// the model's DDL, resetting first when `rebuild` is asked for, the row is
+/// new (the tables' contents are unknown) or the projection's version
+/// changed. Returns the row as it now stands.
+async fn prepare(
+    db: &ReadDb,
+    projection: &dyn Projection,
+    rebuild: bool,
+) -> Result<checkpoint::Stored, ReadModelError> {
+    let name = projection.name();
+    let version = projection.version();
+    let schema_err = |source| ReadModelError::Schema {
+        projection: name.to_owned(),
+        source,
+    };
+    let mut tx = db.begin().await?;
+    let created = checkpoint::create(&mut tx, name, version).await?;
+    let mut stored = checkpoint::load(&mut tx, name)
+        .await?
+        .ok_or_else(|| sqlx::Error::RowNotFound)?;
+    let reset = rebuild || created || stored.version != version;
+    if reset {
+        if !created && stored.version != version {
+            tracing::info!(
+                projection = name,
+                from = stored.version,
+                to = version,
+                "projection version changed; rebuilding its read model"
+            );
+        }
+        for statement in projection.reset() {
+            (&mut *tx)
+                .execute(statement.as_str())
+                .await
+                .map_err(schema_err)?;
+        }
+    }
+    for statement in projection.schema() {
+        tx.execute(statement.as_str()).await.map_err(schema_err)?;
+    }
+    if reset {
+        checkpoint::restart_from_zero(&mut tx, name, version).await?;
+        stored = checkpoint::Stored {
+            position: 0,
+            version,
+            failure: None,
+        };
+    }
+    tx.commit().await?;
+    Ok(stored)
+}

@@ -1,0 +1,259 @@
+//! The Audit bounded context: every event of every service, filterable and
+//! paged, from its own read model (`audit_log`) fed by `$all`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::{Json, Router, routing::get};
+use cairn_core::{ErrorCode, RecordedEvent, TenantId};
+use cairn_flightops_contracts::Page;
+use cairn_http::{ApiError, ApiQuery, Context};
+use cairn_projection::{Projection, ProjectionError, Projections};
+use cairn_store::AllFilter;
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
+
+/// The projection's name (its checkpoint key).
+pub const PROJECTION: &str = "audit.log";
+/// Largest page of `GET /api/audit`.
+pub const MAX_PAGE: u32 = 500;
+
+/// One entry of the audit log: an event as it was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub position: u64,
+    pub id: String,
+    pub stream: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: String,
+}
+
+/// Copies every event into `audit_log`.
+#[derive(Debug, Default)]
+pub struct AuditProjection;
+
+#[async_trait]
+impl Projection for AuditProjection {
+    fn name(&self) -> &'static str {
+        PROJECTION
+    }
+
+    fn filter(&self) -> AllFilter {
+        AllFilter::all_tenants()
+    }
+
+    fn schema(&self) -> Vec<String> {
+        vec![
+            "CREATE TABLE IF NOT EXISTS audit_log (
+                tenant_id TEXT NOT NULL,
+                position BIGINT NOT NULL,
+                id TEXT NOT NULL,
+                stream_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                event_type TEXT NOT NULL,
+                data TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                PRIMARY KEY (tenant_id, position))"
+                .into(),
+            "CREATE INDEX IF NOT EXISTS audit_log_stream ON audit_log (tenant_id, stream_id, position)"
+                .into(),
+            "CREATE INDEX IF NOT EXISTS audit_log_type ON audit_log (tenant_id, event_type, position)"
+                .into(),
+        ]
+    }
+
+    fn reset(&self) -> Vec<String> {
+        vec!["DROP TABLE IF EXISTS audit_log".into()]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        let metadata = serde_json::to_string(&event.metadata)
+            .map_err(|e| ProjectionError::poison(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO audit_log (tenant_id, position, id, stream_id, version, event_type, data,
+                                    metadata, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(event.tenant.as_str())
+        .bind(event.position as i64)
+        .bind(event.id.to_string())
+        .bind(event.stream.as_str())
+        .bind(event.version as i64)
+        .bind(event.event_type.as_str())
+        .bind(event.data.to_string())
+        .bind(metadata)
+        .bind(
+            event
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `GET /api/audit` query.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only this stream's events.
+    pub stream: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Events after this global position (the previous page's `next`).
+    pub after: Option<String>,
+    /// 1-500, default 100.
+    pub limit: Option<u32>,
+    /// Wait until the audit log has reached this global position.
+    pub min_position: Option<u64>,
+}
+
+/// What the audit handler needs.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    pub projections: Projections,
+}
+
+/// The audit routes.
+pub fn router(api: AuditApi) -> Router {
+    Router::new().route("/api/audit", get(list)).with_state(api)
+}
+
+/// The audit log, oldest first.
+#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, description = "A page of audit entries", body = Object), cairn_http::ProblemResponses))]
+async fn list(
+    axum::extract::State(api): axum::extract::State<AuditApi>,
+    Context(ctx): Context,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::validation(
+            "invalid query",
+            vec![cairn_http::FieldError::new(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}"),
+            )],
+        ));
+    }
+    let after = match params.after.as_deref().map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => {
+            return Err(ApiError::validation(
+                "invalid query",
+                vec![cairn_http::FieldError::new(
+                    "after",
+                    "must be a position (a whole number)",
+                )],
+            ));
+        }
+    };
+    if let Some(p) = params.min_position
+        && !api
+            .projections
+            .wait_for(PROJECTION, p, Duration::from_secs(5))
+            .await
+    {
+        return Err(ApiError::new(
+            ErrorCode::Timeout,
+            format!("the audit log did not reach position {p} in time"),
+        ));
+    }
+    let page = query(
+        api.projections.db().pool(),
+        &ctx.tenant,
+        params.stream.as_deref(),
+        params.event_type.as_deref(),
+        after,
+        limit,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "audit query failed");
+        ApiError::new(ErrorCode::Unavailable, "the audit log is unavailable")
+    })?;
+    Ok(Json(page))
+}
+
+fn from_row(row: &AnyRow) -> Result<AuditEntry, sqlx::Error> {
+    let json = |name: &str| -> Result<serde_json::Value, sqlx::Error> {
+        let text: String = row.try_get(name)?;
+        serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(e.into()))
+    };
+    Ok(AuditEntry {
+        position: row.try_get::<i64, _>("position")? as u64,
+        id: row.try_get("id")?,
+        stream: row.try_get("stream_id")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        event_type: row.try_get("event_type")?,
+        data: json("data")?,
+        metadata: json("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// A page of `tenant`'s audit log.
+pub async fn query(
+    pool: &AnyPool,
+    tenant: &TenantId,
+    stream: Option<&str>,
+    event_type: Option<&str>,
+    after: u64,
+    limit: u32,
+) -> Result<Page<AuditEntry>, sqlx::Error> {
+    let mut values: Vec<&str> = vec![tenant.as_str()];
+    let mut conditions = "tenant_id = $1".to_owned();
+    for (column, value) in [("stream_id", stream), ("event_type", event_type)] {
+        if let Some(v) = value {
+            values.push(v);
+            conditions.push_str(&format!(" AND {column} = ${}", values.len()));
+        }
+    }
+    let total_sql = format!("SELECT COUNT(*) FROM audit_log WHERE {conditions}");
+    let mut total_query = sqlx::query(&total_sql);
+    for v in &values {
+        total_query = total_query.bind(*v);
+    }
+    let total: i64 = total_query.fetch_one(pool).await?.try_get(0)?;
+    let sql = format!(
+        "SELECT position, id, stream_id, version, event_type, data, metadata, recorded_at
+         FROM audit_log WHERE {conditions} AND position > {after} ORDER BY position LIMIT {}",
+        u64::from(limit) + 1
+    );
+    let mut q = sqlx::query(&sql);
+    for v in &values {
+        q = q.bind(*v);
+    }
+    let rows = q.fetch_all(pool).await?;
+    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|e| e.position.to_string())
+    } else {
+        None
+    };
+    Ok(Page {
+        items,
+        total: total.max(0) as u64,
+        next,
+    })
+}
+
+/// The OpenAPI description of the audit route.
+#[derive(utoipa::OpenApi, Debug)]
+#[openapi(paths(list), components(schemas(AuditEntry)), tags((name = "audit", description = "Every event, filterable and paged")))]
+pub struct AuditOpenApi;

@@ -1,0 +1,7 @@
+//! The Flights bounded context: a flight's schedule and its life from
+//! scheduled to departed to landed, or deleted.
+
+pub mod app;
+pub mod domain;
+pub mod http;
+pub mod view;

@@ -1,0 +1,330 @@
+//! The Passengers application layer: the commands and queries this context
+//! answers on the buses.
+//!
+//! Adding a passenger asks the Flights context (a query on the bus) whether
+//! the flight exists, its status and capacity, then decides on the flight's
+//! manifest. Flights asks this context to close boarding before a
+//! departure, to reopen it if the departure failed, and to remove a deleted
+//! flight's passengers.
+
+use std::{sync::Arc, time::Duration};
+
+use cairn_core::{ErrorCode, RequestContext, ValidationError};
+use cairn_domain::{
+    AggregateOptions, AggregateStore, BusError, Command, CommandBus, Query, QueryBus,
+};
+use cairn_flightops_contracts::{
+    CloseBoarding, GetFlightForBooking, Page, RemoveFlightPassengers, ReopenBoarding, Written,
+};
+use cairn_projection::Projections;
+use cairn_store::EventStore;
+
+use crate::{
+    domain::{Manifest, ManifestCommand, validate_passenger},
+    view::{self, PassengerView},
+};
+
+/// Largest page of `GET /api/passengers`.
+pub const MAX_PAGE: u32 = 200;
+
+/// Seat a passenger on a flight; answers the passenger's id.
+#[derive(Debug, Clone)]
+pub struct AddPassenger {
+    pub flight_id: String,
+    pub name: String,
+    pub document: String,
+}
+
+impl Command for AddPassenger {
+    const NAME: &'static str = "passengers.add";
+    type Output = (String, Written);
+
+    fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        validate_passenger(&self.name, &self.document)
+    }
+}
+
+/// Board a passenger.
+#[derive(Debug, Clone)]
+pub struct BoardPassenger {
+    pub passenger_id: String,
+}
+
+impl Command for BoardPassenger {
+    const NAME: &'static str = "passengers.board";
+    type Output = Written;
+}
+
+/// Take a passenger off their flight.
+#[derive(Debug, Clone)]
+pub struct RemovePassenger {
+    pub passenger_id: String,
+}
+
+impl Command for RemovePassenger {
+    const NAME: &'static str = "passengers.remove";
+    type Output = Written;
+}
+
+/// One passenger from the read model.
+#[derive(Debug, Clone)]
+pub struct GetPassenger {
+    pub passenger_id: String,
+}
+
+impl Query for GetPassenger {
+    const NAME: &'static str = "passengers.get";
+    type Output = Option<PassengerView>;
+}
+
+/// A page of passengers, optionally of one flight.
+#[derive(Debug, Clone)]
+pub struct ListPassengers {
+    pub flight_id: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+impl Query for ListPassengers {
+    const NAME: &'static str = "passengers.list";
+    type Output = Page<PassengerView>;
+
+    fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        if self.limit == 0 || self.limit > MAX_PAGE {
+            return Err(vec![ValidationError::new(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}"),
+            )]);
+        }
+        Ok(())
+    }
+}
+
+/// The Passengers context, wired to a store, the buses and its read model.
+#[derive(Debug, Clone)]
+pub struct Passengers {
+    manifests: AggregateStore<Manifest>,
+    queries: QueryBus,
+    projections: Projections,
+    head: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Passengers {
+    /// Registers this context's handlers on the buses.
+    pub fn register(
+        store: Arc<dyn EventStore>,
+        commands: &CommandBus,
+        queries: &QueryBus,
+        projections: &Projections,
+    ) -> Result<Self, BusError> {
+        let this = Self {
+            manifests: AggregateStore::with_options(
+                store.clone(),
+                AggregateOptions::default()
+                    .with_snapshot_every(100)
+                    .with_max_retries(20),
+            ),
+            queries: queries.clone(),
+            projections: projections.clone(),
+            head: store.head(),
+        };
+        let wiring = |e: cairn_domain::bus::DuplicateHandler| BusError::internal(e.to_string());
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: AddPassenger| {
+                let s = s.clone();
+                async move { s.add(&ctx, c).await }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: BoardPassenger| {
+                let s = s.clone();
+                async move {
+                    let flight_id = s.flight_of(&ctx, &c.passenger_id).await?;
+                    let command = ManifestCommand::Board {
+                        flight_id: flight_id.clone(),
+                        passenger_id: c.passenger_id,
+                    };
+                    s.run(&ctx, &flight_id, &command).await
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: RemovePassenger| {
+                let s = s.clone();
+                async move {
+                    let flight_id = s.flight_of(&ctx, &c.passenger_id).await?;
+                    let command = ManifestCommand::Remove {
+                        flight_id: flight_id.clone(),
+                        passenger_id: c.passenger_id,
+                    };
+                    s.run(&ctx, &flight_id, &command).await
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: CloseBoarding| {
+                let s = s.clone();
+                async move {
+                    let command = ManifestCommand::CloseBoarding {
+                        flight_id: c.flight_id.clone(),
+                    };
+                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: ReopenBoarding| {
+                let s = s.clone();
+                async move {
+                    let command = ManifestCommand::ReopenBoarding {
+                        flight_id: c.flight_id.clone(),
+                    };
+                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        commands
+            .register_fn(move |ctx, c: RemoveFlightPassengers| {
+                let s = s.clone();
+                async move {
+                    let command = ManifestCommand::RemoveAll {
+                        flight_id: c.flight_id.clone(),
+                    };
+                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        queries
+            .register_fn(move |ctx, q: GetPassenger| {
+                let s = s.clone();
+                async move {
+                    view::get(s.projections.db().pool(), &ctx.tenant, &q.passenger_id)
+                        .await
+                        .map_err(read_model_error)
+                }
+            })
+            .map_err(wiring)?;
+        let s = this.clone();
+        queries
+            .register_fn(move |ctx, q: ListPassengers| {
+                let s = s.clone();
+                async move {
+                    view::list(
+                        s.projections.db().pool(),
+                        &ctx.tenant,
+                        q.flight_id.as_deref(),
+                        q.after.as_deref(),
+                        q.limit,
+                    )
+                    .await
+                    .map_err(read_model_error)
+                }
+            })
+            .map_err(wiring)?;
+        Ok(this)
+    }
+
+    /// Waits until the passengers read model has reached `position`.
+    pub async fn caught_up(&self, position: u64, timeout: Duration) -> bool {
+        self.projections
+            .wait_for(view::PROJECTION, position, timeout)
+            .await
+    }
+
+    async fn add(
+        &self,
+        ctx: &RequestContext,
+        c: AddPassenger,
+    ) -> Result<(String, Written), BusError> {
+        let flight = self
+            .queries
+            .query(
+                ctx,
+                GetFlightForBooking {
+                    flight_id: c.flight_id.clone(),
+                },
+            )
+            .await?
+            .ok_or_else(|| {
+                BusError::handler(
+                    ErrorCode::NotFound,
+                    format!("flight {} not found", c.flight_id),
+                )
+            })?;
+        let passenger_id = uuid::Uuid::now_v7().to_string();
+        let flight_id = flight.flight_id.clone();
+        let command = ManifestCommand::Add {
+            flight,
+            passenger_id: passenger_id.clone(),
+            name: c.name,
+            document: c.document,
+        };
+        let written = self.run(ctx, &flight_id, &command).await?;
+        Ok((passenger_id, written))
+    }
+
+    async fn run(
+        &self,
+        ctx: &RequestContext,
+        flight_id: &str,
+        command: &ManifestCommand,
+    ) -> Result<Written, BusError> {
+        if uuid::Uuid::try_parse(flight_id).is_err() {
+            return Err(BusError::handler(
+                ErrorCode::NotFound,
+                format!("flight {flight_id} not found"),
+            ));
+        }
+        let outcome = self
+            .manifests
+            .execute(ctx, flight_id, None, command)
+            .await?;
+        Ok(Written {
+            version: outcome.version,
+            position: outcome.position,
+        })
+    }
+
+    /// The flight a passenger is on. The read model may not have a
+    /// just-added passenger yet: on a miss, wait for it to reach the
+    /// store's head once, then decide.
+    async fn flight_of(
+        &self,
+        ctx: &RequestContext,
+        passenger_id: &str,
+    ) -> Result<String, BusError> {
+        let pool = self.projections.db().pool();
+        if let Some(f) = view::flight_of(pool, &ctx.tenant, passenger_id)
+            .await
+            .map_err(read_model_error)?
+        {
+            return Ok(f);
+        }
+        let head = *self.head.borrow();
+        self.caught_up(head, Duration::from_secs(5)).await;
+        view::flight_of(pool, &ctx.tenant, passenger_id)
+            .await
+            .map_err(read_model_error)?
+            .ok_or_else(|| {
+                BusError::handler(
+                    ErrorCode::NotFound,
+                    format!("passenger {passenger_id} not found"),
+                )
+            })
+    }
+}
+
+fn read_model_error(e: sqlx::Error) -> BusError {
+    tracing::error!(error = %e, "passengers read model query failed");
+    BusError::handler(
+        ErrorCode::Unavailable,
+        "the passengers read model is unavailable",
+    )
+}
