@@ -258,10 +258,16 @@ async fn lifecycle(app: &App) {
         .post(&format!("/api/flights/{id}/landing"), json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    let landed_at = r.headers()["x-cairn-position"].to_str().unwrap().to_owned();
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "landed");
 
     // The audit log has every event, filterable and paged.
-    let audit: Value = app.get("/api/audit?limit=2").await.json().await.unwrap();
+    let audit: Value = app
+        .get(&format!("/api/audit?limit=2&minPosition={landed_at}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(audit["items"].as_array().unwrap().len(), 2);
     assert_eq!(audit["items"][0]["type"], "FlightScheduled");
     let next = audit["next"].as_str().unwrap();
@@ -273,7 +279,9 @@ async fn lifecycle(app: &App) {
         .unwrap();
     assert!(page2["items"][0]["position"].as_u64() > audit["items"][1]["position"].as_u64());
     let landed: Value = app
-        .get("/api/audit?type=FlightLanded")
+        .get(&format!(
+            "/api/audit?type=FlightLanded&minPosition={landed_at}"
+        ))
         .await
         .json()
         .await
