@@ -16,7 +16,7 @@ use crate::store_url::open_store;
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
     /// Store URL: memory:, sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "CAIRN_STORE", default_value = "sqlite://data/cairn.db")]
+    #[arg(long, env = "CAIRN_STORE", default_value = "sqlite://data/events.db")]
     store: String,
     /// Tenant whose streams to use.
     #[arg(long, env = "CAIRN_TENANT")]

@@ -78,7 +78,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let flights = Flights::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the flights service")?;
     let passengers = Passengers::register(store.clone(), &commands, &queries, &projections)
-        .map_err(|e| anyhow::anyhow!("wiring the passengers service: {e}"))?;
+        .context("wiring the passengers service")?;
 
     let idempotency = IdempotencyStore::open(read_db.pool().clone(), IdempotencyOptions::default())
         .await

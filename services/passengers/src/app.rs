@@ -12,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 use cairn_core::{ErrorCode, RequestContext, ValidationError};
 use cairn_domain::{
     AggregateOptions, AggregateStore, BusError, Command, CommandBus, Query, QueryBus,
+    bus::DuplicateHandler,
 };
 use cairn_flightops_contracts::{
     CloseBoarding, GetFlightForBooking, Page, RemoveFlightPassengers, ReopenBoarding, Written,
@@ -116,7 +117,7 @@ impl Passengers {
         commands: &CommandBus,
         queries: &QueryBus,
         projections: &Projections,
-    ) -> Result<Self, BusError> {
+    ) -> Result<Self, DuplicateHandler> {
         let this = Self {
             manifests: AggregateStore::with_options(
                 store.clone(),
@@ -128,106 +129,81 @@ impl Passengers {
             projections: projections.clone(),
             head: store.head(),
         };
-        let wiring = |e: cairn_domain::bus::DuplicateHandler| BusError::internal(e.to_string());
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: AddPassenger| {
-                let s = s.clone();
-                async move { s.add(&ctx, c).await }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: AddPassenger| {
+            let s = s.clone();
+            async move { s.add(&ctx, c).await }
+        })?;
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: BoardPassenger| {
-                let s = s.clone();
-                async move {
-                    let flight_id = s.flight_of(&ctx, &c.passenger_id).await?;
-                    let command = ManifestCommand::Board {
-                        flight_id: flight_id.clone(),
-                        passenger_id: c.passenger_id,
-                    };
-                    s.run(&ctx, &flight_id, &command).await
-                }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: BoardPassenger| {
+            let s = s.clone();
+            async move {
+                let board = |flight_id, passenger_id| ManifestCommand::Board {
+                    flight_id,
+                    passenger_id,
+                };
+                s.on_passenger(&ctx, c.passenger_id, board).await
+            }
+        })?;
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: RemovePassenger| {
-                let s = s.clone();
-                async move {
-                    let flight_id = s.flight_of(&ctx, &c.passenger_id).await?;
-                    let command = ManifestCommand::Remove {
-                        flight_id: flight_id.clone(),
-                        passenger_id: c.passenger_id,
-                    };
-                    s.run(&ctx, &flight_id, &command).await
-                }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: RemovePassenger| {
+            let s = s.clone();
+            async move {
+                let remove = |flight_id, passenger_id| ManifestCommand::Remove {
+                    flight_id,
+                    passenger_id,
+                };
+                s.on_passenger(&ctx, c.passenger_id, remove).await
+            }
+        })?;
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: CloseBoarding| {
-                let s = s.clone();
-                async move {
-                    let command = ManifestCommand::CloseBoarding {
-                        flight_id: c.flight_id.clone(),
-                    };
-                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
-                }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: CloseBoarding| {
+            let s = s.clone();
+            async move {
+                let close = |flight_id| ManifestCommand::CloseBoarding { flight_id };
+                s.on_flight(&ctx, c.flight_id, close).await
+            }
+        })?;
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: ReopenBoarding| {
-                let s = s.clone();
-                async move {
-                    let command = ManifestCommand::ReopenBoarding {
-                        flight_id: c.flight_id.clone(),
-                    };
-                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
-                }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: ReopenBoarding| {
+            let s = s.clone();
+            async move {
+                let reopen = |flight_id| ManifestCommand::ReopenBoarding { flight_id };
+                s.on_flight(&ctx, c.flight_id, reopen).await
+            }
+        })?;
         let s = this.clone();
-        commands
-            .register_fn(move |ctx, c: RemoveFlightPassengers| {
-                let s = s.clone();
-                async move {
-                    let command = ManifestCommand::RemoveAll {
-                        flight_id: c.flight_id.clone(),
-                    };
-                    Ok(s.run(&ctx, &c.flight_id, &command).await?.position)
-                }
-            })
-            .map_err(wiring)?;
+        commands.register_fn(move |ctx, c: RemoveFlightPassengers| {
+            let s = s.clone();
+            async move {
+                let remove_all = |flight_id| ManifestCommand::RemoveAll { flight_id };
+                s.on_flight(&ctx, c.flight_id, remove_all).await
+            }
+        })?;
         let s = this.clone();
-        queries
-            .register_fn(move |ctx, q: GetPassenger| {
-                let s = s.clone();
-                async move {
-                    view::get(s.projections.db().pool(), &ctx.tenant, &q.passenger_id)
-                        .await
-                        .map_err(read_model_error)
-                }
-            })
-            .map_err(wiring)?;
-        let s = this.clone();
-        queries
-            .register_fn(move |ctx, q: ListPassengers| {
-                let s = s.clone();
-                async move {
-                    view::list(
-                        s.projections.db().pool(),
-                        &ctx.tenant,
-                        q.flight_id.as_deref(),
-                        q.after.as_deref(),
-                        q.limit,
-                    )
+        queries.register_fn(move |ctx, q: GetPassenger| {
+            let s = s.clone();
+            async move {
+                view::get(s.projections.db().pool(), &ctx.tenant, &q.passenger_id)
                     .await
                     .map_err(read_model_error)
-                }
-            })
-            .map_err(wiring)?;
+            }
+        })?;
+        let s = this.clone();
+        queries.register_fn(move |ctx, q: ListPassengers| {
+            let s = s.clone();
+            async move {
+                view::list(
+                    s.projections.db().pool(),
+                    &ctx.tenant,
+                    q.flight_id.as_deref(),
+                    q.after.as_deref(),
+                    q.limit,
+                )
+                .await
+                .map_err(read_model_error)
+            }
+        })?;
         Ok(this)
     }
 
@@ -236,6 +212,32 @@ impl Passengers {
         self.projections
             .wait_for(view::PROJECTION, position, timeout)
             .await
+    }
+
+    /// Runs a command on the manifest of the flight `passenger_id` is on.
+    async fn on_passenger(
+        &self,
+        ctx: &RequestContext,
+        passenger_id: String,
+        command: impl FnOnce(String, String) -> ManifestCommand,
+    ) -> Result<Written, BusError> {
+        let flight_id = self.flight_of(ctx, &passenger_id).await?;
+        let command = command(flight_id.clone(), passenger_id);
+        self.run(ctx, &flight_id, &command).await
+    }
+
+    /// Runs a command another context sent about a flight's manifest;
+    /// answers the position of the last event written, if any.
+    async fn on_flight(
+        &self,
+        ctx: &RequestContext,
+        flight_id: String,
+        command: impl FnOnce(String) -> ManifestCommand,
+    ) -> Result<Option<u64>, BusError> {
+        let written = self
+            .run(ctx, &flight_id, &command(flight_id.clone()))
+            .await?;
+        Ok(written.position)
     }
 
     async fn add(
