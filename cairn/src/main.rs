@@ -3,7 +3,9 @@
 //! and the benchmarks (`cairn bench ...`).
 
 mod bench;
+mod dlq;
 mod events;
+mod run;
 mod store_url;
 mod up;
 
@@ -32,10 +34,33 @@ enum Command {
     /// Measure throughput and latency beside a baseline on the same machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one service on its own, talking to the others through a broker.
+    Run(run::RunArgs),
+    /// List, show, replay or drop the dead letters of a service's consumers.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// Logs go to stderr (stdout carries command output): `RUST_LOG` picks
+/// what (default `warn`, lapin's own at `error`), `CAIRN_LOG_FORMAT=json` prints one JSON object
+/// per line.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,6 +76,8 @@ fn main() -> ExitCode {
             Command::Events(cmd) => events::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Up(args) => up::run(args).await,
+            Command::Dlq(cmd) => dlq::run(cmd).await,
+            Command::Run(args) => run::run(args).await,
         }
     });
     match result {

@@ -2,6 +2,10 @@
 //! Passengers and Audit share one event store, one read-model database and
 //! one pair of in-process buses, behind one HTTP router.
 //!
+//! Every request, command and projection is measured; `GET /metrics` serves
+//! the Prometheus text, reading the store's head and the projections' lag
+//! at each scrape.
+//!
 //! Stores: embedded SQLite under `--data-dir` (default), in memory with
 //! `--ephemeral`, or PostgreSQL with `--store postgres://…` (read models then
 //! live in the schema `<schema>_read` of the same database).
@@ -29,6 +33,7 @@ use cairn_passengers::{
 };
 use cairn_projection::{Projection, ProjectionOptions, ProjectionStatus, Projections, ReadDb};
 use cairn_store::{EventStore, MemoryStore};
+use cairn_telemetry::Metrics;
 use utoipa::OpenApi;
 
 use crate::store_url::{StoreUrl, open_store, split_schema};
@@ -77,6 +82,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let queries = QueryBus::new();
     let flights = Flights::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the flights service")?;
+    let sagas = flights.start_sagas(std::time::Duration::from_secs(1));
     let passengers = Passengers::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the passengers service")?;
 
@@ -96,9 +102,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             commands: commands.clone(),
             queries: queries.clone(),
         }))
-        .merge(cairn_audit::router(AuditApi {
-            projections: projections.clone(),
-        }));
+        .merge(cairn_audit::router(AuditApi::Log(projections.clone())));
     let doc = openapi_document(
         "Cairn flight operations",
         env!("CARGO_PKG_VERSION"),
@@ -119,10 +123,22 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 async move { Json::<Vec<ProjectionStatus>>(status.status().await) }
             }),
         );
+    let metrics = Metrics::install().with_collector("store-and-projections", {
+        let (store, projections) = (store.clone(), projections.clone());
+        move || {
+            let head = *store.head().borrow();
+            let projections = projections.clone();
+            async move {
+                metrics::gauge!(cairn_telemetry::names::STORE_HEAD_POSITION).set(head as f64);
+                projections.record_metrics().await;
+            }
+        }
+    });
     let options = HttpOptions {
         tenant: TenantHeaderOptions {
             default_tenant: Some(tenant.clone()),
         },
+        metrics: Some(metrics),
         ..HttpOptions::default()
     };
     let router = app(api, public, &options, Some(&idempotency));
@@ -137,6 +153,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  services:     flights /api/flights, passengers /api/passengers, audit /api/audit");
     println!("  openapi:      http://{addr}/openapi.json");
     println!("  health:       http://{addr}/health/ready");
+    println!("  metrics:      http://{addr}/metrics");
     println!("  tenant:       {tenant} (default; X-Cairn-Tenant picks another)");
     println!("  stop:         Ctrl-C");
 
@@ -148,6 +165,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")?;
+    sagas.shutdown().await;
     projections.shutdown().await;
     read_db.close().await;
     println!("cairn up: stopped; checkpoints flushed");

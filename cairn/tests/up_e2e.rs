@@ -516,6 +516,112 @@ async fn fifty_bookings_on_thirty_seats(app: &App) {
     assert_eq!(listed["total"], 30);
 }
 
+/// The value of the first sample of `text` whose line starts with `start`
+/// (metric name and labels), if any.
+fn sample(text: &str, start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(start)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+async fn metrics_are_served(app: &App) {
+    let f = app.create_flight(5).await;
+    let id = f["id"].as_str().unwrap().to_owned();
+    let r = app.add_passenger(&id, "M1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let position = r.headers()["x-cairn-position"].to_str().unwrap().to_owned();
+    let r = app
+        .get(&format!("/api/flights/{id}?minPosition={position}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    problem(
+        app.post(&format!("/api/flights/{id}/landing"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "rule_violation",
+    )
+    .await;
+    assert_eq!(
+        app.get("/no/such/page").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let r = app.get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = r.text().await.unwrap();
+
+    // RED by route template, never by the requested path.
+    for (start, at_least) in [
+        (
+            r#"cairn_http_requests_total{method="POST",route="/api/flights",status="201"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_http_requests_total{method="GET",route="/api/flights/{id}",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_http_requests_total{method="POST",route="/api/flights/{id}/landing",status="409"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_http_request_duration_seconds_count{method="POST",route="/api/passengers"}"#,
+            1.0,
+        ),
+        // Commands by aggregate category and outcome.
+        (
+            r#"cairn_commands_total{category="flight",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_commands_total{category="flight",outcome="rule_violation"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_commands_total{category="manifest",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"cairn_command_duration_seconds_count{category="flight"}"#,
+            2.0,
+        ),
+        // Read at scrape time.
+        ("cairn_store_head_position", 2.0),
+        (
+            r#"cairn_projection_position{projection="flights.flights"}"#,
+            2.0,
+        ),
+        (
+            r#"cairn_projection_running{projection="flights.flights"}"#,
+            1.0,
+        ),
+    ] {
+        let value = sample(&text, start).unwrap_or_else(|| panic!("{start} missing:\n{text}"));
+        assert!(value >= at_least, "{start} is {value}:\n{text}");
+    }
+    let lag = sample(
+        &text,
+        r#"cairn_projection_lag_events{projection="flights.flights"}"#,
+    )
+    .unwrap_or_else(|| panic!("flights lag missing:\n{text}"));
+    assert!(lag >= 0.0);
+    for projection in ["flights.flights", "passengers.passengers", "audit.log"] {
+        let start = format!(r#"cairn_projection_failed{{projection="{projection}"}}"#);
+        assert_eq!(sample(&text, &start), Some(0.0), "{start}:\n{text}");
+    }
+    assert!(!text.contains(&id), "a flight id in the metrics:\n{text}");
+    assert!(!text.contains("demo"), "a tenant in the metrics:\n{text}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -547,6 +653,7 @@ on_both!(
     bad_input_gets_a_problem,
     tenants_never_see_each_other,
     fifty_bookings_on_thirty_seats,
+    metrics_are_served,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,37 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Every code, for parsing and documentation.
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::InvalidInput,
+        ErrorCode::WrongExpectedVersion,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::StreamDeleted,
+        ErrorCode::NotFound,
+        ErrorCode::Corrupt,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::MalformedRequest,
+        ErrorCode::ValidationFailed,
+        ErrorCode::RuleViolation,
+        ErrorCode::ConcurrencyConflict,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+    ];
+
+    /// The code with wire name `name`, if there is one (codes cross process
+    /// boundaries in replies and dead letters).
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -98,5 +129,18 @@ impl ValidationError {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_parses_back_from_its_wire_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
     }
 }

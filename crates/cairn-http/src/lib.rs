@@ -13,6 +13,8 @@
 //! - [`ETag`], [`IfMatch`]: the stream version as a strong entity tag.
 //! - [`Position`], [`MinPosition`], [`wait_for_position`]: read-your-writes.
 //! - [`Health`]: `/health/live`, `/health/ready`.
+//! - [`HttpMetricsLayer`], [`metrics_router`]: RED metrics per method, route
+//!   template and status, and `GET /metrics` (Prometheus).
 //! - [`openapi_document`], [`openapi_router`], [`ProblemResponses`]:
 //!   one OpenAPI 3.1 document at `/openapi.json`.
 //! - [`app`], [`serve`], [`shutdown_signal`], [`BodyLimitLayer`],
@@ -26,6 +28,7 @@ mod context;
 mod etag;
 mod extract;
 mod health;
+mod http_metrics;
 mod idempotency;
 mod openapi;
 mod position;
@@ -42,6 +45,7 @@ pub use extract::{
     not_found_fallback, with_problem_fallbacks,
 };
 pub use health::{CheckReport, Health, HealthReport};
+pub use http_metrics::{HttpMetrics, HttpMetricsLayer, UNMATCHED_ROUTE, metrics_router};
 pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED_HEADER, IdempotencyError, IdempotencyLayer,
     IdempotencyOptions, IdempotencyService, IdempotencyStore, MAX_IDEMPOTENCY_KEY_BYTES,

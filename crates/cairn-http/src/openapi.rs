@@ -5,7 +5,7 @@
 //! and the process merges every service's document with [`openapi_document`]
 //! and serves it with [`openapi_router`]. The merged document always holds
 //! [`CairnHttpApi`]: the `Problem` schema (the body of every error), the
-//! health endpoints and their schemas. Error responses of a route can be
+//! health endpoints and their schemas, and `/metrics`. Error responses of a route can be
 //! described one by one (`(status = 404, body = cairn_http::Problem,
 //! content_type = "application/problem+json")`) or all at once with
 //! [`ProblemResponses`].
@@ -25,13 +25,16 @@ use crate::{
     problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem},
 };
 
-/// The parts of the API every Cairn process has: the `Problem` schema and
-/// the health endpoints.
+/// The parts of the API every Cairn process has: the `Problem` schema, the
+/// health endpoints and `/metrics`.
 #[derive(OpenApi, Debug)]
 #[openapi(
-    paths(crate::health::live, crate::health::ready),
+    paths(crate::health::live, crate::health::ready, crate::http_metrics::scrape),
     components(schemas(Problem, FieldError, HealthReport, CheckReport)),
-    tags((name = "health", description = "Liveness and readiness"))
+    tags(
+        (name = "health", description = "Liveness and readiness"),
+        (name = "operations", description = "Prometheus metrics")
+    )
 )]
 pub struct CairnHttpApi;
 

@@ -2,10 +2,10 @@
 //! the request body limit, request tracing, graceful serving and the
 //! SIGINT/SIGTERM shutdown signal.
 //!
-//! Layer order of [`app`], outermost first: tracing span, body limit, then
-//! for the API routes only: request context (tenant), idempotency keys. The
-//! public routes (health, OpenAPI) need no tenant. The 404/405 fallbacks are
-//! set last, on the merged router.
+//! Layer order of [`app`], outermost first: tracing span, RED metrics, body
+//! limit, then for the API routes only: request context (tenant),
+//! idempotency keys. The public routes (health, OpenAPI, `/metrics`) need no
+//! tenant. The 404/405 fallbacks are set last, on the merged router.
 
 use std::{
     convert::Infallible,
@@ -22,6 +22,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
+use cairn_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 use tower_http::{
@@ -33,6 +34,7 @@ use tracing::{Level, Span};
 use crate::{
     context::{TenantHeaderOptions, tenant_from_header},
     extract::{too_large, with_problem_fallbacks},
+    http_metrics::{HttpMetricsLayer, metrics_router},
     idempotency::IdempotencyStore,
 };
 
@@ -46,6 +48,11 @@ pub struct HttpOptions {
     pub body_limit_bytes: usize,
     /// How the tenant is found (until tokens carry it).
     pub tenant: TenantHeaderOptions,
+    /// When set, `GET /metrics` serves this handle's
+    /// [`scrape`](Metrics::scrape) (its collectors run first). Requests are
+    /// counted either way; they reach Prometheus once a recorder is
+    /// installed ([`Metrics::install`]).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for HttpOptions {
@@ -53,14 +60,16 @@ impl Default for HttpOptions {
         Self {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             tenant: TenantHeaderOptions::default(),
+            metrics: None,
         }
     }
 }
 
 /// The standard stack around a service's routes: `api` gets the request
 /// context and (when a store is given) idempotency keys; `public` (health,
-/// OpenAPI) gets neither; both get the problem fallbacks, the body limit and
-/// request tracing.
+/// OpenAPI) gets neither, and `GET /metrics` joins it when
+/// [`HttpOptions::metrics`] is set; all get the problem fallbacks, the body
+/// limit, the RED metrics ([`HttpMetricsLayer`]) and request tracing.
 pub fn app(
     api: Router,
     public: Router,
@@ -72,8 +81,13 @@ pub fn app(
         None => api,
     };
     let api = api.layer(tenant_from_header(options.tenant.clone()));
+    let public = match &options.metrics {
+        Some(metrics) => public.merge(metrics_router(metrics.clone())),
+        None => public,
+    };
     with_problem_fallbacks(api.merge(public))
         .layer(BodyLimitLayer::new(options.body_limit_bytes))
+        .layer(HttpMetricsLayer)
         .layer(trace_layer())
 }
 

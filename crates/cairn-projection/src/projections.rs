@@ -215,6 +215,32 @@ impl Projections {
         all
     }
 
+    /// Sets the projection gauges from every projection's current status:
+    /// `cairn_projection_position`, `cairn_projection_lag_events`,
+    /// `cairn_projection_lag_seconds`, `cairn_projection_running` and
+    /// `cairn_projection_failed` (1 or 0), each labelled with the projection's
+    /// name. Recorded with the `metrics` macros, so they reach whatever
+    /// recorder the process installed; meant to run when metrics are scraped
+    /// (a `cairn-telemetry` collector), which makes the lag as fresh as the
+    /// scrape and costs nothing between scrapes.
+    pub async fn record_metrics(&self) {
+        for slot in &self.inner.slots {
+            let status = self.status_of_slot(slot).await;
+            let projection = slot.name;
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
+            metrics::gauge!("cairn_projection_position", "projection" => projection)
+                .set(status.position as f64);
+            metrics::gauge!("cairn_projection_lag_events", "projection" => projection)
+                .set(status.lag_events as f64);
+            metrics::gauge!("cairn_projection_lag_seconds", "projection" => projection)
+                .set(status.lag_seconds);
+            metrics::gauge!("cairn_projection_running", "projection" => projection)
+                .set(flag(status.state == ProjectionState::Running));
+            metrics::gauge!("cairn_projection_failed", "projection" => projection)
+                .set(flag(status.state == ProjectionState::Failed));
+        }
+    }
+
     /// The status of one projection.
     pub async fn status_of(&self, name: &str) -> Result<ProjectionStatus, ReadModelError> {
         let slot = self.slot_or_err(name)?;

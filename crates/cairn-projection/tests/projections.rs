@@ -881,3 +881,58 @@ async fn ephemeral_database_runs_several_projections_beside_readers() {
     }
     projections.shutdown().await;
 }
+
+/// The gauges `record_metrics` sets, as a Prometheus scrape shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_metrics_sets_the_projection_gauges() {
+    let metrics = cairn_telemetry::Metrics::install();
+    let gauge = |text: &str, metric: &str| -> f64 {
+        let start = format!(r#"{metric}{{projection="metered"}} "#);
+        text.lines()
+            .find_map(|line| line.strip_prefix(start.as_str()))
+            .unwrap_or_else(|| panic!("{metric} missing: {text}"))
+            .parse()
+            .unwrap()
+    };
+    let db = ReadDb::ephemeral().await.unwrap();
+    let store = memory_store();
+    let counter = Arc::new(Counter::new("metered"));
+    let projections = start(&db, &store, [&counter]).await;
+    projections.stop("metered").await.unwrap();
+    let last = append_n(&*store, "acme", "flight-1", 5).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    projections.record_metrics().await;
+    let text = metrics.render();
+    assert_eq!(gauge(&text, "cairn_projection_position"), 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_lag_events"), 5.0);
+    assert!(gauge(&text, "cairn_projection_lag_seconds") > 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_running"), 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_failed"), 0.0);
+
+    projections.restart("metered").await.unwrap();
+    assert!(projections.wait_for("metered", last, PATIENCE).await);
+    projections.record_metrics().await;
+    let text = metrics.render();
+    assert_eq!(gauge(&text, "cairn_projection_position"), last as f64);
+    assert_eq!(gauge(&text, "cairn_projection_lag_events"), 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_lag_seconds"), 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_running"), 1.0);
+
+    append(
+        &*store,
+        "acme",
+        "flight-2",
+        "Bad",
+        json!({ "poison": true }),
+    )
+    .await;
+    until_failed(&projections, "metered").await;
+    projections.record_metrics().await;
+    let text = metrics.render();
+    assert_eq!(gauge(&text, "cairn_projection_running"), 0.0);
+    assert_eq!(gauge(&text, "cairn_projection_failed"), 1.0);
+    assert_eq!(gauge(&text, "cairn_projection_lag_events"), 1.0);
+    assert!(!text.contains("acme"), "a tenant in a label: {text}");
+    projections.shutdown().await;
+}

@@ -1,5 +1,13 @@
 //! The Audit bounded context: every event of every service, filterable and
-//! paged, from its own read model (`audit_log`) fed by `$all`.
+//! paged, from its own read model (`audit_log`).
+//!
+//! Two feeds fill it. In one process (`cairn up`) the [`AuditProjection`]
+//! follows `$all` and every event's global position is its place in the
+//! log. On its own (`cairn run audit`), consumers of each service's public
+//! events write through [`AuditSink`], and the log numbers entries itself
+//! as they arrive (per tenant), since events from several services come
+//! through separate channels. Either way entries are read in `seq` order,
+//! and `after`/`next` page by `seq`.
 
 use std::time::Duration;
 
@@ -8,7 +16,8 @@ use axum::{Json, Router, routing::get};
 use cairn_core::{ErrorCode, RecordedEvent, TenantId};
 use cairn_flightops_contracts::Page;
 use cairn_http::{ApiError, ApiQuery, Context};
-use cairn_projection::{Projection, ProjectionError, Projections};
+use cairn_messaging::{Broker, Consumer, EventHandler, HandlerError, IntegrationEvent};
+use cairn_projection::{Projection, ProjectionError, Projections, ReadDb};
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
@@ -22,7 +31,12 @@ pub const MAX_PAGE: u32 = 500;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
+    /// The entry's place in this tenant's audit log (what `after` pages by).
+    pub seq: u64,
+    /// The event's global position in its service's event store.
     pub position: u64,
+    /// The service that published it (empty when read from a shared log).
+    pub source: String,
     pub id: String,
     pub stream: String,
     pub version: u64,
@@ -51,6 +65,8 @@ impl Projection for AuditProjection {
         vec![
             "CREATE TABLE IF NOT EXISTS audit_log (
                 tenant_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                source TEXT NOT NULL,
                 position BIGINT NOT NULL,
                 id TEXT NOT NULL,
                 stream_id TEXT NOT NULL,
@@ -59,17 +75,32 @@ impl Projection for AuditProjection {
                 data TEXT NOT NULL,
                 metadata TEXT NOT NULL,
                 recorded_at TEXT NOT NULL,
-                PRIMARY KEY (tenant_id, position))"
+                PRIMARY KEY (tenant_id, seq))"
                 .into(),
-            "CREATE INDEX IF NOT EXISTS audit_log_stream ON audit_log (tenant_id, stream_id, position)"
+            "CREATE UNIQUE INDEX IF NOT EXISTS audit_log_id ON audit_log (tenant_id, id)".into(),
+            "CREATE INDEX IF NOT EXISTS audit_log_stream ON audit_log (tenant_id, stream_id, seq)"
                 .into(),
-            "CREATE INDEX IF NOT EXISTS audit_log_type ON audit_log (tenant_id, event_type, position)"
+            "CREATE INDEX IF NOT EXISTS audit_log_type ON audit_log (tenant_id, event_type, seq)"
+                .into(),
+            "CREATE INDEX IF NOT EXISTS audit_log_position ON audit_log (tenant_id, position)"
+                .into(),
+            "CREATE TABLE IF NOT EXISTS audit_seq (
+                tenant_id TEXT PRIMARY KEY,
+                last BIGINT NOT NULL)"
                 .into(),
         ]
     }
 
     fn reset(&self) -> Vec<String> {
-        vec!["DROP TABLE IF EXISTS audit_log".into()]
+        vec![
+            "DROP TABLE IF EXISTS audit_log".into(),
+            "DROP TABLE IF EXISTS audit_seq".into(),
+        ]
+    }
+
+    /// 2: entries carry their own `seq` and `source`.
+    fn version(&self) -> u32 {
+        2
     }
 
     async fn apply(
@@ -77,30 +108,110 @@ impl Projection for AuditProjection {
         tx: &mut Transaction<'_, Any>,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        let metadata = serde_json::to_string(&event.metadata)
-            .map_err(|e| ProjectionError::poison(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO audit_log (tenant_id, position, id, stream_id, version, event_type, data,
-                                    metadata, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-        )
-        .bind(event.tenant.as_str())
-        .bind(event.position as i64)
-        .bind(event.id.to_string())
-        .bind(event.stream.as_str())
-        .bind(event.version as i64)
-        .bind(event.event_type.as_str())
-        .bind(event.data.to_string())
-        .bind(metadata)
-        .bind(
-            event
-                .recorded_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        )
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        insert(tx, event, event.position, "").await
     }
+}
+
+/// Writes one entry; an event already in the log is left as it is.
+async fn insert(
+    tx: &mut Transaction<'_, Any>,
+    event: &RecordedEvent,
+    seq: u64,
+    source: &str,
+) -> Result<(), ProjectionError> {
+    let metadata = serde_json::to_string(&event.metadata)
+        .map_err(|e| ProjectionError::poison(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, seq, source, position, id, stream_id, version,
+                                event_type, data, metadata, recorded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+    )
+    .bind(event.tenant.as_str())
+    .bind(seq as i64)
+    .bind(source)
+    .bind(event.position as i64)
+    .bind(event.id.to_string())
+    .bind(event.stream.as_str())
+    .bind(event.version as i64)
+    .bind(event.event_type.as_str())
+    .bind(event.data.to_string())
+    .bind(metadata)
+    .bind(
+        event
+            .recorded_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the public events of other services into the audit log, numbering
+/// them per tenant as they arrive: the handler of `cairn run audit`'s
+/// consumers (one per publishing service).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditSink;
+
+#[async_trait]
+impl EventHandler for AuditSink {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        let recorded = event
+            .to_recorded()
+            .map_err(|e| HandlerError::Reject(e.to_string()))?;
+        let retry = |e: sqlx::Error| HandlerError::Retry(e.to_string());
+        sqlx::query(
+            "INSERT INTO audit_seq (tenant_id, last) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(recorded.tenant.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(retry)?;
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE audit_seq SET last = last + 1 WHERE tenant_id = $1 RETURNING last",
+        )
+        .bind(recorded.tenant.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(retry)?;
+        insert(tx, &recorded, seq as u64, &event.source)
+            .await
+            .map_err(|e| match e {
+                ProjectionError::Poison(reason) => HandlerError::Reject(reason),
+                other => HandlerError::Retry(other.to_string()),
+            })
+    }
+}
+
+/// Creates the audit tables when no projection does (`cairn run audit`).
+pub async fn create_tables(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    for statement in AuditProjection.schema() {
+        sqlx::query(&statement).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// The consumers that feed the audit log from `sources`' public events.
+pub fn consumers(
+    db: &ReadDb,
+    broker: &std::sync::Arc<dyn Broker>,
+    sources: &[&str],
+) -> Vec<Consumer> {
+    sources
+        .iter()
+        .map(|source| {
+            Consumer::new(
+                format!("audit-{source}-events"),
+                *source,
+                db.clone(),
+                broker.clone(),
+            )
+            .on_any(AuditSink)
+        })
+        .collect()
 }
 
 /// `GET /api/audit` query.
@@ -112,18 +223,62 @@ pub struct AuditParams {
     /// Only events of this type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    /// Events after this global position (the previous page's `next`).
+    /// Entries after this one (the previous page's `next`).
     pub after: Option<String>,
     /// 1-500, default 100.
     pub limit: Option<u32>,
-    /// Wait until the audit log has reached this global position.
+    /// Wait until the audit log has reached this position (with a shared
+    /// log, the log's position; fed by consumers, until an event at or
+    /// after this position of any service has arrived).
     pub min_position: Option<u64>,
 }
 
 /// What the audit handler needs.
 #[derive(Debug, Clone)]
-pub struct AuditApi {
-    pub projections: Projections,
+pub enum AuditApi {
+    /// Fed by the [`AuditProjection`] over a shared log.
+    Log(Projections),
+    /// Fed by consumers ([`AuditSink`]) into this database.
+    Consumers(ReadDb),
+}
+
+impl AuditApi {
+    fn pool(&self) -> &AnyPool {
+        match self {
+            AuditApi::Log(projections) => projections.db().pool(),
+            AuditApi::Consumers(db) => db.pool(),
+        }
+    }
+
+    async fn reached(&self, tenant: &TenantId, position: u64) -> bool {
+        match self {
+            AuditApi::Log(projections) => {
+                projections
+                    .wait_for(PROJECTION, position, Duration::from_secs(5))
+                    .await
+            }
+            AuditApi::Consumers(db) => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let found: Option<i64> = sqlx::query_scalar(
+                        "SELECT position FROM audit_log WHERE tenant_id = $1 AND position >= $2 LIMIT 1",
+                    )
+                    .bind(tenant.as_str())
+                    .bind(position as i64)
+                    .fetch_optional(db.pool())
+                    .await
+                    .unwrap_or(None);
+                    if found.is_some() {
+                        return true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+    }
 }
 
 /// The audit routes.
@@ -157,16 +312,13 @@ async fn list(
                 "invalid query",
                 vec![cairn_http::FieldError::new(
                     "after",
-                    "must be a position (a whole number)",
+                    "must be a cursor from a previous page (a whole number)",
                 )],
             ));
         }
     };
     if let Some(p) = params.min_position
-        && !api
-            .projections
-            .wait_for(PROJECTION, p, Duration::from_secs(5))
-            .await
+        && !api.reached(&ctx.tenant, p).await
     {
         return Err(ApiError::new(
             ErrorCode::Timeout,
@@ -174,7 +326,7 @@ async fn list(
         ));
     }
     let page = query(
-        api.projections.db().pool(),
+        api.pool(),
         &ctx.tenant,
         params.stream.as_deref(),
         params.event_type.as_deref(),
@@ -195,7 +347,9 @@ fn from_row(row: &AnyRow) -> Result<AuditEntry, sqlx::Error> {
         serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(e.into()))
     };
     Ok(AuditEntry {
+        seq: row.try_get::<i64, _>("seq")? as u64,
         position: row.try_get::<i64, _>("position")? as u64,
+        source: row.try_get("source")?,
         id: row.try_get("id")?,
         stream: row.try_get("stream_id")?,
         version: row.try_get::<i64, _>("version")? as u64,
@@ -230,8 +384,9 @@ pub async fn query(
     }
     let total: i64 = total_query.fetch_one(pool).await?.try_get(0)?;
     let sql = format!(
-        "SELECT position, id, stream_id, version, event_type, data, metadata, recorded_at
-         FROM audit_log WHERE {conditions} AND position > {after} ORDER BY position LIMIT {}",
+        "SELECT seq, source, position, id, stream_id, version, event_type, data, metadata,
+                recorded_at
+         FROM audit_log WHERE {conditions} AND seq > {after} ORDER BY seq LIMIT {}",
         u64::from(limit) + 1
     );
     let mut q = sqlx::query(&sql);
@@ -242,7 +397,7 @@ pub async fn query(
     let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|e| e.position.to_string())
+        items.last().map(|e| e.seq.to_string())
     } else {
         None
     };

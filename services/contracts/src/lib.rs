@@ -100,7 +100,8 @@ pub struct FlightForBooking {
 
 /// Asked of Flights: the flight's booking facts, from its event stream (not
 /// a read model), or `None` if it does not exist or was deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GetFlightForBooking {
     pub flight_id: String,
 }
@@ -119,7 +120,8 @@ impl Query for GetFlightForBooking {
 /// `passengers_not_boarded`) otherwise. Once closed, no passenger can be
 /// added. Answers the global position of the closing event, if one was
 /// written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CloseBoarding {
     pub flight_id: String,
 }
@@ -135,7 +137,8 @@ impl Command for CloseBoarding {
 
 /// Sent to Passengers when a departure could not be recorded after boarding
 /// was closed: the compensation that opens boarding again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ReopenBoarding {
     pub flight_id: String,
 }
@@ -152,7 +155,8 @@ impl Command for ReopenBoarding {
 /// Sent to Passengers when a flight is deleted: removes every passenger of
 /// the flight. Idempotent. Answers the global position of the last event
 /// written, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RemoveFlightPassengers {
     pub flight_id: String,
 }

@@ -4,7 +4,9 @@
 //! A departure crosses contexts: the Passengers context must first close
 //! boarding (it refuses unless every passenger has boarded, and once closed
 //! no passenger can be added), then the flight departs; if the departure
-//! cannot be recorded, boarding is opened again. Deleting a flight asks the
+//! cannot be recorded, boarding is opened again. It runs as the departure
+//! saga ([`crate::departure`]), so a crash in between is finished or undone
+//! on the saga's deadline. Deleting a flight asks the
 //! Passengers context to remove the flight's passengers.
 
 use std::{sync::Arc, time::Duration};
@@ -22,7 +24,11 @@ use cairn_projection::Projections;
 use cairn_store::EventStore;
 use chrono::{DateTime, Utc};
 
+use cairn_flightops_contracts::FlightStatus;
+use cairn_saga::{Dispatcher, SagaOptions, SagaRunner, TimeoutsHandle};
+
 use crate::{
+    departure::{Departure, DepartureCommand, DepartureInput},
     domain::{Flight, FlightCommand, Schedule},
     view::{self, FlightFilter, FlightView},
 };
@@ -142,11 +148,82 @@ impl Query for ListFlights {
 }
 
 /// The Flights context, wired to a store, the buses and its read model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Flights {
     flights: AggregateStore<Flight>,
     commands: CommandBus,
     projections: Projections,
+    departures: Arc<SagaRunner<Departure>>,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flights")
+            .field("projections", &self.projections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Carries the departure saga's commands out: closing and reopening
+/// boarding on the bus (in this process or forwarded to Passengers), the
+/// departure on the flight itself.
+struct DepartureDispatcher {
+    flights: AggregateStore<Flight>,
+    commands: CommandBus,
+}
+
+#[async_trait::async_trait]
+impl Dispatcher<Departure> for DepartureDispatcher {
+    async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        _saga_id: &str,
+        command: DepartureCommand,
+    ) -> DepartureInput {
+        match command {
+            DepartureCommand::CloseBoarding { flight_id } => DepartureInput::BoardingClosed(
+                self.commands
+                    .send(ctx, CloseBoarding { flight_id })
+                    .await
+                    .map(|_| ()),
+            ),
+            DepartureCommand::ReopenBoarding { flight_id } => DepartureInput::BoardingReopened(
+                self.commands
+                    .send(ctx, ReopenBoarding { flight_id })
+                    .await
+                    .map(|_| ()),
+            ),
+            DepartureCommand::Depart {
+                flight_id,
+                expected,
+            } => {
+                let command = FlightCommand::Depart { at: Utc::now() };
+                match self
+                    .flights
+                    .execute(ctx, &flight_id, expected, &command)
+                    .await
+                {
+                    Ok(outcome) => DepartureInput::Departed(Ok(Written {
+                        version: outcome.version,
+                        position: outcome.position,
+                    })),
+                    Err(e) => {
+                        // Tried again after a crash: a flight that already
+                        // departed is the departure done.
+                        if let Ok(Some(loaded)) = self.flights.load(ctx, &flight_id).await
+                            && loaded.state.live_status() == Some(FlightStatus::Departed)
+                        {
+                            return DepartureInput::Departed(Ok(Written {
+                                version: Some(loaded.version),
+                                position: None,
+                            }));
+                        }
+                        DepartureInput::Departed(Err(e.into()))
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Flights {
@@ -157,13 +234,24 @@ impl Flights {
         queries: &QueryBus,
         projections: &Projections,
     ) -> Result<Self, DuplicateHandler> {
+        let flights = AggregateStore::with_options(
+            store.clone(),
+            AggregateOptions::default().with_snapshot_every(50),
+        );
+        let departures = SagaRunner::new(
+            store,
+            projections.db().clone(),
+            DepartureDispatcher {
+                flights: flights.clone(),
+                commands: commands.clone(),
+            },
+            SagaOptions::default(),
+        );
         let this = Self {
-            flights: AggregateStore::with_options(
-                store,
-                AggregateOptions::default().with_snapshot_every(50),
-            ),
+            flights,
             commands: commands.clone(),
             projections: projections.clone(),
+            departures: Arc::new(departures),
         };
         let s = this.clone();
         commands.register_fn(move |ctx, c: ScheduleFlight| {
@@ -289,31 +377,38 @@ impl Flights {
             .clone()
             .into_departure_check()
             .map_err(|e| BusError::domain(&e))?;
-        self.commands
-            .send(
-                ctx,
-                CloseBoarding {
-                    flight_id: id.to_owned(),
-                },
-            )
-            .await?;
-        let command = FlightCommand::Depart { at: Utc::now() };
-        match self.flights.execute(ctx, id, c.expected, &command).await {
-            Ok(outcome) => Ok(Written {
-                version: outcome.version,
-                position: outcome.position,
+        // One saga instance per attempt: a refused departure can be tried
+        // again later as a new instance.
+        let saga_id = format!("{id}.{}", uuid::Uuid::now_v7().simple());
+        let start = DepartureInput::Start {
+            flight_id: id.to_owned(),
+            expected: c.expected,
+        };
+        let departure = self
+            .departures
+            .feed(ctx, &saga_id, start)
+            .await
+            .map_err(|e| BusError::handler(e.code(), e.to_string()))?;
+        match departure.outcome() {
+            Some(Ok(written)) => Ok(*written),
+            Some(Err(refusal)) => Err(refusal.to_bus()),
+            None => Err(match departure.compensating() {
+                // The departure failed and boarding is still being reopened
+                // (the saga keeps trying on its deadline).
+                Some(refusal) => refusal.to_bus(),
+                None => BusError::handler(
+                    ErrorCode::Timeout,
+                    "the departure is still in progress; it completes or is undone on its own",
+                ),
             }),
-            Err(e) => {
-                // Compensate: the flight did not depart, so boarding opens again.
-                let reopen = ReopenBoarding {
-                    flight_id: id.to_owned(),
-                };
-                if let Err(undo) = self.commands.send(ctx, reopen).await {
-                    tracing::error!(flight = id, error = %undo, "could not reopen boarding after a failed departure");
-                }
-                Err(e.into())
-            }
         }
+    }
+
+    /// Starts firing the departure saga's deadlines (until the handle is
+    /// shut down or dropped): how a departure interrupted by a crash
+    /// completes or is undone.
+    pub fn start_sagas(&self, poll: Duration) -> TimeoutsHandle {
+        self.departures.clone().start_timeouts(poll)
     }
 
     async fn delete(&self, ctx: &RequestContext, c: DeleteFlight) -> Result<Written, BusError> {
@@ -322,7 +417,10 @@ impl Flights {
             .flights
             .execute(ctx, id, c.expected, &FlightCommand::Delete)
             .await?;
-        let removed = self
+        // Passengers removes the flight's passengers when it receives
+        // FlightDeleted; asking now as well lets a reader see it at once.
+        // If Passengers cannot answer, the deletion still stands.
+        let removed = match self
             .commands
             .send(
                 ctx,
@@ -330,7 +428,14 @@ impl Flights {
                     flight_id: id.to_owned(),
                 },
             )
-            .await?;
+            .await
+        {
+            Ok(position) => position,
+            Err(e) => {
+                tracing::warn!(flight = id, error = %e, "passengers not removed yet; FlightDeleted will remove them");
+                None
+            }
+        };
         Ok(Written {
             version: outcome.version,
             position: outcome.position.max(removed),

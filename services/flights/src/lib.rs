@@ -2,6 +2,8 @@
 //! scheduled to departed to landed, or deleted.
 
 pub mod app;
+pub mod departure;
 pub mod domain;
 pub mod http;
+pub mod messaging;
 pub mod view;

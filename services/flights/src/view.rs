@@ -54,9 +54,46 @@ pub struct FlightFilter {
     pub limit: u32,
 }
 
-/// Feeds `flights_view` and `flights_view_passengers`.
+/// Feeds `flights_view` and `flights_view_passengers` from the log: the
+/// flight events and, when both contexts share one log (`cairn up`), the
+/// Passengers context's events too.
 #[derive(Debug, Default)]
 pub struct FlightsProjection;
+
+/// The same projection reading only the `flight` category: for Flights on
+/// its own, where passenger counts come from Passengers' integration events
+/// (see [`crate::messaging::passenger_events`]).
+#[derive(Debug, Default)]
+pub struct OwnFlightsProjection;
+
+#[async_trait]
+impl Projection for OwnFlightsProjection {
+    fn name(&self) -> &'static str {
+        PROJECTION
+    }
+
+    fn filter(&self) -> AllFilter {
+        AllFilter::all_tenants().categories(["flight"])
+    }
+
+    fn schema(&self) -> Vec<String> {
+        FlightsProjection.schema()
+    }
+
+    /// A rebuild keeps `flights_view_passengers`: it is fed by the
+    /// consumer, not by this log, and the rebuilt flights count from it.
+    fn reset(&self) -> Vec<String> {
+        vec!["DROP TABLE IF EXISTS flights_view".into()]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        FlightsProjection.apply(tx, event).await
+    }
+}
 
 const COLUMNS: &str = "id, number, origin, destination, departure, arrival, capacity, status, \
                        passengers_total, passengers_boarded, version";
@@ -120,10 +157,17 @@ impl Projection for FlightsProjection {
                     flight_id,
                     schedule,
                 } => {
+                    // Passengers' events may arrive first when they come
+                    // through the broker: count what is already there.
                     sqlx::query(
                         "INSERT INTO flights_view (tenant_id, id, number, origin, destination,
-                             departure, arrival, capacity, status, version)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'scheduled', $9)
+                             departure, arrival, capacity, status, version,
+                             passengers_total, passengers_boarded)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'scheduled', $9,
+                             (SELECT COUNT(*) FROM flights_view_passengers
+                              WHERE tenant_id = $1 AND flight_id = $2),
+                             (SELECT COUNT(*) FROM flights_view_passengers
+                              WHERE tenant_id = $1 AND flight_id = $2 AND boarded = 1))
                          ON CONFLICT (tenant_id, id) DO NOTHING",
                     )
                     .bind(tenant)

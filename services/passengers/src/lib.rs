@@ -4,4 +4,5 @@
 pub mod app;
 pub mod domain;
 pub mod http;
+pub mod messaging;
 pub mod view;

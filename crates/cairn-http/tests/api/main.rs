@@ -7,5 +7,6 @@ mod common;
 mod errors;
 mod health;
 mod idempotency;
+mod metrics;
 mod openapi;
 mod serve;

@@ -28,6 +28,7 @@ async fn openapi_json_is_3_1_with_the_merged_paths_and_the_problem_schema() {
         "#/components/schemas/Problem"
     );
     assert!(doc["paths"]["/health/ready"]["get"].is_object());
+    assert!(doc["paths"]["/metrics"]["get"].is_object());
 
     let schemas = &doc["components"]["schemas"];
     for name in [

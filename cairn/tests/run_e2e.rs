@@ -1,0 +1,474 @@
+//! End-to-end: Flights and Passengers as separate `cairn run` processes on
+//! one PostgreSQL event store (each with its own database schema), talking
+//! over NATS JetStream and, again, over RabbitMQ. Each test owns its
+//! schemas and a broker prefix, so tests never see each other's messages.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// A running `cairn run <service>`, killed when dropped.
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Nats,
+    Amqp,
+}
+
+struct Cluster {
+    kind: Kind,
+    store: String,
+    schema: String,
+    prefix: String,
+    flights: Proc,
+    passengers: Option<Proc>,
+    audit: Proc,
+    client: Client,
+}
+
+fn postgres_url() -> String {
+    std::env::var("CAIRN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn broker_url(kind: Kind) -> String {
+    match kind {
+        Kind::Nats => {
+            std::env::var("CAIRN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+        }
+        Kind::Amqp => std::env::var("CAIRN_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+    }
+}
+
+/// Whether PostgreSQL and the broker answer; `None` skips (or fails when
+/// services are required).
+async fn services(kind: Kind) -> Option<()> {
+    if let Err(e) = sqlx::PgPool::connect(&postgres_url()).await {
+        return cairn_store::testkit::service_absent("PostgreSQL", e);
+    }
+    let addr = match kind {
+        Kind::Nats => "127.0.0.1:4222",
+        Kind::Amqp => "127.0.0.1:5672",
+    };
+    if let Err(e) = tokio::net::TcpStream::connect(addr).await {
+        return cairn_store::testkit::service_absent(&format!("{kind:?} broker"), e);
+    }
+    Some(())
+}
+
+fn spawn(service: &str, store: Option<&str>, db: &str, kind: Kind, prefix: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["run", service, "--listen", "127.0.0.1:0"])
+        .args(["--db", db]);
+    if let Some(store) = store {
+        cmd.args(["--store", store]);
+    }
+    let mut child = cmd
+        .args(["--broker", &broker_url(kind), "--prefix", prefix])
+        .env_remove("CAIRN_STORE")
+        .env_remove("CAIRN_DB")
+        .env_remove("CAIRN_BROKER")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cairn binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let marker = format!("cairn run {service}: listening on ");
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("cairn run {service} exited before listening"))
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(&marker) {
+            break rest.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, base }
+}
+
+impl Cluster {
+    async fn start(kind: Kind) -> Option<Self> {
+        services(kind).await?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let schema = format!("cairn_test_{secs}_{id}");
+        let store = format!("{}?schema={schema}", postgres_url());
+        let prefix = format!("t{id}");
+        // Consumers first: on RabbitMQ a group only gets what is published
+        // after its queue exists.
+        let audit = spawn(
+            "audit",
+            None,
+            &format!("{}?schema={schema}_audit", postgres_url()),
+            kind,
+            &prefix,
+        );
+        let mut cluster = Self {
+            kind,
+            flights: spawn(
+                "flights",
+                Some(&store),
+                &format!("{}?schema={schema}_flights", postgres_url()),
+                kind,
+                &prefix,
+            ),
+            passengers: None,
+            audit,
+            store,
+            schema,
+            prefix,
+            client: Client::new(),
+        };
+        cluster.start_passengers();
+        Some(cluster)
+    }
+
+    fn start_passengers(&mut self) {
+        self.passengers = Some(spawn(
+            "passengers",
+            Some(&self.store),
+            &format!("{}?schema={}_passengers", postgres_url(), self.schema),
+            self.kind,
+            &self.prefix,
+        ));
+    }
+
+    fn flights(&self, path: &str) -> String {
+        format!("{}{path}", self.flights.base)
+    }
+
+    fn audit(&self, path: &str) -> String {
+        format!("{}{path}", self.audit.base)
+    }
+
+    fn passengers(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.passengers.as_ref().expect("passengers running").base
+        )
+    }
+
+    async fn post(&self, url: String, body: Value) -> Response {
+        self.client.post(url).json(&body).send().await.unwrap()
+    }
+
+    async fn get(&self, url: String) -> Value {
+        let r = self.client.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    async fn create_flight(&self, capacity: u32) -> String {
+        let r = self
+            .post(
+                self.flights("/api/flights"),
+                json!({"number": "SK1421", "origin": "ARN", "destination": "LHR",
+                       "departure": "2026-12-01T08:00:00Z", "arrival": "2026-12-01T10:30:00Z",
+                       "capacity": capacity}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn add_passenger(&self, flight: &str, document: &str) -> Response {
+        self.post(
+            self.passengers("/api/passengers"),
+            json!({"flightId": flight, "name": "Ada Lovelace", "document": document}),
+        )
+        .await
+    }
+
+    /// Reads `url` until `done` holds: the consumers run asynchronously.
+    async fn eventually(&self, url: String, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            last = self.get(url.clone()).await;
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("never reached the expected state; last read: {last}");
+    }
+}
+
+async fn problem(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+/// Booking asks Flights over request/reply; boarding and departure cross
+/// back; passenger counts reach Flights' view through the broker.
+async fn bookings_boarding_and_departure(c: Cluster) {
+    let id = c.create_flight(2).await;
+    let ada: Value = {
+        let r = c.add_passenger(&id, "P1").await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    };
+    let body = problem(
+        c.add_passenger(&id, "P1").await,
+        StatusCode::CONFLICT,
+        "rule_violation",
+    )
+    .await;
+    assert_eq!(body["rule"], "duplicate_document");
+    assert_eq!(
+        c.add_passenger(&id, "P2").await.status(),
+        StatusCode::CREATED
+    );
+    let body = problem(
+        c.add_passenger(&id, "P3").await,
+        StatusCode::CONFLICT,
+        "rule_violation",
+    )
+    .await;
+    assert_eq!(body["rule"], "no_seats_left");
+    // An unknown flight: Flights answers "not found" across the broker.
+    let r = c
+        .add_passenger("0190b3f0-0000-7000-8000-000000000000", "X1")
+        .await;
+    assert!(
+        r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::CONFLICT,
+        "{}",
+        r.status()
+    );
+
+    // Counts arrive through Passengers' public events.
+    c.eventually(c.flights(&format!("/api/flights/{id}")), |f| {
+        f["passengers"] == json!({"total": 2, "boarded": 0})
+    })
+    .await;
+
+    // Departure asks Passengers to close boarding: refused, 409, details kept.
+    let body = problem(
+        c.post(
+            c.flights(&format!("/api/flights/{id}/departure")),
+            json!({}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "rule_violation",
+    )
+    .await;
+    assert_eq!(body["rule"], "passengers_not_boarded", "{body}");
+
+    let ada_id = ada["id"].as_str().unwrap();
+    let all: Value = c
+        .get(c.passengers(&format!("/api/passengers?flightId={id}")))
+        .await;
+    for p in all["items"].as_array().unwrap() {
+        let r = c
+            .post(
+                c.passengers(&format!(
+                    "/api/passengers/{}/boarding",
+                    p["id"].as_str().unwrap()
+                )),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = c
+        .post(
+            c.flights(&format!("/api/flights/{id}/departure")),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Boarding is closed now: nobody joins, and the boarded stay.
+    let body = problem(
+        c.add_passenger(&id, "P9").await,
+        StatusCode::CONFLICT,
+        "rule_violation",
+    )
+    .await;
+    assert_eq!(body["rule"], "flight_not_scheduled");
+    c.eventually(c.flights(&format!("/api/flights/{id}")), |f| {
+        f["status"] == "departed" && f["passengers"] == json!({"total": 2, "boarded": 2})
+    })
+    .await;
+    let _ = ada_id;
+}
+
+/// Passengers is down when a flight is deleted: the deletion stands, and
+/// Passengers removes the passengers from `FlightDeleted` once it is back.
+async fn deletion_reaches_passengers_after_an_outage(mut c: Cluster) {
+    let id = c.create_flight(10).await;
+    for doc in ["A1", "A2", "A3"] {
+        assert_eq!(
+            c.add_passenger(&id, doc).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    c.passengers = None; // killed
+    let r = c
+        .client
+        .delete(c.flights(&format!("/api/flights/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .client
+        .get(c.flights(&format!("/api/flights/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    c.start_passengers();
+    let left = c
+        .eventually(
+            c.passengers(&format!("/api/passengers?flightId={id}")),
+            |l| l["total"] == 0,
+        )
+        .await;
+    assert_eq!(left["items"], json!([]));
+}
+
+/// With both up, deletion removes passengers at once (request/reply).
+async fn deletion_removes_passengers(c: Cluster) {
+    let id = c.create_flight(10).await;
+    for doc in ["A1", "A2"] {
+        assert_eq!(
+            c.add_passenger(&id, doc).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let r = c
+        .client
+        .delete(c.flights(&format!("/api/flights/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let position = r.headers()["x-cairn-position"].to_str().unwrap().to_owned();
+    let left = c
+        .get(c.passengers(&format!(
+            "/api/passengers?flightId={id}&minPosition={position}"
+        )))
+        .await;
+    assert_eq!(left["total"], 0, "{left}");
+}
+
+/// Audit runs on its own and hears every service's public events, numbered
+/// in arrival order, filterable and paged.
+async fn audit_hears_every_service(c: Cluster) {
+    let id = c.create_flight(5).await;
+    assert_eq!(
+        c.add_passenger(&id, "Z1").await.status(),
+        StatusCode::CREATED
+    );
+    let flight_events = c
+        .eventually(c.audit(&format!("/api/audit?stream=flight-{id}")), |a| {
+            a["total"] == 1
+        })
+        .await;
+    assert_eq!(flight_events["items"][0]["type"], "FlightScheduled");
+    assert_eq!(flight_events["items"][0]["source"], "flights");
+    let added = c
+        .eventually(c.audit("/api/audit?type=PassengerAdded"), |a| {
+            a["total"] == 1
+        })
+        .await;
+    assert_eq!(added["items"][0]["source"], "passengers");
+    assert_eq!(added["items"][0]["data"]["flightId"], id.as_str());
+    // Paging by the log's own order.
+    let first = c.get(c.audit("/api/audit?limit=1")).await;
+    assert_eq!(first["total"], 2);
+    let next = first["next"].as_str().unwrap();
+    let second = c
+        .get(c.audit(&format!("/api/audit?limit=1&after={next}")))
+        .await;
+    assert!(second["items"][0]["seq"].as_u64() > first["items"][0]["seq"].as_u64());
+    assert_eq!(second["next"], Value::Null);
+    // Relay and consumers are measured.
+    let text = |url: String| {
+        let client = c.client.clone();
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let flights_metrics = text(c.flights("/metrics")).await;
+    assert!(
+        flights_metrics.contains("cairn_relay_published_total{service=\"flights\"}"),
+        "{flights_metrics}"
+    );
+    assert!(flights_metrics.contains("cairn_relay_lag_events{service=\"flights\"}"));
+    let audit_metrics = text(c.audit("/metrics")).await;
+    assert!(
+        audit_metrics.contains(
+            "cairn_consumer_messages_total{group=\"audit-passengers-events\",outcome=\"handled\"}"
+        ),
+        "{audit_metrics}"
+    );
+    // Another tenant sees none of it.
+    let r = c
+        .client
+        .get(c.audit("/api/audit"))
+        .header("x-cairn-tenant", "globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["total"], 0);
+}
+
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod nats {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(c) = super::Cluster::start(super::Kind::Nats).await {
+                        super::$name(c).await;
+                    }
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(c) = super::Cluster::start(super::Kind::Amqp).await {
+                        super::$name(c).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    audit_hears_every_service,
+    bookings_boarding_and_departure,
+    deletion_removes_passengers,
+    deletion_reaches_passengers_after_an_outage,
+);

@@ -1,0 +1,820 @@
+//! Consumers: a service's reaction to another service's public events.
+//!
+//! - **Durable and competing**: a consumer is a broker group; instances of a
+//!   service that run the same consumer share its events.
+//! - **Exactly-once effect**: a handler gets a transaction on the service's
+//!   database; the event id goes into the inbox in that same transaction,
+//!   and the broker message is acked only after it commits. A redelivered
+//!   event finds its id in the inbox and has no second effect. A handler
+//!   whose effect lives elsewhere (a command on an aggregate) must be
+//!   idempotent itself, which deciders usually are.
+//! - **Per-stream order**, also across instances: each event names the
+//!   previous public version of its stream (`prevsequence`), and the inbox
+//!   keeps the last version handled per stream. An event whose predecessor
+//!   has not been handled yet goes back to the broker for a moment. If the
+//!   predecessor never shows up (the broker no longer has it), the event is
+//!   handled anyway after [`ConsumerOptions::order_wait`].
+//! - **Retries and dead letters**: a failed handler is retried with
+//!   exponential backoff; after [`ConsumerOptions::max_attempts`] (or at
+//!   once, for [`HandlerError::Reject`] and undecodable messages) the event
+//!   goes to the dead-letter table with its last error, the stream's order
+//!   moves past it, and the consumer carries on. `cairn dlq` lists, shows,
+//!   replays and drops dead letters; a replay is picked up by a running
+//!   instance of the consumer.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use cairn_core::EventId;
+use cairn_projection::{DbKind, Projection, ProjectionError, ReadDb};
+use serde::Serialize;
+use sqlx::{Any, Transaction};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{Broker, ConsumerSpec, Delivery, IntegrationEvent, MessagingError, schema};
+
+/// Why a handler did not handle an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try (a dependency was down, a conflict).
+    #[error("{0}")]
+    Retry(String),
+    /// Never going to work (the event breaks the handler's expectations):
+    /// dead-lettered at once.
+    #[error("{0}")]
+    Reject(String),
+}
+
+/// Handles one type of event.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `event`. Everything written through `tx` commits together
+    /// with the inbox entry, or not at all.
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Feeds another service's events to a [`Projection`]: its read model is
+/// then kept from integration events, in the consumer's transaction (so
+/// with the inbox's exactly-once effect). A poison event is rejected (dead
+/// letter at once); a failed statement is retried.
+#[derive(Debug)]
+pub struct ProjectionHandler<P>(pub Arc<P>);
+
+impl<P> Clone for ProjectionHandler<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+#[async_trait]
+impl<P: Projection> EventHandler for ProjectionHandler<P> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        let recorded = event
+            .to_recorded()
+            .map_err(|e| HandlerError::Reject(e.to_string()))?;
+        self.0.apply(tx, &recorded).await.map_err(|e| match e {
+            ProjectionError::Poison(reason) => HandlerError::Reject(reason),
+            other => HandlerError::Retry(other.to_string()),
+        })
+    }
+}
+
+/// Consumer tuning.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Attempts before an event is dead-lettered. Default 5.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt. Default 200 ms.
+    pub backoff: Duration,
+    /// Longest retry delay. Default 30 s.
+    pub max_backoff: Duration,
+    /// How long an event waits for its stream predecessor before it is
+    /// handled out of order. Default 60 s.
+    pub order_wait: Duration,
+    /// Streams handled concurrently by this instance (events of one stream
+    /// are always handled one at a time). Default 16.
+    pub lanes: usize,
+    /// Unacked messages this instance holds. Default 64.
+    pub prefetch: u16,
+    /// Redelivery delay for a message this instance took and never settled
+    /// (it died). Default 30 s.
+    pub ack_wait: Duration,
+    /// How often dead letters marked for replay are looked for. Default 1 s.
+    pub replay_poll: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            order_wait: Duration::from_secs(60),
+            lanes: 16,
+            prefetch: 64,
+            ack_wait: Duration::from_secs(30),
+            replay_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a consumer has done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    pub group: String,
+    pub source: String,
+    pub handled: u64,
+    pub duplicates: u64,
+    pub retries: u64,
+    pub waited_for_order: u64,
+    pub dead_lettered: u64,
+    pub replayed: u64,
+    pub last_error: Option<String>,
+    pub connected: bool,
+}
+
+/// A consumer to be started.
+pub struct Consumer {
+    group: String,
+    source: String,
+    db: ReadDb,
+    broker: Arc<dyn Broker>,
+    handlers: HashMap<String, Arc<dyn EventHandler>>,
+    fallback: Option<Arc<dyn EventHandler>>,
+    options: ConsumerOptions,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<_> = self.handlers.keys().collect();
+        types.sort();
+        f.debug_struct("Consumer")
+            .field("group", &self.group)
+            .field("source", &self.source)
+            .field("types", &types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer named `group` of `source`'s public events, keeping its
+    /// inbox in `db`.
+    pub fn new(
+        group: impl Into<String>,
+        source: impl Into<String>,
+        db: ReadDb,
+        broker: Arc<dyn Broker>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            source: source.into(),
+            db,
+            broker,
+            handlers: HashMap::new(),
+            fallback: None,
+            options: ConsumerOptions::default(),
+        }
+    }
+
+    /// Handles every event type without a handler of its own with
+    /// `handler` (an audit log, a mirror).
+    pub fn on_any(mut self, handler: impl EventHandler) -> Self {
+        self.fallback = Some(Arc::new(handler));
+        self
+    }
+
+    /// Handles events of `event_type` with `handler`. Types without a
+    /// handler are acknowledged and skipped (in order).
+    pub fn on(mut self, event_type: impl Into<String>, handler: impl EventHandler) -> Self {
+        self.handlers.insert(event_type.into(), Arc::new(handler));
+        self
+    }
+
+    pub fn with_options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Opens the group and starts handling.
+    pub async fn start(self) -> Result<ConsumerHandle, MessagingError> {
+        crate::validate_service(&self.group)?;
+        crate::validate_service(&self.source)?;
+        schema::ensure(&self.db).await?;
+        let spec = ConsumerSpec {
+            group: self.group.clone(),
+            source: self.source.clone(),
+            prefetch: self.options.prefetch,
+            ack_wait: self.options.ack_wait,
+        };
+        let deliveries = self.broker.consume(&spec).await?;
+        let (status_tx, status) = watch::channel(ConsumerStatus {
+            group: self.group.clone(),
+            source: self.source.clone(),
+            connected: true,
+            ..ConsumerStatus::default()
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let core = Arc::new(Core {
+            group: self.group,
+            db: self.db,
+            handlers: self.handlers,
+            fallback: self.fallback,
+            options: self.options,
+            status: status_tx,
+            waiting: Mutex::new(HashMap::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(core.clone().replays(stop_rx.clone())),
+            tokio::spawn(core.clone().receive(self.broker, spec, deliveries, stop_rx)),
+        ];
+        Ok(ConsumerHandle {
+            status,
+            stop,
+            tasks,
+        })
+    }
+}
+
+/// A running consumer.
+pub struct ConsumerHandle {
+    status: watch::Receiver<ConsumerStatus>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerHandle {
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `done(status)` holds or `timeout` passes; returns whether
+    /// it held.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl FnMut(&ConsumerStatus) -> bool,
+    ) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops taking messages, lets the events in hand finish, and returns.
+    /// Messages taken but not handled go back to the broker.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Core {
+    group: String,
+    db: ReadDb,
+    handlers: HashMap<String, Arc<dyn EventHandler>>,
+    fallback: Option<Arc<dyn EventHandler>>,
+    options: ConsumerOptions,
+    status: watch::Sender<ConsumerStatus>,
+    /// When each out-of-order event was first seen waiting.
+    waiting: Mutex<HashMap<EventId, Instant>>,
+}
+
+enum Outcome {
+    Handled,
+    Duplicate,
+    OutOfOrder,
+    Failed(HandlerError),
+}
+
+impl Core {
+    async fn receive(
+        self: Arc<Self>,
+        broker: Arc<dyn Broker>,
+        spec: ConsumerSpec,
+        mut deliveries: Box<dyn crate::Deliveries>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let lanes: Vec<_> = (0..self.options.lanes.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Delivery>(64);
+                let core = self.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(delivery) = rx.recv().await {
+                        core.process(delivery).await;
+                    }
+                });
+                (tx, task)
+            })
+            .collect();
+        let mut failures = 0u32;
+        loop {
+            let next = tokio::select! {
+                next = deliveries.next() => next,
+                _ = stop.changed() => break,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    failures = 0;
+                    let lane = lane_of(&delivery, lanes.len());
+                    if lanes[lane].0.send(delivery).await.is_err() {
+                        break;
+                    }
+                }
+                other => {
+                    let error = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "the broker closed the consumer".to_owned(),
+                    };
+                    failures += 1;
+                    tracing::warn!(group = %self.group, error = %error, "consumer lost its broker; reopening");
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(error);
+                    });
+                    let pause = crate::relay::next_backoff(
+                        Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)),
+                        Duration::from_secs(5),
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => break,
+                    }
+                    if let Ok(reopened) = broker.consume(&spec).await {
+                        deliveries = reopened;
+                        self.status.send_modify(|s| s.connected = true);
+                    }
+                }
+            }
+        }
+        drop(deliveries);
+        for (tx, task) in lanes {
+            drop(tx);
+            let _ = task.await;
+        }
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        let event = match IntegrationEvent::from_json(&delivery.body) {
+            Ok(event) => event,
+            Err(e) => {
+                let body = String::from_utf8_lossy(&delivery.body).into_owned();
+                let id = EventId::new();
+                tracing::warn!(group = %self.group, error = %e, "undecodable message dead-lettered");
+                match self.dead_letter_raw(id, &body, &e.to_string()).await {
+                    Ok(()) => {
+                        let _ = delivery.acker.ack().await;
+                        self.status.send_modify(|s| s.dead_lettered += 1);
+                        self.count("dead_lettered");
+                    }
+                    Err(db) => {
+                        self.note_error(db.to_string());
+                        let _ = delivery.acker.nack(self.options.backoff).await;
+                    }
+                }
+                return;
+            }
+        };
+        let force = self.waited_too_long(event.id);
+        let started = Instant::now();
+        let outcome = match self.try_handle(&event, force, false).await {
+            Ok(outcome) => outcome,
+            Err(db) => Outcome::Failed(HandlerError::Retry(format!("database: {db}"))),
+        };
+        metrics::histogram!("cairn_consumer_handle_duration_seconds", "group" => self.group.clone())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Handled => {
+                self.forget_wait(event.id);
+                let _ = delivery.acker.ack().await;
+                self.status.send_modify(|s| s.handled += 1);
+                self.count("handled");
+            }
+            Outcome::Duplicate => {
+                self.forget_wait(event.id);
+                let _ = delivery.acker.ack().await;
+                self.status.send_modify(|s| s.duplicates += 1);
+                self.count("duplicate");
+            }
+            Outcome::OutOfOrder => {
+                let _ = delivery
+                    .acker
+                    .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
+                    .await;
+                self.status.send_modify(|s| s.waited_for_order += 1);
+                self.count("waited_for_order");
+            }
+            Outcome::Failed(error) => {
+                self.note_error(error.to_string());
+                let attempts = match self.record_failure(&event, &error).await {
+                    Ok(a) => a,
+                    Err(db) => {
+                        self.note_error(db.to_string());
+                        let _ = delivery.acker.nack(self.options.backoff).await;
+                        return;
+                    }
+                };
+                let give_up = matches!(error, HandlerError::Reject(_))
+                    || attempts >= u64::from(self.options.max_attempts);
+                if give_up {
+                    match self.dead_letter(&event, &error, attempts).await {
+                        Ok(()) => {
+                            self.forget_wait(event.id);
+                            let _ = delivery.acker.ack().await;
+                            tracing::warn!(group = %self.group, event = %event.id, attempts, error = %error, "event dead-lettered");
+                            self.status.send_modify(|s| s.dead_lettered += 1);
+                            self.count("dead_lettered");
+                        }
+                        Err(db) => {
+                            self.note_error(db.to_string());
+                            let _ = delivery.acker.nack(self.options.backoff).await;
+                        }
+                    }
+                } else {
+                    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+                    let delay = self
+                        .options
+                        .backoff
+                        .saturating_mul(2u32.saturating_pow(exp.min(16)))
+                        .min(self.options.max_backoff);
+                    let _ = delivery.acker.nack(delay).await;
+                    self.status.send_modify(|s| s.retries += 1);
+                    self.count("retried");
+                }
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!(
+            "cairn_consumer_messages_total",
+            "group" => self.group.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
+    fn note_error(&self, error: String) {
+        self.status.send_modify(|s| s.last_error = Some(error));
+    }
+
+    fn waited_too_long(&self, id: EventId) -> bool {
+        let waiting = self.waiting.lock().expect("waiting lock");
+        waiting
+            .get(&id)
+            .is_some_and(|since| since.elapsed() >= self.options.order_wait)
+    }
+
+    fn forget_wait(&self, id: EventId) {
+        self.waiting.lock().expect("waiting lock").remove(&id);
+    }
+
+    /// One attempt in one transaction: inbox, order, handler, cursor.
+    /// `replay` handles a dead letter marked for replay: its row is deleted
+    /// in the same transaction, and there is no order check or cursor move.
+    async fn try_handle(
+        &self,
+        event: &IntegrationEvent,
+        force: bool,
+        replay: bool,
+    ) -> Result<Outcome, sqlx::Error> {
+        let version = event
+            .version()
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let prev = event
+            .prev_version()
+            .ok()
+            .flatten()
+            .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let mut tx = self.db.begin().await?;
+        if replay {
+            let claimed = sqlx::query(
+                "DELETE FROM cairn_dead_letters
+                 WHERE consumer = $1 AND event_id = $2 AND replay = 1",
+            )
+            .bind(&self.group)
+            .bind(event.id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                // Another instance replayed it, or it was dropped.
+                tx.rollback().await?;
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO cairn_inbox (consumer, event_id, tenant, stream, version, handled_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(event.id.to_string())
+        .bind(event.tenantid.as_str())
+        .bind(event.subject.as_str())
+        .bind(version)
+        .bind(schema::now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // Handled before: a redelivery, or a replay of something handled.
+            if replay {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            return Ok(Outcome::Duplicate);
+        }
+        let last = self.lock_cursor(&mut tx, event).await?;
+        let advance = !replay && version > last;
+        if advance && prev > last && !force {
+            tx.rollback().await?;
+            self.waiting
+                .lock()
+                .expect("waiting lock")
+                .entry(event.id)
+                .or_insert_with(Instant::now);
+            return Ok(Outcome::OutOfOrder);
+        }
+        if advance && prev > last {
+            tracing::warn!(group = %self.group, event = %event.id, stream = %event.subject, "predecessor never arrived; handling out of order");
+        }
+        if let Some(handler) = self
+            .handlers
+            .get(&event.event_type)
+            .or(self.fallback.as_ref())
+            && let Err(error) = handler.handle(&mut tx, event).await
+        {
+            tx.rollback().await?;
+            return Ok(Outcome::Failed(error));
+        }
+        if advance {
+            set_cursor(&mut tx, &self.group, event, version).await?;
+        }
+        sqlx::query("DELETE FROM cairn_consumer_failures WHERE consumer = $1 AND event_id = $2")
+            .bind(&self.group)
+            .bind(event.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Outcome::Handled)
+    }
+
+    /// The stream's last handled version (-1 if none), locked until the
+    /// transaction ends so two instances take turns on a stream.
+    async fn lock_cursor(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version)
+             VALUES ($1, $2, $3, -1) ON CONFLICT (consumer, tenant, stream) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(event.tenantid.as_str())
+        .bind(event.subject.as_str())
+        .execute(&mut **tx)
+        .await?;
+        let sql = match self.db.kind() {
+            DbKind::Postgres => {
+                "SELECT last_version FROM cairn_inbox_streams
+                 WHERE consumer = $1 AND tenant = $2 AND stream = $3 FOR UPDATE"
+            }
+            DbKind::Sqlite => {
+                "SELECT last_version FROM cairn_inbox_streams
+                 WHERE consumer = $1 AND tenant = $2 AND stream = $3"
+            }
+        };
+        sqlx::query_scalar(sql)
+            .bind(&self.group)
+            .bind(event.tenantid.as_str())
+            .bind(event.subject.as_str())
+            .fetch_one(&mut **tx)
+            .await
+    }
+
+    async fn record_failure(
+        &self,
+        event: &IntegrationEvent,
+        error: &HandlerError,
+    ) -> Result<u64, sqlx::Error> {
+        let attempts: i64 = sqlx::query_scalar(
+            "INSERT INTO cairn_consumer_failures (consumer, event_id, attempts, last_error, updated_at)
+             VALUES ($1, $2, 1, $3, $4)
+             ON CONFLICT (consumer, event_id) DO UPDATE
+                SET attempts = cairn_consumer_failures.attempts + 1,
+                    last_error = excluded.last_error, updated_at = excluded.updated_at
+             RETURNING attempts",
+        )
+        .bind(&self.group)
+        .bind(event.id.to_string())
+        .bind(error.to_string())
+        .bind(schema::now())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(u64::try_from(attempts).unwrap_or(0))
+    }
+
+    /// Moves `event` to the dead letters and the stream's order past it.
+    async fn dead_letter(
+        &self,
+        event: &IntegrationEvent,
+        error: &HandlerError,
+        attempts: u64,
+    ) -> Result<(), sqlx::Error> {
+        let version = event
+            .version()
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let mut tx = self.db.begin().await?;
+        insert_dead_letter(
+            &mut tx,
+            &self.group,
+            event.id,
+            Some(event),
+            &String::from_utf8_lossy(&event.to_json()),
+            attempts,
+            &error.to_string(),
+        )
+        .await?;
+        let last = self.lock_cursor(&mut tx, event).await?;
+        if version > last {
+            set_cursor(&mut tx, &self.group, event, version).await?;
+        }
+        sqlx::query("DELETE FROM cairn_consumer_failures WHERE consumer = $1 AND event_id = $2")
+            .bind(&self.group)
+            .bind(event.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn dead_letter_raw(
+        &self,
+        id: EventId,
+        body: &str,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        insert_dead_letter(&mut tx, &self.group, id, None, body, 1, error).await?;
+        tx.commit().await
+    }
+
+    /// Handles dead letters marked for replay, one transaction each.
+    async fn replays(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.replay_poll) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.replay_marked().await {
+                self.note_error(format!("replaying dead letters: {e}"));
+            }
+        }
+    }
+
+    async fn replay_marked(&self) -> Result<(), sqlx::Error> {
+        let marked: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, body FROM cairn_dead_letters
+             WHERE consumer = $1 AND replay = 1 ORDER BY dead_at LIMIT 50",
+        )
+        .bind(&self.group)
+        .fetch_all(self.db.pool())
+        .await?;
+        for (id, body) in marked {
+            let event = match IntegrationEvent::from_json(body.as_bytes()) {
+                Ok(event) => event,
+                Err(e) => {
+                    self.replay_failed(&id, &format!("still undecodable: {e}"))
+                        .await?;
+                    continue;
+                }
+            };
+            match self.try_handle(&event, true, true).await {
+                Ok(Outcome::Handled) => {
+                    tracing::info!(group = %self.group, event = %event.id, "dead letter replayed");
+                    self.status.send_modify(|s| s.replayed += 1);
+                    self.count("replayed");
+                }
+                Ok(Outcome::Duplicate | Outcome::OutOfOrder) => {}
+                Ok(Outcome::Failed(error)) => {
+                    self.replay_failed(&id, &format!("replay failed: {error}"))
+                        .await?;
+                }
+                Err(e) => {
+                    self.replay_failed(&id, &format!("replay failed: {e}"))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn replay_failed(&self, id: &str, error: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE cairn_dead_letters SET replay = 0, attempts = attempts + 1, error = $3
+             WHERE consumer = $1 AND event_id = $2",
+        )
+        .bind(&self.group)
+        .bind(id)
+        .bind(error)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+async fn set_cursor(
+    tx: &mut Transaction<'static, Any>,
+    group: &str,
+    event: &IntegrationEvent,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE cairn_inbox_streams SET last_version = $4
+         WHERE consumer = $1 AND tenant = $2 AND stream = $3",
+    )
+    .bind(group)
+    .bind(event.tenantid.as_str())
+    .bind(event.subject.as_str())
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts (or, for an event dead-lettered again, replaces) a dead letter.
+async fn insert_dead_letter(
+    tx: &mut Transaction<'static, Any>,
+    group: &str,
+    id: EventId,
+    event: Option<&IntegrationEvent>,
+    body: &str,
+    attempts: u64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cairn_dead_letters
+            (consumer, event_id, tenant, stream, event_type, body, attempts, error, dead_at, replay)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)
+         ON CONFLICT (consumer, event_id) DO UPDATE SET
+            attempts = cairn_dead_letters.attempts + excluded.attempts,
+            error = excluded.error, dead_at = excluded.dead_at, replay = 0",
+    )
+    .bind(group)
+    .bind(id.to_string())
+    .bind(event.map(|e| e.tenantid.as_str().to_owned()))
+    .bind(event.map(|e| e.subject.as_str().to_owned()))
+    .bind(event.map(|e| e.event_type.clone()))
+    .bind(body)
+    .bind(i64::try_from(attempts).unwrap_or(i64::MAX))
+    .bind(error)
+    .bind(schema::now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Events of one stream always land in the same lane.
+fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        tenantid: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        subject: Option<std::borrow::Cow<'a, str>>,
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if let Ok(key) = serde_json::from_slice::<Key<'_>>(&delivery.body) {
+        key.tenantid.hash(&mut hasher);
+        key.subject.hash(&mut hasher);
+    }
+    usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
+}

@@ -1,0 +1,423 @@
+//! The relay: the event log is the outbox. It follows `$all` from a stored
+//! checkpoint and publishes a service's public events, in order, at least
+//! once. Nothing is written twice in two systems: a command appends to the
+//! log only, and the relay's checkpoint (in the service's database) moves
+//! only after the broker acknowledged the batch. A crash between the two
+//! publishes the batch again; the broker drops re-sent ids where it can and
+//! consumers' inboxes drop the rest.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cairn_core::{RecordedEvent, StreamId, TenantId};
+use cairn_projection::ReadDb;
+use cairn_store::{AllFilter, EventStore};
+use serde::Serialize;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{Broker, IntegrationEvent, MessagingError, schema};
+
+/// Which of a service's events leave it. Everything else is private.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicEvents {
+    /// The publishing service (`flights`): the events' `source`.
+    pub service: String,
+    /// The stream categories the service owns (`flight`).
+    pub categories: Vec<String>,
+    /// The event types it publishes (`FlightScheduled`, ...).
+    pub types: Vec<String>,
+}
+
+impl PublicEvents {
+    pub fn new<S: Into<String>>(
+        service: impl Into<String>,
+        categories: impl IntoIterator<Item = S>,
+        types: impl IntoIterator<Item = S>,
+    ) -> Result<Self, MessagingError> {
+        let public = Self {
+            service: service.into(),
+            categories: categories.into_iter().map(Into::into).collect(),
+            types: types.into_iter().map(Into::into).collect(),
+        };
+        crate::validate_service(&public.service)?;
+        for t in &public.types {
+            crate::validate_public_type(t)?;
+        }
+        if public.categories.is_empty() || public.types.is_empty() {
+            return Err(MessagingError::Config(
+                "public events need at least one category and one type".into(),
+            ));
+        }
+        Ok(public)
+    }
+
+    fn filter(&self) -> AllFilter {
+        AllFilter::all_tenants()
+            .categories(self.categories.iter())
+            .event_types(self.types.iter().cloned())
+    }
+}
+
+/// Relay tuning.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Events read and published per batch. Default 256.
+    pub batch_size: usize,
+    /// Longest pause between publish attempts while the broker is down.
+    /// Default 5 s.
+    pub max_backoff: Duration,
+    /// How often the log is polled when the store cannot announce commits
+    /// made elsewhere. Default 250 ms.
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            max_backoff: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a relay is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStatus {
+    pub service: String,
+    /// The checkpoint: every public event at or below it was published.
+    pub position: u64,
+    /// The store's head as the relay last saw it.
+    pub head: u64,
+    pub published: u64,
+    /// Whether the last publish attempt succeeded.
+    pub broker_up: bool,
+    pub last_error: Option<String>,
+}
+
+/// A running relay.
+pub struct Relay {
+    status: watch::Receiver<RelayStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts publishing `public` events of `store` to `broker`, keeping
+    /// its checkpoint in `db`.
+    pub async fn start(
+        public: PublicEvents,
+        store: Arc<dyn EventStore>,
+        db: ReadDb,
+        broker: Arc<dyn Broker>,
+        options: RelayOptions,
+    ) -> Result<Self, MessagingError> {
+        schema::ensure(&db).await?;
+        let position = load_checkpoint(&db, &public.service).await?;
+        let (status_tx, status) = watch::channel(RelayStatus {
+            service: public.service.clone(),
+            position,
+            broker_up: true,
+            ..RelayStatus::default()
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let worker = Worker {
+            filter: public.filter(),
+            public,
+            store,
+            db,
+            broker,
+            options,
+            status: status_tx,
+            stop: stop_rx,
+            last_versions: HashMap::new(),
+        };
+        let task = tokio::spawn(worker.run(position));
+        Ok(Self { status, stop, task })
+    }
+
+    pub fn status(&self) -> RelayStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the checkpoint reaches `position` (or `timeout` passes);
+    /// returns whether it did.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops after the batch in hand is published (or given up on).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Worker {
+    public: PublicEvents,
+    filter: AllFilter,
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    broker: Arc<dyn Broker>,
+    options: RelayOptions,
+    status: watch::Sender<RelayStatus>,
+    stop: watch::Receiver<bool>,
+    /// Last published public version per stream (a cache of
+    /// `cairn_relay_streams`).
+    last_versions: HashMap<(TenantId, StreamId), u64>,
+}
+
+impl Worker {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut RelayStatus)) {
+        self.status.send_modify(change);
+        metrics_status(&self.status.borrow());
+    }
+
+    async fn run(mut self, mut position: u64) {
+        let mut head = self.store.head();
+        let mut backoff = Duration::ZERO;
+        while !self.stopping() {
+            if !backoff.is_zero() {
+                self.pause(backoff).await;
+            }
+            let batch = match self
+                .store
+                .read_all(position, &self.filter, self.options.batch_size)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(service = %self.public.service, error = %e, "relay cannot read the log");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(e.to_string()));
+                    backoff = next_backoff(backoff, self.options.max_backoff);
+                    continue;
+                }
+            };
+            let seen_head = *head.borrow_and_update();
+            self.update(|s| s.head = s.head.max(seen_head));
+            let Some(last) = batch.last().map(|e| e.position) else {
+                backoff = Duration::ZERO;
+                tokio::select! {
+                    _ = head.changed() => {}
+                    _ = tokio::time::sleep(self.options.poll_interval) => {}
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            };
+            let events = match self.integration_events(&batch).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(service = %self.public.service, error = %e, "relay cannot read its stream table");
+                    backoff = next_backoff(backoff, self.options.max_backoff);
+                    continue;
+                }
+            };
+            if !self.publish(&events).await {
+                // Stopping while the broker is down: the checkpoint stays,
+                // the batch goes out after the next start.
+                return;
+            }
+            match self.commit(last, &events).await {
+                Ok(()) => {
+                    position = last;
+                    backoff = Duration::ZERO;
+                    let n = events.len() as u64;
+                    metrics_published(&self.public.service, n);
+                    self.update(|s| {
+                        s.position = last;
+                        s.head = s.head.max(last);
+                        s.published += n;
+                    });
+                }
+                Err(e) => {
+                    // Published but not recorded: the batch goes out again.
+                    tracing::warn!(service = %self.public.service, error = %e, "relay cannot store its checkpoint");
+                    self.last_versions.clear();
+                    backoff = next_backoff(backoff, self.options.max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn pause(&mut self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
+    /// The batch as integration events, each naming the previous public
+    /// version of its stream.
+    async fn integration_events(
+        &mut self,
+        batch: &[RecordedEvent],
+    ) -> Result<Vec<IntegrationEvent>, sqlx::Error> {
+        for event in batch {
+            let key = (event.tenant.clone(), event.stream.clone());
+            if !self.last_versions.contains_key(&key) {
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT last_version FROM cairn_relay_streams
+                     WHERE relay = $1 AND tenant = $2 AND stream = $3",
+                )
+                .bind(&self.public.service)
+                .bind(event.tenant.as_str())
+                .bind(event.stream.as_str())
+                .fetch_optional(self.db.pool())
+                .await?;
+                if let Some(v) = stored.and_then(|v| u64::try_from(v).ok()) {
+                    self.last_versions.insert(key, v);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for event in batch {
+            let key = (event.tenant.clone(), event.stream.clone());
+            // An event at or below the stored version was published before
+            // (a re-read after a lost checkpoint): keep its original chain
+            // link by not moving backwards.
+            let prev = self
+                .last_versions
+                .get(&key)
+                .copied()
+                .filter(|v| *v < event.version);
+            out.push(IntegrationEvent::from_recorded(
+                &self.public.service,
+                event,
+                prev,
+            ));
+            let entry = self.last_versions.entry(key).or_insert(event.version);
+            *entry = (*entry).max(event.version);
+        }
+        if self.last_versions.len() > 100_000 {
+            self.last_versions.clear();
+        }
+        Ok(out)
+    }
+
+    /// Publishes until the broker takes the batch; false if stopped first.
+    async fn publish(&mut self, events: &[IntegrationEvent]) -> bool {
+        let mut backoff = Duration::ZERO;
+        let started = Instant::now();
+        loop {
+            match self.broker.publish(events).await {
+                Ok(()) => {
+                    self.update(|s| {
+                        s.broker_up = true;
+                        s.last_error = None;
+                    });
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        service = %self.public.service,
+                        error = %e,
+                        down_for_ms = started.elapsed().as_millis() as u64,
+                        "relay cannot publish; retrying"
+                    );
+                    self.update(|s| {
+                        s.broker_up = false;
+                        s.last_error = Some(e.to_string());
+                    });
+                    backoff = next_backoff(backoff, self.options.max_backoff);
+                    self.pause(backoff).await;
+                    if self.stopping() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, position: u64, events: &[IntegrationEvent]) -> Result<(), sqlx::Error> {
+        let mut latest: HashMap<(&TenantId, &StreamId), u64> = HashMap::new();
+        for e in events {
+            let v = e.version().unwrap_or(0);
+            let slot = latest.entry((&e.tenantid, &e.subject)).or_insert(v);
+            *slot = (*slot).max(v);
+        }
+        let mut tx = self.db.begin().await?;
+        for ((tenant, stream), version) in latest {
+            sqlx::query(
+                "INSERT INTO cairn_relay_streams (relay, tenant, stream, last_version)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (relay, tenant, stream)
+                 DO UPDATE SET last_version = excluded.last_version",
+            )
+            .bind(&self.public.service)
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO cairn_relay_checkpoints (relay, position, updated_at)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (relay) DO UPDATE SET position = excluded.position,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(&self.public.service)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(schema::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}
+
+fn metrics_published(service: &str, n: u64) {
+    metrics::counter!("cairn_relay_published_total", "service" => service.to_owned()).increment(n);
+}
+
+fn metrics_status(status: &RelayStatus) {
+    let service = status.service.clone();
+    metrics::gauge!("cairn_relay_position", "service" => service.clone())
+        .set(status.position as f64);
+    metrics::gauge!("cairn_relay_lag_events", "service" => service.clone())
+        .set(status.head.saturating_sub(status.position) as f64);
+    metrics::gauge!("cairn_relay_broker_up", "service" => service).set(if status.broker_up {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+async fn load_checkpoint(db: &ReadDb, service: &str) -> Result<u64, sqlx::Error> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM cairn_relay_checkpoints WHERE relay = $1")
+            .bind(service)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
+}
+
+pub(crate) fn next_backoff(current: Duration, max: Duration) -> Duration {
+    let next = if current.is_zero() {
+        Duration::from_millis(100)
+    } else {
+        current * 2
+    };
+    let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+    next.min(max) + jitter
+}

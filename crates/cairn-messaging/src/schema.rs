@@ -1,0 +1,77 @@
+//! The tables the relay and the consumers keep in a service's own database
+//! (portable SQL for SQLite and PostgreSQL, through [`ReadDb`]).
+
+use cairn_projection::ReadDb;
+
+const TABLES: &[&str] = &[
+    // Relay: how far in `$all` a relay has published...
+    "CREATE TABLE IF NOT EXISTS cairn_relay_checkpoints (
+        relay TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
+    // ... and the last public version it published per stream, which the
+    // next event of that stream names as its `prevsequence`.
+    "CREATE TABLE IF NOT EXISTS cairn_relay_streams (
+        relay TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        last_version BIGINT NOT NULL,
+        PRIMARY KEY (relay, tenant, stream)
+    )",
+    // Consumer inbox: every event a consumer has handled, written in the
+    // same transaction as the handler's effect.
+    "CREATE TABLE IF NOT EXISTS cairn_inbox (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        handled_at TEXT NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    )",
+    // Per-stream order: the highest version a consumer has handled (or
+    // dead-lettered) per stream; -1 before the first.
+    "CREATE TABLE IF NOT EXISTS cairn_inbox_streams (
+        consumer TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        last_version BIGINT NOT NULL,
+        PRIMARY KEY (consumer, tenant, stream)
+    )",
+    // Failed attempts of events not yet handled.
+    "CREATE TABLE IF NOT EXISTS cairn_consumer_failures (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        last_error TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    )",
+    // The dead-letter queue: events a consumer gave up on, as they came.
+    "CREATE TABLE IF NOT EXISTS cairn_dead_letters (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        tenant TEXT,
+        stream TEXT,
+        event_type TEXT,
+        body TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        error TEXT NOT NULL,
+        dead_at TEXT NOT NULL,
+        replay BIGINT NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    )",
+];
+
+/// Creates the messaging tables if they are missing.
+pub(crate) async fn ensure(db: &ReadDb) -> Result<(), sqlx::Error> {
+    for statement in TABLES {
+        sqlx::query(statement).execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}

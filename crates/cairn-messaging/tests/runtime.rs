@@ -1,0 +1,442 @@
+//! The relay and the consumer runtime over the in-process broker, with the
+//! service database on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use cairn_messaging::{
+    Broker, Consumer, ConsumerOptions, ConsumerSpec, DeadLetterFilter, DeadLetters,
+    IntegrationEvent, MemoryBroker, PublicEvents, Relay, RelayOptions,
+};
+use cairn_store::MemoryStore;
+use common::*;
+
+fn quick() -> ConsumerOptions {
+    ConsumerOptions {
+        max_attempts: 3,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        replay_poll: Duration::from_millis(50),
+        ..ConsumerOptions::default()
+    }
+}
+
+fn things() -> PublicEvents {
+    PublicEvents::new("things", ["thing"], ["Created", "Renamed", "Deleted"]).unwrap()
+}
+
+/// Takes everything a group gets for a while, acking each.
+async fn drain(
+    broker: &MemoryBroker,
+    group: &str,
+    source: &str,
+    want: usize,
+) -> Vec<IntegrationEvent> {
+    let mut deliveries = broker
+        .consume(&ConsumerSpec::new(group, source))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < want {
+        let d = tokio::time::timeout(PATIENCE, deliveries.next())
+            .await
+            .expect("a delivery in time")
+            .unwrap()
+            .unwrap();
+        out.push(IntegrationEvent::from_json(&d.body).unwrap());
+        d.acker.ack().await.unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
+    let t = TestDb::sqlite().await;
+    let store = MemoryStore::new();
+    let acme = tenant("acme");
+    append(&store, &acme, "thing-1", &["Created", "Secret", "Renamed"]).await;
+    append(&store, &acme, "thing-2", &["Created"]).await;
+    append(&store, &acme, "other-1", &["Created"]).await; // another service's category
+    append(&store, &acme, "thing-1", &["Deleted"]).await;
+    let broker = MemoryBroker::new();
+    let relay = Relay::start(
+        things(),
+        Arc::new(store.clone()),
+        t.db.clone(),
+        Arc::new(broker.clone()),
+        RelayOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(relay.wait_for(6, PATIENCE).await);
+    let got = drain(&broker, "watcher", "things", 4).await;
+    let summary: Vec<_> = got
+        .iter()
+        .map(|e| {
+            (
+                e.subject.as_str().to_owned(),
+                e.event_type.clone(),
+                e.sequence.clone(),
+                e.prevsequence.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("thing-1".into(), "Created".into(), "0".into(), None),
+            (
+                "thing-1".into(),
+                "Renamed".into(),
+                "2".into(),
+                Some("0".into())
+            ),
+            ("thing-2".into(), "Created".into(), "0".into(), None),
+            (
+                "thing-1".into(),
+                "Deleted".into(),
+                "3".into(),
+                Some("2".into())
+            ),
+        ]
+    );
+    for e in &got {
+        assert_eq!(e.specversion, "1.0");
+        assert_eq!(e.source, "things");
+        assert_eq!(e.tenantid, acme);
+        assert_eq!(
+            e.topic("cairn"),
+            format!("cairn.acme.things.{}", e.event_type)
+        );
+        e.validate().unwrap();
+    }
+    relay.shutdown().await;
+
+    // A restarted relay resumes after its checkpoint and keeps the chain.
+    append(&store, &acme, "thing-1", &["Renamed"]).await;
+    let relay = Relay::start(
+        things(),
+        Arc::new(store.clone()),
+        t.reopen().await,
+        Arc::new(broker.clone()),
+        RelayOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(relay.wait_for(7, PATIENCE).await);
+    assert_eq!(relay.status().published, 1, "only the new event goes out");
+    let next = drain(&broker, "watcher", "things", 1).await;
+    assert_eq!(next[0].sequence, "4");
+    assert_eq!(next[0].prevsequence.as_deref(), Some("3"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn public_event_declarations_are_checked() {
+    assert!(PublicEvents::new("Things", ["thing"], ["Created"]).is_err());
+    assert!(PublicEvents::new("things", ["thing"], ["has.dot"]).is_err());
+    assert!(PublicEvents::new("things", ["thing"], ["with space"]).is_err());
+    assert!(PublicEvents::new("things", Vec::<String>::new(), vec!["Created".to_owned()]).is_err());
+}
+
+async fn exactly_once_under_redelivery(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::without_dedupe();
+    let recorder = Recorder {
+        label: "a",
+        ..Recorder::default()
+    };
+    recorder.fail_first.store(2, Ordering::SeqCst);
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", recorder.clone())
+        .with_options(quick())
+        .start()
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..5)
+        .map(|v| event("acme", "thing-1", v, v.checked_sub(1)))
+        .collect();
+    broker.publish(&events).await.unwrap();
+    // The same events again, as a relay that lost its checkpoint would send.
+    broker.publish(&events).await.unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.handled == 5 && s.duplicates == 5)
+            .await,
+        "{:?}",
+        consumer.status()
+    );
+    let rows = seen(&t.db).await;
+    let versions: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    assert_eq!(versions, vec![0, 1, 2, 3, 4], "each effect once, in order");
+    let status = consumer.status();
+    assert_eq!(status.retries, 2, "two passing failures were retried");
+    assert_eq!(status.dead_lettered, 0);
+    consumer.shutdown().await;
+}
+
+async fn order_is_kept_per_stream_across_competing_instances(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    let mut instances = Vec::new();
+    for label in ["a", "b", "c"] {
+        let recorder = Recorder {
+            label,
+            sleep_ms: 5,
+            ..Recorder::default()
+        };
+        instances.push(
+            Consumer::new(
+                "watchers",
+                "things",
+                t.reopen().await,
+                Arc::new(broker.clone()),
+            )
+            .on("Thing", recorder)
+            .with_options(quick())
+            .start()
+            .await
+            .unwrap(),
+        );
+    }
+    // Three tenants x four streams x ten versions, interleaved.
+    let mut events = Vec::new();
+    for v in 0..10u64 {
+        for tenant in ["t1", "t2", "t3"] {
+            for s in 0..4 {
+                // Every other version is private: the chain skips it.
+                let version = v * 2;
+                let prev = version.checked_sub(2);
+                events.push(event(tenant, &format!("thing-{s}"), version, prev));
+            }
+        }
+    }
+    for chunk in events.chunks(7) {
+        broker.publish(chunk).await.unwrap();
+    }
+    let total = events.len() as u64;
+    for _ in 0..600 {
+        let handled: u64 = instances.iter().map(|c| c.status().handled).sum();
+        if handled == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handled: u64 = instances.iter().map(|c| c.status().handled).sum();
+    assert_eq!(handled, total, "every event handled once");
+    let rows = seen(&t.db).await;
+    assert_eq!(rows.len() as u64, total);
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for (tenant, stream, version) in rows {
+        let prev = last.insert((tenant.clone(), stream.clone()), version);
+        assert_eq!(
+            prev.map_or(0, |p| p + 2),
+            version,
+            "{tenant}/{stream} out of order"
+        );
+    }
+    let shares: Vec<u64> = instances.iter().map(|c| c.status().handled).collect();
+    assert!(
+        shares.iter().filter(|n| **n > 0).count() >= 2,
+        "instances compete for events: {shares:?}"
+    );
+    for c in instances {
+        c.shutdown().await;
+    }
+}
+
+async fn poison_goes_to_dead_letters_and_replays(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    let recorder = Recorder {
+        label: "a",
+        ..Recorder::default()
+    };
+    recorder.broken.store(true, Ordering::SeqCst);
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", recorder.clone())
+        .with_options(quick())
+        .start()
+        .await
+        .unwrap();
+    broker
+        .publish(&[event("acme", "thing-1", 0, None)])
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.dead_lettered == 1)
+            .await
+    );
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        3,
+        "max_attempts tries"
+    );
+    assert!(
+        seen(&t.db).await.is_empty(),
+        "failed attempts left nothing behind"
+    );
+
+    // The consumer carries on: the stream's next event is handled.
+    recorder.broken.store(false, Ordering::SeqCst);
+    broker
+        .publish(&[event("acme", "thing-1", 1, Some(0))])
+        .await
+        .unwrap();
+    assert!(consumer.wait_until(PATIENCE, |s| s.handled == 1).await);
+    assert_eq!(
+        seen(&t.db).await.iter().map(|r| r.2).collect::<Vec<_>>(),
+        vec![1]
+    );
+
+    // An undecodable message goes straight to the dead letters.
+    broker.publish_raw(
+        "things",
+        bytes::Bytes::from_static(b"{\"not\": \"an event\"}"),
+    );
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.dead_lettered == 2)
+            .await
+    );
+
+    let dlq = DeadLetters::open(t.reopen().await).await.unwrap();
+    let letters = dlq.list(&DeadLetterFilter::default(), 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let garbage = letters.iter().find(|l| l.stream.is_none()).unwrap();
+    assert_eq!(garbage.body, r#"{"not": "an event"}"#);
+    assert!(
+        garbage.error.contains("not a Cairn CloudEvent"),
+        "{}",
+        garbage.error
+    );
+    assert_eq!(
+        dlq.drop(&DeadLetterFilter {
+            consumer: None,
+            event_id: Some(garbage.event_id.clone()),
+        })
+        .await
+        .unwrap(),
+        1
+    );
+    let letters = dlq.list(&DeadLetterFilter::default(), 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.consumer, "watchers");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.stream.as_deref(), Some("thing-1"));
+    assert!(letter.error.contains("broken"), "{}", letter.error);
+    IntegrationEvent::from_json(letter.body.as_bytes()).expect("kept as it came");
+
+    // Replay: the running consumer handles it once and the letter is gone.
+    let filter = DeadLetterFilter {
+        consumer: Some("watchers".into()),
+        event_id: Some(letter.event_id.clone()),
+    };
+    assert_eq!(dlq.replay(&filter).await.unwrap(), 1);
+    assert!(consumer.wait_until(PATIENCE, |s| s.replayed == 1).await);
+    assert!(
+        dlq.list(&DeadLetterFilter::default(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let versions: Vec<i64> = seen(&t.db).await.iter().map(|r| r.2).collect();
+    assert_eq!(
+        versions,
+        vec![1, 0],
+        "the replayed event handled once, late"
+    );
+    assert_eq!(
+        dlq.replay(&filter).await.unwrap(),
+        0,
+        "nothing left to replay"
+    );
+    consumer.shutdown().await;
+}
+
+async fn a_failed_replay_stays_a_dead_letter_and_drop_removes_it(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    let recorder = Recorder {
+        label: "a",
+        ..Recorder::default()
+    };
+    recorder.broken.store(true, Ordering::SeqCst);
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", recorder.clone())
+        .with_options(quick())
+        .start()
+        .await
+        .unwrap();
+    broker
+        .publish(&[event("acme", "thing-9", 0, None)])
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.dead_lettered == 1)
+            .await
+    );
+    let dlq = DeadLetters::open(t.db.clone()).await.unwrap();
+    assert_eq!(dlq.replay(&DeadLetterFilter::default()).await.unwrap(), 1);
+    // Still broken: the replay fails, the letter stays, unmarked.
+    for _ in 0..200 {
+        let l = dlq.list(&DeadLetterFilter::default(), 10).await.unwrap();
+        if l.len() == 1 && !l[0].replay {
+            assert_eq!(l[0].attempts, 4);
+            assert!(l[0].error.starts_with("replay failed"), "{}", l[0].error);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let l = dlq.list(&DeadLetterFilter::default(), 10).await.unwrap();
+    assert!(!l[0].replay, "a failed replay is unmarked: {l:?}");
+    assert_eq!(dlq.drop(&DeadLetterFilter::default()).await.unwrap(), 1);
+    assert!(
+        dlq.list(&DeadLetterFilter::default(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(seen(&t.db).await.is_empty());
+    consumer.shutdown().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(TestDb::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(t) = TestDb::postgres().await {
+                        super::$name(t).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    exactly_once_under_redelivery,
+    order_is_kept_per_stream_across_competing_instances,
+    poison_goes_to_dead_letters_and_replays,
+    a_failed_replay_stays_a_dead_letter_and_drop_removes_it,
+);
