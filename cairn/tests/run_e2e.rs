@@ -1,7 +1,12 @@
-//! End-to-end: Flights and Passengers as separate `cairn run` processes on
-//! one PostgreSQL event store (each with its own database schema), talking
-//! over NATS JetStream and, again, over RabbitMQ. Each test owns its
+//! End-to-end: Flights, Passengers and Audit as separate `cairn run`
+//! processes (Flights and Passengers on one PostgreSQL event store, each
+//! service with its own database schema), talking over NATS JetStream and,
+//! again, over RabbitMQ, behind a router that sends each path to its
+//! service. Every scenario of `scenarios/` (the ones `cairn up` passes) runs
+//! here too, plus what only separate processes show. Each test owns its
 //! schemas and a broker prefix, so tests never see each other's messages.
+
+mod scenarios;
 
 use std::{
     io::{BufRead, BufReader},
@@ -40,6 +45,62 @@ struct Cluster {
     passengers: Option<Proc>,
     audit: Proc,
     client: Client,
+}
+
+/// Serves the whole API on one address, sending `/api/flights…` to
+/// Flights, `/api/passengers…` to Passengers and `/api/audit…` to Audit.
+async fn router(flights: String, passengers: String, audit: String) -> String {
+    use axum::{body::Body, extract::Request, response::Response as AxumResponse};
+    let client = Client::new();
+    let forward = move |req: Request| {
+        let (client, flights, passengers, audit) = (
+            client.clone(),
+            flights.clone(),
+            passengers.clone(),
+            audit.clone(),
+        );
+        async move {
+            let path = req.uri().path().to_owned();
+            let target = if path.starts_with("/api/passengers") {
+                passengers
+            } else if path.starts_with("/api/audit") {
+                audit
+            } else {
+                flights
+            };
+            let url = format!(
+                "{target}{}",
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let method = req.method().clone();
+            let mut headers = req.headers().clone();
+            for h in ["host", "content-length", "transfer-encoding", "connection"] {
+                headers.remove(h);
+            }
+            let body = axum::body::to_bytes(req.into_body(), 16 << 20)
+                .await
+                .unwrap();
+            let r = client
+                .request(method, url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let mut out = AxumResponse::builder().status(r.status());
+            for (name, value) in r.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    out = out.header(name, value);
+                }
+            }
+            out.body(Body::from(r.bytes().await.unwrap())).unwrap()
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }
 
 fn postgres_url() -> String {
@@ -154,6 +215,22 @@ impl Cluster {
             self.kind,
             &self.prefix,
         ));
+    }
+
+    /// The whole API behind a router, for the shared scenarios.
+    async fn app(&self) -> scenarios::App {
+        let base = router(
+            self.flights.base.clone(),
+            self.passengers.as_ref().unwrap().base.clone(),
+            self.audit.base.clone(),
+        )
+        .await;
+        scenarios::App {
+            child: None,
+            base,
+            client: Client::new(),
+            separate: true,
+        }
     }
 
     fn flights(&self, path: &str) -> String {
@@ -441,11 +518,31 @@ async fn audit_hears_every_service(c: Cluster) {
     assert_eq!(r.json::<Value>().await.unwrap()["total"], 0);
 }
 
+async fn lifecycle(c: Cluster) {
+    scenarios::lifecycle(&c.app().await).await;
+}
+
+async fn deleting_a_flight_removes_its_passengers(c: Cluster) {
+    scenarios::deleting_a_flight_removes_its_passengers(&c.app().await).await;
+}
+
+async fn bad_input_gets_a_problem(c: Cluster) {
+    scenarios::bad_input_gets_a_problem(&c.app().await).await;
+}
+
+async fn tenants_never_see_each_other(c: Cluster) {
+    scenarios::tenants_never_see_each_other(&c.app().await).await;
+}
+
+async fn fifty_bookings_on_thirty_seats(c: Cluster) {
+    scenarios::fifty_bookings_on_thirty_seats(&c.app().await).await;
+}
+
 macro_rules! on_both_brokers {
     ($($name:ident),* $(,)?) => {
         mod nats {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(c) = super::Cluster::start(super::Kind::Nats).await {
                         super::$name(c).await;
@@ -455,7 +552,7 @@ macro_rules! on_both_brokers {
         }
         mod amqp {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(c) = super::Cluster::start(super::Kind::Amqp).await {
                         super::$name(c).await;
@@ -467,6 +564,11 @@ macro_rules! on_both_brokers {
 }
 
 on_both_brokers!(
+    lifecycle,
+    deleting_a_flight_removes_its_passengers,
+    bad_input_gets_a_problem,
+    tenants_never_see_each_other,
+    fifty_bookings_on_thirty_seats,
     audit_hears_every_service,
     bookings_boarding_and_departure,
     deletion_removes_passengers,

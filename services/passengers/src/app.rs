@@ -18,7 +18,7 @@ use cairn_flightops_contracts::{
     CloseBoarding, GetFlightForBooking, Page, RemoveFlightPassengers, ReopenBoarding, Written,
 };
 use cairn_projection::Projections;
-use cairn_store::EventStore;
+use cairn_store::{EventStore, ReadStream};
 
 use crate::{
     domain::{Manifest, ManifestCommand, validate_passenger},
@@ -237,7 +237,26 @@ impl Passengers {
         let written = self
             .run(ctx, &flight_id, &command(flight_id.clone()))
             .await?;
-        Ok(written.position)
+        if written.position.is_some() {
+            return Ok(written.position);
+        }
+        // Nothing to do (already done, say by the FlightDeleted consumer):
+        // answer the position of the manifest's last event, so the caller
+        // still reads what was done.
+        let Ok(stream) = AggregateStore::<Manifest>::stream_id(&flight_id) else {
+            return Ok(None);
+        };
+        let last = self
+            .manifests
+            .event_store()
+            .read_stream(&ctx.tenant, &stream, ReadStream {
+                limit: 1,
+                ..ReadStream::backward()
+            })
+            .await
+            .ok()
+            .and_then(|events| events.first().map(|e| e.position));
+        Ok(last)
     }
 
     async fn add(
