@@ -2,6 +2,10 @@
 //! Passengers and Audit share one event store, one read-model database and
 //! one pair of in-process buses, behind one HTTP router.
 //!
+//! Services hear each other's events through the log itself
+//! ([`cairn_messaging::LogBroker`]): Passengers removes a deleted flight's
+//! passengers from `FlightDeleted` even if the direct request was lost.
+//!
 //! Every request, command and projection is measured; `GET /metrics` serves
 //! the Prometheus text, reading the store's head and the projections' lag
 //! at each scrape.
@@ -83,6 +87,21 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let flights = Flights::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the flights service")?;
     let sagas = flights.start_sagas(std::time::Duration::from_secs(1));
+    // In one process the log is the broker: Passengers hears FlightDeleted
+    // straight from it (see LogBroker).
+    let log_broker: Arc<dyn cairn_messaging::Broker> = Arc::new(cairn_messaging::LogBroker::new(
+        store.clone(),
+        read_db.clone(),
+        vec![
+            cairn_flights::messaging::public_events()?,
+            cairn_passengers::messaging::public_events()?,
+        ],
+    ));
+    let flight_events =
+        cairn_passengers::messaging::flight_events(read_db.clone(), log_broker, commands.clone())
+            .start()
+            .await
+            .context("consuming flight events")?;
     let passengers = Passengers::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the passengers service")?;
 
@@ -166,6 +185,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("serving HTTP")?;
     sagas.shutdown().await;
+    flight_events.shutdown().await;
     projections.shutdown().await;
     read_db.close().await;
     println!("cairn up: stopped; checkpoints flushed");

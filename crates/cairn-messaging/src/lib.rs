@@ -14,6 +14,7 @@ mod consumer;
 mod dlq;
 mod error;
 mod event;
+mod log_broker;
 mod memory;
 mod relay;
 pub mod rpc;
@@ -32,5 +33,6 @@ pub use error::MessagingError;
 pub use event::{
     CONTENT_TYPE, IntegrationEvent, SPEC_VERSION, topic, validate_public_type, validate_service,
 };
+pub use log_broker::LogBroker;
 pub use memory::MemoryBroker;
 pub use relay::{PublicEvents, Relay, RelayOptions, RelayStatus};

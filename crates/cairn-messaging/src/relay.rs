@@ -55,7 +55,7 @@ impl PublicEvents {
         Ok(public)
     }
 
-    fn filter(&self) -> AllFilter {
+    pub(crate) fn filter(&self) -> AllFilter {
         AllFilter::all_tenants()
             .categories(self.categories.iter())
             .event_types(self.types.iter().cloned())

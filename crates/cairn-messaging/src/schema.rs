@@ -19,6 +19,12 @@ const TABLES: &[&str] = &[
         last_version BIGINT NOT NULL,
         PRIMARY KEY (relay, tenant, stream)
     )",
+    // How far each in-process consumer group has settled the log.
+    "CREATE TABLE IF NOT EXISTS cairn_log_consumers (
+        consumer TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
     // Consumer inbox: every event a consumer has handled, written in the
     // same transaction as the handler's effect.
     "CREATE TABLE IF NOT EXISTS cairn_inbox (
