@@ -538,6 +538,55 @@ async fn fifty_bookings_on_thirty_seats(c: Cluster) {
     scenarios::fifty_bookings_on_thirty_seats(&c.app().await).await;
 }
 
+/// Two instances of Audit compete for the same groups: every event lands
+/// once, and both do some of the work.
+async fn competing_instances_share_the_work(c: Cluster) {
+    let second = spawn(
+        "audit",
+        None,
+        &format!("{}?schema={}_audit", postgres_url(), c.schema),
+        c.kind,
+        &c.prefix,
+    );
+    let creates = (0..40).map(|_| c.create_flight(3));
+    let ids: Vec<String> = futures_util::future::join_all(creates).await;
+    let log = c
+        .eventually(c.audit("/api/audit?type=FlightScheduled&limit=500"), |a| {
+            a["total"] == 40
+        })
+        .await;
+    let mut seen: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream"].as_str().unwrap())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 40, "each flight once");
+    for id in &ids {
+        assert!(seen.contains(&format!("flight-{id}").as_str()));
+    }
+    let handled = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("cairn_consumer_messages_total{group=\"audit-flights-events\",outcome=\"handled\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let text = |base: &str| {
+        let (client, url) = (c.client.clone(), format!("{base}/metrics"));
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let (a, b) = (
+        handled(&text(&c.audit.base).await),
+        handled(&text(&second.base).await),
+    );
+    assert_eq!(a + b, 40.0, "handled once in all: {a} + {b}");
+    assert!(a > 0.0 && b > 0.0, "both instances took a share: {a} + {b}");
+}
+
 macro_rules! on_both_brokers {
     ($($name:ident),* $(,)?) => {
         mod nats {
@@ -570,6 +619,7 @@ on_both_brokers!(
     tenants_never_see_each_other,
     fifty_bookings_on_thirty_seats,
     audit_hears_every_service,
+    competing_instances_share_the_work,
     bookings_boarding_and_departure,
     deletion_removes_passengers,
     deletion_reaches_passengers_after_an_outage,
