@@ -231,6 +231,8 @@ struct Running {
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let name = settings.service.as_str();
+    // Before anything starts, so nothing it counts is lost.
+    let metrics = Metrics::install();
     let store = match &settings.store {
         Some(url) => Some(open_store(url).await?),
         None => None,
@@ -272,7 +274,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }),
         );
-    let metrics = Metrics::install().with_collector("store-and-projections", {
+    let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (running.store.clone(), running.projections.clone());
         move || {
             let head = store.as_ref().map(|s| *s.head().borrow());

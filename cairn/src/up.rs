@@ -66,6 +66,8 @@ pub(crate) struct UpArgs {
 /// Runs the platform until SIGINT or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let tenant = TenantId::new(&args.default_tenant).context("--default-tenant")?;
+    // Before anything starts, so nothing it counts is lost.
+    let metrics = Metrics::install();
     let (store, store_what, read_db, read_what) = open_stores(&args).await?;
 
     let projections: Vec<Arc<dyn Projection>> = vec![
@@ -142,7 +144,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 async move { Json::<Vec<ProjectionStatus>>(status.status().await) }
             }),
         );
-    let metrics = Metrics::install().with_collector("store-and-projections", {
+    let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (store.clone(), projections.clone());
         move || {
             let head = *store.head().borrow();

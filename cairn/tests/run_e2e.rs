@@ -36,6 +36,10 @@ enum Kind {
     Amqp,
 }
 
+/// Clusters run one at a time: each holds dozens of PostgreSQL connections
+/// (every process has its pools) and the server allows 100 in all.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Cluster {
     kind: Kind,
     store: String,
@@ -45,6 +49,8 @@ struct Cluster {
     passengers: Option<Proc>,
     audit: Proc,
     client: Client,
+    /// Last, so the processes stop before the next cluster starts.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// Serves the whole API on one address, sending `/api/flights…` to
@@ -170,6 +176,7 @@ fn spawn(service: &str, store: Option<&str>, db: &str, kind: Kind, prefix: &str)
 impl Cluster {
     async fn start(kind: Kind) -> Option<Self> {
         services(kind).await?;
+        let turn = ONE_AT_A_TIME.lock().await;
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -202,6 +209,7 @@ impl Cluster {
             schema,
             prefix,
             client: Client::new(),
+            _turn: turn,
         };
         cluster.start_passengers();
         Some(cluster)
