@@ -506,3 +506,110 @@ async fn audit(db: &ReadDb, link: &Link) -> anyhow::Result<Running> {
         _serving: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut argv = vec!["cairn"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)?.run.settings()
+    }
+
+    fn config(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_fills_the_rest() {
+        let (_dir, path) = config(
+            r#"
+            store = "postgres://u@db/x?schema=ops"
+            broker = "nats://file:4222"
+            listen = "127.0.0.1:9000"
+            prefix = "prod"
+            default_tenant = "acme"
+            request_timeout_ms = 1500
+            "#,
+        );
+        let s = settings(&[
+            "flights",
+            "--config",
+            &path,
+            "--broker",
+            "amqp://flag",
+            "--listen",
+            "127.0.0.1:9001",
+        ])
+        .unwrap();
+        assert_eq!(s.broker, "amqp://flag", "a flag wins");
+        assert_eq!(s.listen, "127.0.0.1:9001");
+        assert_eq!(s.store.as_deref(), Some("postgres://u@db/x?schema=ops"));
+        assert_eq!(s.prefix, "prod");
+        assert_eq!(s.default_tenant.as_str(), "acme");
+        assert_eq!(s.request_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            s.db, "postgres://u@db/x?schema=flights_read",
+            "the service database defaults to a schema beside the store"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let missing_store = settings(&["passengers", "--broker", "nats://x"]).unwrap_err();
+        assert!(missing_store.to_string().contains("no event store"));
+        let missing_broker = settings(&["flights", "--store", "sqlite://x.db"]).unwrap_err();
+        assert!(missing_broker.to_string().contains("no broker"));
+        let audit_without_db = settings(&["audit", "--broker", "nats://x"]).unwrap_err();
+        assert!(audit_without_db.to_string().contains("no database"));
+        let bad_prefix = settings(&[
+            "flights",
+            "--store",
+            "sqlite://x.db",
+            "--broker",
+            "nats://x",
+            "--prefix",
+            "Bad.Prefix",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{bad_prefix:#}").contains("prefix"),
+            "{bad_prefix:#}"
+        );
+        let (_dir, path) = config("brokr = \"nats://typo\"\n");
+        let typo = settings(&["flights", "--config", &path]).unwrap_err();
+        assert!(format!("{typo:#}").contains("brokr"), "{typo:#}");
+        let memory = settings(&["flights", "--store", "memory:", "--broker", "nats://x"]);
+        assert!(
+            memory.is_err(),
+            "a service on its own needs a durable store"
+        );
+    }
+
+    #[test]
+    fn sqlite_stores_get_a_database_file_beside_them() {
+        let s = settings(&[
+            "passengers",
+            "--store",
+            "sqlite://data/ops.db",
+            "--broker",
+            "nats://x",
+        ])
+        .unwrap();
+        assert_eq!(s.db, "sqlite://data/ops.db.passengers.db");
+        assert_eq!(s.listen, "127.0.0.1:0");
+        assert_eq!(s.prefix, "cairn");
+    }
+}
