@@ -42,7 +42,9 @@ pub struct ConsumerSpec {
     /// The service whose public events this group reads (every tenant, every
     /// type: the consumer runtime skips types it has no handler for).
     pub source: String,
-    /// Most messages handed to this instance and not yet acked.
+    /// Most messages handed out and not yet acked: per instance on
+    /// RabbitMQ and in memory, for the whole group on NATS JetStream (its
+    /// `max_ack_pending`).
     pub prefetch: u16,
     /// A message handed out and neither acked nor nacked within this time is
     /// delivered again (to any instance): the instance is presumed dead.
