@@ -1,11 +1,17 @@
-//! End-to-end checks of `cairn bench store`: the real binary, run in quick
-//! mode on each backend, must exit 0 and write a JSON array holding every
-//! metric with a positive value, with baselines and ratios where the backend
-//! has SQL to compare against; bad input must fail with one clear line.
+//! End-to-end checks of `cairn bench store` and `cairn bench messaging`: the
+//! real binary, run in quick mode on each backend, must exit 0 and write a
+//! JSON array holding every metric with a positive value, with baselines and
+//! ratios where the backend has SQL to compare against; bad input must fail
+//! with one clear line.
 //!
 //! PostgreSQL runs only when reachable at `CAIRN_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); otherwise the test is skipped
 //! with a notice, or fails when `CAIRN_TEST_SERVICES=required`.
+//!
+//! `cairn bench messaging` runs, with a small event count, on PostgreSQL and
+//! NATS (`CAIRN_TEST_NATS_URL`, default `nats://127.0.0.1:4222`) or RabbitMQ
+//! (`CAIRN_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! skipped or failed the same way when one is absent.
 
 use std::{
     path::{Path, PathBuf},
@@ -232,4 +238,265 @@ async fn postgres_quick_compares_against_raw_sql_and_drops_its_schemas() {
         .collect();
     assert!(left.is_empty(), "schemas left behind: {left:?}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+// `cairn bench messaging`: a small run on each broker, on PostgreSQL, must
+// report every metric with counts that match what was sent, ordered
+// latencies and a ratio against the raw publish ceiling, and remove its
+// schemas and broker objects. Skipped (or failed with
+// `CAIRN_TEST_SERVICES=required`) when PostgreSQL or the broker is absent.
+
+/// Events each run of the small messaging bench appends.
+const MESSAGING_EVENTS: u64 = 200;
+
+fn nats_url() -> String {
+    std::env::var("CAIRN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("CAIRN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Runs `cairn bench messaging` on `broker` and returns its pid, stdout and
+/// the JSON it wrote.
+async fn messaging_run(broker: &str, broker_url: &str, tag: &str) -> (u32, String, Vec<Value>) {
+    let dir = scratch(tag);
+    let json = dir.join("messaging.json");
+    let json_arg = json.to_str().expect("utf-8 temp path").to_owned();
+    let events = MESSAGING_EVENTS.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["bench", "messaging", "--broker", broker, "--broker-url"])
+        .arg(broker_url)
+        .args(["--store", &postgres_url(), "--events", &events])
+        .args(["--json", &json_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    let pid = child.id();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("wait for cairn");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("JSON file written");
+    let metrics: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+    std::fs::remove_dir_all(&dir).ok();
+    (pid, stdout, metrics)
+}
+
+/// The broker prefix the run printed (`broker: ... (prefix cbench-...)`).
+fn printed_prefix(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("broker:"))
+        .unwrap_or_else(|| panic!("no broker line in {stdout}"));
+    let (_, rest) = line
+        .split_once("(prefix ")
+        .expect("prefix on the broker line");
+    let prefix = rest.trim_end_matches(')').to_owned();
+    assert!(prefix.starts_with("cbench-"), "{line}");
+    prefix
+}
+
+fn value(metrics: &[Value], name: &str) -> f64 {
+    metric(metrics, name)["value"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} has no number"))
+}
+
+/// Every metric present with every field and a positive value; as many
+/// events handled as sent in both runs; latencies ordered; throughputs
+/// compared against `baseline` with the ratio they claim.
+fn check_messaging(metrics: &[Value], baseline: &str) {
+    for m in metrics {
+        for field in [
+            "name",
+            "value",
+            "unit",
+            "baseline",
+            "baseline_value",
+            "ratio",
+        ] {
+            assert!(m.get(field).is_some(), "{field} missing in {m}");
+        }
+        assert!(m["value"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+    }
+    for run in ["e2e", "paced"] {
+        let events = metric(metrics, &format!("{run}_events"));
+        assert_eq!(events["unit"], "events", "{events}");
+        assert_eq!(
+            events["value"].as_f64(),
+            Some(MESSAGING_EVENTS as f64),
+            "{events}"
+        );
+        let (p50, p99, max) = (
+            value(metrics, &format!("{run}_p50")),
+            value(metrics, &format!("{run}_p99")),
+            value(metrics, &format!("{run}_max")),
+        );
+        assert!(
+            p50 <= p99 && p99 <= max,
+            "{run}: p50 {p50}, p99 {p99}, max {max}"
+        );
+        for q in ["p50", "p99", "max"] {
+            let l = metric(metrics, &format!("{run}_{q}"));
+            assert_eq!(l["unit"], "ms", "{l}");
+            assert!(l["baseline"].is_null() && l["ratio"].is_null(), "{l}");
+        }
+    }
+    for name in ["append", "paced_append"] {
+        let m = metric(metrics, name);
+        assert_eq!(m["unit"], "events/s", "{m}");
+        assert!(m["baseline"].is_null(), "{m}");
+    }
+    for name in ["relay", "e2e", "paced_offered", "paced_e2e"] {
+        let m = metric(metrics, name);
+        assert_eq!(m["unit"], "events/s", "{m}");
+        assert_eq!(m["baseline"], baseline, "{m}");
+        let raw = m["baseline_value"].as_f64().expect("baseline value");
+        assert!(raw > 0.0, "{m}");
+        let ratio = m["ratio"].as_f64().expect("ratio");
+        let expected = m["value"].as_f64().unwrap() / raw;
+        assert!(
+            ratio > 0.0 && (ratio - expected).abs() < 1e-9 * expected,
+            "{m}"
+        );
+    }
+    // The paced run is offered half the ceiling.
+    let offered = metric(metrics, "paced_offered")["ratio"].as_f64().unwrap();
+    assert!((offered - 0.5).abs() < 1e-9, "{offered}");
+}
+
+/// Whether PostgreSQL answers; `None` skips (or fails when required).
+async fn postgres_conn() -> Option<sqlx::PgConnection> {
+    match sqlx::PgConnection::connect(&postgres_url()).await {
+        Ok(conn) => Some(conn),
+        Err(e) => service_absent("PostgreSQL", e),
+    }
+}
+
+/// No `cairn_bench_msg_*` schema of the bench process `pid` is left.
+async fn assert_no_messaging_schemas(conn: &mut sqlx::PgConnection, pid: u32) {
+    let left: Vec<String> = schemas_like(conn, "cairn_bench_msg_")
+        .await
+        .into_iter()
+        .filter(|s| s.contains(&format!("_{pid}")))
+        .collect();
+    assert!(left.is_empty(), "schemas left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn messaging_nats_counts_every_event_and_cleans_up() {
+    let Some(mut conn) = postgres_conn().await else {
+        return;
+    };
+    let url = nats_url();
+    let client = match async_nats::connect(&url).await {
+        Ok(client) => client,
+        Err(e) => {
+            let _ = service_absent::<()>("NATS", e);
+            return;
+        }
+    };
+    let (pid, stdout, metrics) = messaging_run("nats", &url, "messaging-nats").await;
+    check_messaging(&metrics, "raw_jetstream_publish_acked");
+    assert_no_messaging_schemas(&mut conn, pid).await;
+    let prefix = printed_prefix(&stdout);
+    let js = async_nats::jetstream::new(client);
+    for stream in [
+        cairn_messaging_nats::stream_name(&prefix),
+        cairn_messaging_nats::stream_name(&format!("{prefix}-raw")),
+    ] {
+        assert!(
+            js.get_stream(&stream).await.is_err(),
+            "JetStream stream {stream} left behind"
+        );
+    }
+}
+
+#[tokio::test]
+async fn messaging_amqp_counts_every_event_and_cleans_up() {
+    use lapin::{
+        Connection, ConnectionProperties,
+        options::{ExchangeDeclareOptions, QueueDeclareOptions},
+        types::FieldTable,
+    };
+
+    let Some(mut conn) = postgres_conn().await else {
+        return;
+    };
+    let url = amqp_url();
+    let amqp = match Connection::connect(&url, ConnectionProperties::default()).await {
+        Ok(amqp) => amqp,
+        Err(e) => {
+            let _ = service_absent::<()>("RabbitMQ", e);
+            return;
+        }
+    };
+    let (pid, stdout, metrics) = messaging_run("amqp", &url, "messaging-amqp").await;
+    check_messaging(&metrics, "raw_amqp_publish_confirmed");
+    assert_no_messaging_schemas(&mut conn, pid).await;
+    let prefix = printed_prefix(&stdout);
+    // A passive declaration fails (and closes its channel) when the object
+    // is gone.
+    for queue in [
+        format!("{prefix}.bench-inbox"),
+        format!("{prefix}-raw.ceiling"),
+    ] {
+        let channel = amqp.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        assert!(declared.is_err(), "queue {queue} left behind");
+    }
+    for exchange in [format!("{prefix}.events"), format!("{prefix}-raw.events")] {
+        let channel = amqp.create_channel().await.expect("channel");
+        let declared = channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        assert!(declared.is_err(), "exchange {exchange} left behind");
+    }
+    let _ = amqp.close(200, "done".into()).await;
+}
+
+#[test]
+fn messaging_refuses_a_memory_store_with_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "bench",
+            "messaging",
+            "--broker",
+            "nats",
+            "--store",
+            "memory:",
+        ])
+        .output()
+        .expect("run cairn");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--store"), "{stderr}");
 }

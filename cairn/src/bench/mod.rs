@@ -4,11 +4,15 @@
 //!
 //! Every suite prints a table and, with `--json FILE`, writes a JSON array of
 //! `{name, value, unit, baseline, baseline_value, ratio}` (see [`report`]).
-//! Today there is one suite, `cairn bench store` ([`store`]): append and
-//! catch-up throughput of the event store against raw SQL on the same
-//! database.
+//! The suites:
+//! - `cairn bench store` ([`store`]): append and catch-up throughput of the
+//!   event store against raw SQL on the same database.
+//! - `cairn bench messaging` ([`messaging`]): integration events from append
+//!   to a consumer's handler through the relay and NATS JetStream or
+//!   RabbitMQ, against acknowledged publishes with the broker's raw client.
 
 mod baseline;
+mod messaging;
 mod report;
 mod store;
 mod workload;
@@ -20,10 +24,15 @@ pub(crate) enum BenchCommand {
     /// Event store throughput and latency beside raw SQL on the same database.
     #[command(long_about = store::LONG_ABOUT)]
     Store(store::StoreArgs),
+    /// Integration events end to end (append, relay, broker, consumer)
+    /// beside the broker's raw acknowledged-publish ceiling.
+    #[command(long_about = messaging::LONG_ABOUT)]
+    Messaging(messaging::MessagingArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store::run(args).await,
+        BenchCommand::Messaging(args) => messaging::run(args).await,
     }
 }

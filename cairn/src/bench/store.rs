@@ -272,7 +272,7 @@ async fn open(url: &StoreUrl, tenant: &TenantId) -> (anyhow::Result<Target>, Cle
 
 /// Refuses a path that exists: the figures are only comparable on a fresh
 /// database, and the bench must never write into (or delete) a real one.
-fn check_fresh(path: &Path) -> anyhow::Result<()> {
+pub(super) fn check_fresh(path: &Path) -> anyhow::Result<()> {
     for candidate in [path.to_owned(), sidecar(path, "-wal")] {
         if candidate.exists() {
             bail!(
@@ -285,7 +285,7 @@ fn check_fresh(path: &Path) -> anyhow::Result<()> {
 }
 
 /// `PATH-wal` / `PATH-shm`.
-fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

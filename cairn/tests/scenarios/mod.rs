@@ -495,4 +495,3 @@ pub async fn fifty_bookings_on_thirty_seats(app: &App) {
         .unwrap();
     assert_eq!(listed["total"], 30);
 }
-

@@ -1,0 +1,366 @@
+//! Cairn's side of the messaging benchmark: appenders writing to the event
+//! store, the [`Relay`] publishing the `bench` service's public events, and
+//! a [`Consumer`] group handling them with an inbox and a small SQL write,
+//! each event timed from the commit of its append to its handler.
+//!
+//! - **Appenders**: `writers` tasks, each appending batches of up to
+//!   `batch` events in turn to [`STREAMS_PER_WRITER`] streams of its own
+//!   (`order-<run>-<writer>-<n>`), each append expecting the exact version
+//!   the previous one left. At full speed each appends its next batch as
+//!   soon as the last one committed; paced, the k-th event of a writer is
+//!   due `k / (rate / writers)` seconds after the start, and a writer
+//!   appends what is due (at most `batch` at once) or sleeps until the next
+//!   one is. An event's commit time is when its `append` returned.
+//! - **Consumer handler**: inserts one row into `bench_orders` in the
+//!   consumer's transaction (beside the inbox entry and the stream cursor),
+//!   then notes the time. That note is the event's handled time: the
+//!   transaction's commit and the broker ack follow it.
+//! - **A run** ends once the relay's checkpoint passed the last event
+//!   appended and the consumer counted every event handled (its status
+//!   moves after commit and ack). Throughput is over that whole span, from
+//!   just before the first append.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow, bail};
+use async_trait::async_trait;
+use cairn_core::{EventId, NewEvent, StreamId, TenantId};
+use cairn_messaging::{
+    ConsumerHandle, EventHandler, HandlerError, IntegrationEvent, PublicEvents, Relay,
+};
+use cairn_store::{EventStore, ExpectedVersion};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use sqlx::{Any, Transaction};
+use tokio::task::JoinSet;
+
+use crate::bench::workload::{EVENT_TYPE, latency_histogram, order_event, rate, record};
+
+/// The publishing service: the integration events' `source`.
+pub(super) const SERVICE: &str = "bench";
+/// The consumer group reading the service's events.
+pub(super) const GROUP: &str = "bench-inbox";
+/// Streams each appender writes to in turn.
+pub(super) const STREAMS_PER_WRITER: usize = 8;
+/// A relay or consumer that makes no progress for this long fails the run
+/// instead of hanging it.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The table the consumer's handler writes one row per event to.
+pub(super) const HANDLER_TABLE: &str = "CREATE TABLE IF NOT EXISTS bench_orders (
+    event_id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    quantity BIGINT NOT NULL
+)";
+
+/// The benchmark service's public events: every `OrderPlaced` of the
+/// `order` category.
+pub(super) fn public_events() -> anyhow::Result<PublicEvents> {
+    PublicEvents::new(SERVICE, ["order"], [EVENT_TYPE]).context("public events")
+}
+
+/// When the handler ran for each event, by id (the last time, should an
+/// attempt roll back and run again).
+#[derive(Debug, Default)]
+pub(super) struct Handled(Mutex<HashMap<EventId, Instant>>);
+
+impl Handled {
+    fn note(&self, id: EventId, at: Instant) {
+        self.0.lock().expect("handled lock").insert(id, at);
+    }
+}
+
+/// A realistic inbox consumer: one small SQL write per event, in the
+/// consumer's transaction.
+#[derive(Debug, Clone)]
+pub(super) struct InboxHandler {
+    pub(super) handled: Arc<Handled>,
+}
+
+#[async_trait]
+impl EventHandler for InboxHandler {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        let order = event
+            .data
+            .get("orderId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| HandlerError::Reject("no orderId".to_owned()))?;
+        let quantity = event
+            .data
+            .get("quantity")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        sqlx::query("INSERT INTO bench_orders (event_id, order_id, quantity) VALUES ($1, $2, $3)")
+            .bind(event.id.to_string())
+            .bind(order)
+            .bind(quantity)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| HandlerError::Retry(e.to_string()))?;
+        self.handled.note(event.id, Instant::now());
+        Ok(())
+    }
+}
+
+/// What the appenders do in one run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    pub(super) events: u64,
+    pub(super) writers: usize,
+    pub(super) batch: usize,
+    /// Events per second offered, all writers together; `None`: as fast as
+    /// the store takes them.
+    pub(super) rate: Option<f64>,
+}
+
+/// One run's raw figures.
+#[derive(Debug)]
+pub(super) struct RunResult {
+    /// Events appended in the run that the consumer handled.
+    pub(super) handled: u64,
+    pub(super) appended: u64,
+    /// From just before the first append until the last append returned.
+    pub(super) append_elapsed: Duration,
+    /// ... until the relay's checkpoint passed the last event.
+    pub(super) relay_elapsed: Duration,
+    /// ... until the consumer counted the last event handled.
+    pub(super) e2e_elapsed: Duration,
+    /// Handled time minus commit time, per event, in microseconds.
+    pub(super) latency: Histogram<u64>,
+}
+
+impl RunResult {
+    pub(super) fn append_rate(&self) -> f64 {
+        rate(self.appended, self.append_elapsed)
+    }
+
+    pub(super) fn relay_rate(&self) -> f64 {
+        rate(self.appended, self.relay_elapsed)
+    }
+
+    pub(super) fn e2e_rate(&self) -> f64 {
+        rate(self.appended, self.e2e_elapsed)
+    }
+}
+
+/// The running pipeline a run goes through.
+#[derive(Clone, Copy)]
+pub(super) struct Pipeline<'a> {
+    pub(super) store: &'a Arc<dyn EventStore>,
+    pub(super) relay: &'a Relay,
+    pub(super) consumer: &'a ConsumerHandle,
+    pub(super) handled: &'a Handled,
+    pub(super) tenant: &'a TenantId,
+}
+
+impl Pipeline<'_> {
+    /// Appends `load` on fresh streams tagged `tag`, waits until the relay
+    /// published and the consumer handled every event, and measures.
+    pub(super) async fn run(&self, tag: &str, load: Load) -> anyhow::Result<RunResult> {
+        let before = self.consumer.status().handled;
+        let appended = append(self.store, self.tenant, tag, load).await?;
+        let count = appended.commits.len() as u64;
+        let (relay_at, consumer_at) = tokio::join!(
+            relay_reached(self.relay, appended.last_position),
+            handled_reached(self.consumer, before + count)
+        );
+        let (relay_at, consumer_at) = (relay_at?, consumer_at?);
+        let mut latency = latency_histogram();
+        let mut handled = 0;
+        {
+            let times = self.handled.0.lock().expect("handled lock");
+            for (id, committed) in &appended.commits {
+                if let Some(at) = times.get(id) {
+                    handled += 1;
+                    record(&mut latency, at.saturating_duration_since(*committed));
+                }
+            }
+        }
+        Ok(RunResult {
+            handled,
+            appended: count,
+            append_elapsed: appended.elapsed,
+            relay_elapsed: relay_at.saturating_duration_since(appended.start),
+            e2e_elapsed: consumer_at.saturating_duration_since(appended.start),
+            latency,
+        })
+    }
+}
+
+/// Waits until the relay's checkpoint reaches `position`; fails if it stops
+/// moving for [`STALL`].
+async fn relay_reached(relay: &Relay, position: u64) -> anyhow::Result<Instant> {
+    let mut seen = relay.status().position;
+    loop {
+        if relay.wait_for(position, STALL).await {
+            return Ok(Instant::now());
+        }
+        let status = relay.status();
+        if status.position == seen {
+            bail!(
+                "the relay stalled at position {} of {position} for {STALL:?} (broker up: {}, last error: {})",
+                status.position,
+                status.broker_up,
+                status.last_error.as_deref().unwrap_or("none")
+            );
+        }
+        seen = status.position;
+    }
+}
+
+/// Waits until the consumer has handled `target` events since it started;
+/// fails if it stops moving for [`STALL`].
+async fn handled_reached(consumer: &ConsumerHandle, target: u64) -> anyhow::Result<Instant> {
+    let mut seen = consumer.status().handled;
+    loop {
+        if consumer.wait_until(STALL, |s| s.handled >= target).await {
+            return Ok(Instant::now());
+        }
+        let status = consumer.status();
+        if status.handled == seen {
+            bail!(
+                "the consumer stalled at {} of {target} events for {STALL:?} \
+                 (dead-lettered: {}, retries: {}, last error: {})",
+                status.handled,
+                status.dead_lettered,
+                status.retries,
+                status.last_error.as_deref().unwrap_or("none")
+            );
+        }
+        seen = status.handled;
+    }
+}
+
+/// What the appenders of one run did.
+#[derive(Debug)]
+struct Appended {
+    /// Every event appended, with the time its append returned.
+    commits: Vec<(EventId, Instant)>,
+    /// Just before the first append.
+    start: Instant,
+    /// From `start` until the last append returned.
+    elapsed: Duration,
+    last_position: u64,
+}
+
+/// Runs `load.writers` appenders until `load.events` are appended.
+async fn append(
+    store: &Arc<dyn EventStore>,
+    tenant: &TenantId,
+    tag: &str,
+    load: Load,
+) -> anyhow::Result<Appended> {
+    let writers = load.writers.max(1);
+    let per_writer_rate = load.rate.map(|r| r / writers as f64);
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    for w in 0..writers {
+        let quota =
+            load.events / writers as u64 + u64::from((w as u64) < load.events % writers as u64);
+        if quota == 0 {
+            continue;
+        }
+        let streams = (0..STREAMS_PER_WRITER)
+            .map(|s| {
+                let id = format!("order-{tag}-{w}-{s}");
+                StreamId::new(&id).with_context(|| format!("stream id {id}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let writer = Writer {
+            store: Arc::clone(store),
+            tenant: tenant.clone(),
+            streams,
+            quota,
+            batch: load.batch.max(1) as u64,
+            rate: per_writer_rate,
+            seq: (w as u64) << 32,
+        };
+        tasks.spawn(writer.run(start));
+    }
+    let mut commits = Vec::with_capacity(usize::try_from(load.events).unwrap_or(0));
+    let mut last_position = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (mut done, position) = joined.context("appender task failed")??;
+        commits.append(&mut done);
+        last_position = last_position.max(position);
+    }
+    let elapsed = commits
+        .iter()
+        .map(|(_, at)| at.saturating_duration_since(start))
+        .max()
+        .unwrap_or_default();
+    if commits.is_empty() {
+        return Err(anyhow!("nothing was appended"));
+    }
+    Ok(Appended {
+        commits,
+        start,
+        elapsed,
+        last_position,
+    })
+}
+
+/// One appender.
+struct Writer {
+    store: Arc<dyn EventStore>,
+    tenant: TenantId,
+    streams: Vec<StreamId>,
+    quota: u64,
+    batch: u64,
+    /// This writer's share of the offered rate, events per second.
+    rate: Option<f64>,
+    /// Where this writer's payload sequence numbers start.
+    seq: u64,
+}
+
+impl Writer {
+    async fn run(self, start: Instant) -> anyhow::Result<(Vec<(EventId, Instant)>, u64)> {
+        let mut expected = vec![ExpectedVersion::NoStream; self.streams.len()];
+        let mut commits = Vec::with_capacity(usize::try_from(self.quota).unwrap_or(0));
+        let mut last_position = 0;
+        let mut sent = 0u64;
+        let mut turn = 0usize;
+        while sent < self.quota {
+            let n = match self.rate {
+                None => (self.quota - sent).min(self.batch),
+                Some(rate) => {
+                    // The k-th event (from 0) is due k / rate after the start.
+                    let due =
+                        ((start.elapsed().as_secs_f64() * rate).floor() as u64 + 1).min(self.quota);
+                    if due <= sent {
+                        let next = start + Duration::from_secs_f64(sent as f64 / rate);
+                        tokio::time::sleep_until(next.into()).await;
+                        continue;
+                    }
+                    (due - sent).min(self.batch)
+                }
+            };
+            let events: Vec<NewEvent> = (0..n)
+                .map(|i| order_event(self.seq + sent + i + 1))
+                .collect();
+            let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+            let slot = turn % self.streams.len();
+            turn += 1;
+            let stream = &self.streams[slot];
+            let outcome = self
+                .store
+                .append(&self.tenant, stream, expected[slot], events)
+                .await
+                .with_context(|| format!("appending to {}", stream.as_str()))?;
+            let at = Instant::now();
+            expected[slot] = ExpectedVersion::Exact(outcome.last_version);
+            last_position = last_position.max(outcome.last_position);
+            commits.extend(ids.into_iter().map(|id| (id, at)));
+            sent += n;
+        }
+        Ok((commits, last_position))
+    }
+}
