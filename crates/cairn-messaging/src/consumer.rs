@@ -118,6 +118,11 @@ pub struct ConsumerOptions {
     pub ack_wait: Duration,
     /// How often dead letters marked for replay are looked for. Default 1 s.
     pub replay_poll: Duration,
+    /// Most messages a lane handles in one transaction when several are
+    /// waiting (one commit, then their acks). A failure in the batch rolls
+    /// it back and its messages are handled one by one. Default 64; 1
+    /// handles every message on its own.
+    pub max_batch: usize,
 }
 
 impl Default for ConsumerOptions {
@@ -131,6 +136,7 @@ impl Default for ConsumerOptions {
             prefetch: 64,
             ack_wait: Duration::from_secs(30),
             replay_poll: Duration::from_secs(1),
+            max_batch: 64,
         }
     }
 }
@@ -307,6 +313,23 @@ struct Core {
     waiting: Mutex<HashMap<EventId, Instant>>,
 }
 
+/// What a batch did with one of its deliveries.
+enum BatchOutcome {
+    Handled,
+    Duplicate,
+    OutOfOrder,
+}
+
+/// A batch rolled back (a handler or a statement failed).
+#[derive(Debug)]
+struct BatchFailed;
+
+impl From<sqlx::Error> for BatchFailed {
+    fn from(_: sqlx::Error) -> Self {
+        BatchFailed
+    }
+}
+
 enum Outcome {
     Handled,
     Duplicate,
@@ -327,8 +350,20 @@ impl Core {
                 let (tx, mut rx) = mpsc::channel::<Delivery>(64);
                 let core = self.clone();
                 let task = tokio::spawn(async move {
-                    while let Some(delivery) = rx.recv().await {
-                        core.process(delivery).await;
+                    let max = core.options.max_batch.max(1);
+                    while let Some(first) = rx.recv().await {
+                        let mut batch = vec![first];
+                        while batch.len() < max {
+                            match rx.try_recv() {
+                                Ok(more) => batch.push(more),
+                                Err(_) => break,
+                            }
+                        }
+                        if batch.len() == 1 {
+                            core.process(batch.pop().expect("one delivery")).await;
+                        } else {
+                            core.process_batch(batch).await;
+                        }
                     }
                 });
                 (tx, task)
@@ -379,6 +414,240 @@ impl Core {
             drop(tx);
             let _ = task.await;
         }
+    }
+
+    /// Several deliveries of one lane in one transaction: order checked
+    /// against each stream's cursor (locked once, in a fixed order), one
+    /// inbox insert for all, the handlers, one cursor update per stream,
+    /// one commit, then the acks. If a handler or a statement fails, the
+    /// transaction rolls back and each delivery is handled on its own
+    /// (retries, dead letters), so a batch never changes what happens, only
+    /// how many transactions it takes.
+    async fn process_batch(&self, batch: Vec<Delivery>) {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match IntegrationEvent::from_json(&delivery.body) {
+                Ok(event) => decoded.push((delivery, event)),
+                // Not an event: the single path dead-letters it.
+                Err(_) => self.process(delivery).await,
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.try_batch(&decoded).await {
+            Ok(outcomes) => {
+                let elapsed = started.elapsed().as_secs_f64() / decoded.len() as f64;
+                for ((delivery, event), outcome) in decoded.into_iter().zip(outcomes) {
+                    metrics::histogram!(
+                        "cairn_consumer_handle_duration_seconds",
+                        "group" => self.group.clone()
+                    )
+                    .record(elapsed);
+                    match outcome {
+                        BatchOutcome::Handled => {
+                            self.forget_wait(event.id);
+                            let _ = delivery.acker.ack().await;
+                            self.status.send_modify(|s| s.handled += 1);
+                            self.count("handled");
+                        }
+                        BatchOutcome::Duplicate => {
+                            self.forget_wait(event.id);
+                            let _ = delivery.acker.ack().await;
+                            self.status.send_modify(|s| s.duplicates += 1);
+                            self.count("duplicate");
+                        }
+                        BatchOutcome::OutOfOrder => {
+                            let _ = delivery
+                                .acker
+                                .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
+                                .await;
+                            self.status.send_modify(|s| s.waited_for_order += 1);
+                            self.count("waited_for_order");
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                for (delivery, _) in decoded {
+                    self.process(delivery).await;
+                }
+            }
+        }
+    }
+
+    /// The batch's transaction; `Err` (rolled back) when anything failed.
+    async fn try_batch(
+        &self,
+        batch: &[(Delivery, IntegrationEvent)],
+    ) -> Result<Vec<BatchOutcome>, BatchFailed> {
+        let mut tx = self.db.begin().await?;
+        // Lock every stream's cursor, in a fixed order so two instances
+        // never wait on each other.
+        let mut streams: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|(_, e)| (e.tenantid.as_str(), e.subject.as_str()))
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut moved: HashMap<(&str, &str), i64> = HashMap::new();
+        for key in &streams {
+            let cursor = self.lock_stream(&mut tx, key.0, key.1).await?;
+            last.insert(*key, cursor);
+        }
+        // Order: which events may be handled now.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut candidates = Vec::new();
+        for (i, (_, event)) in batch.iter().enumerate() {
+            let key = (event.tenantid.as_str(), event.subject.as_str());
+            let version = event
+                .version()
+                .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            let prev = event
+                .prev_version()
+                .ok()
+                .flatten()
+                .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+            let cursor = *last.get(&key).unwrap_or(&-1);
+            if version > cursor && prev > cursor && !self.waited_too_long(event.id) {
+                self.waiting
+                    .lock()
+                    .expect("waiting lock")
+                    .entry(event.id)
+                    .or_insert_with(Instant::now);
+                outcomes.push(BatchOutcome::OutOfOrder);
+                continue;
+            }
+            if version > cursor {
+                last.insert(key, version);
+                moved.insert(key, version);
+            }
+            outcomes.push(BatchOutcome::Handled);
+            candidates.push(i);
+        }
+        // Inbox: one insert; the ids it did not insert were handled before.
+        let mut fresh: std::collections::HashSet<String> = std::collections::HashSet::new();
+        if !candidates.is_empty() {
+            let mut sql = String::from(
+                "INSERT INTO cairn_inbox (consumer, event_id, tenant, stream, version, handled_at) VALUES ",
+            );
+            for (n, _) in candidates.iter().enumerate() {
+                let b = n * 6;
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+            sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
+            let now = schema::now();
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for i in &candidates {
+                let event = &batch[*i].1;
+                query = query
+                    .bind(&self.group)
+                    .bind(event.id.to_string())
+                    .bind(event.tenantid.as_str())
+                    .bind(event.subject.as_str())
+                    .bind(
+                        event
+                            .version()
+                            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+                    )
+                    .bind(now.clone());
+            }
+            fresh = query.fetch_all(&mut *tx).await?.into_iter().collect();
+        }
+        for i in &candidates {
+            let event = &batch[*i].1;
+            if !fresh.contains(&event.id.to_string()) {
+                outcomes[*i] = BatchOutcome::Duplicate;
+                continue;
+            }
+            if let Some(handler) = self
+                .handlers
+                .get(&event.event_type)
+                .or(self.fallback.as_ref())
+            {
+                handler
+                    .handle(&mut tx, event)
+                    .await
+                    .map_err(|_| BatchFailed)?;
+            }
+        }
+        for ((tenant, stream), version) in moved {
+            sqlx::query(
+                "UPDATE cairn_inbox_streams SET last_version = $4
+                 WHERE consumer = $1 AND tenant = $2 AND stream = $3",
+            )
+            .bind(&self.group)
+            .bind(tenant)
+            .bind(stream)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Earlier failed attempts of what was handled are over.
+        let retried: Vec<String> = candidates
+            .iter()
+            .filter(|i| batch[**i].0.delivery_count > 1)
+            .map(|i| batch[*i].1.id.to_string())
+            .collect();
+        for id in retried {
+            sqlx::query(
+                "DELETE FROM cairn_consumer_failures WHERE consumer = $1 AND event_id = $2",
+            )
+            .bind(&self.group)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// A stream's cursor (-1 before its first event), locked until the
+    /// transaction ends.
+    async fn lock_stream(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        tenant: &str,
+        stream: &str,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version)
+             VALUES ($1, $2, $3, -1) ON CONFLICT (consumer, tenant, stream) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(tenant)
+        .bind(stream)
+        .execute(&mut **tx)
+        .await?;
+        let sql = match self.db.kind() {
+            DbKind::Postgres => {
+                "SELECT last_version FROM cairn_inbox_streams
+                 WHERE consumer = $1 AND tenant = $2 AND stream = $3 FOR UPDATE"
+            }
+            DbKind::Sqlite => {
+                "SELECT last_version FROM cairn_inbox_streams
+                 WHERE consumer = $1 AND tenant = $2 AND stream = $3"
+            }
+        };
+        sqlx::query_scalar(sql)
+            .bind(&self.group)
+            .bind(tenant)
+            .bind(stream)
+            .fetch_one(&mut **tx)
+            .await
     }
 
     async fn process(&self, delivery: Delivery) {

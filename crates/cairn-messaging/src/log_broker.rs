@@ -28,8 +28,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::{
-    Acker, Broker, BrokerError, ConsumerSpec, Deliveries, Delivery, IntegrationEvent,
-    PublicEvents, schema,
+    Acker, Broker, BrokerError, ConsumerSpec, Deliveries, Delivery, IntegrationEvent, PublicEvents,
+    schema,
 };
 
 /// How often a group's checkpoint is written while it moves.
@@ -87,13 +87,12 @@ impl Broker for LogBroker {
         schema::ensure(&self.db)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let after: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM cairn_log_consumers WHERE consumer = $1",
-        )
-        .bind(&spec.group)
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let after: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM cairn_log_consumers WHERE consumer = $1")
+                .bind(&spec.group)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let after = after.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
         let state = Arc::new(Mutex::new(Progress {
             in_flight: BTreeSet::new(),
@@ -244,7 +243,9 @@ async fn save_checkpoints(db: ReadDb, group: String, state: Arc<Mutex<Progress>>
         .await;
         match written {
             Ok(_) => state.lock().expect("progress lock").saved = settled,
-            Err(e) => tracing::warn!(group = %group, error = %e, "cannot store the log consumer's checkpoint"),
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "cannot store the log consumer's checkpoint")
+            }
         }
     }
 }

@@ -55,8 +55,15 @@ async fn consumers_read_public_events_from_the_log_in_order_and_resume() {
         .filter(|r| r.1 == "thing-1")
         .map(|r| r.2)
         .collect();
-    assert_eq!(thing1, vec![0, 2], "in order despite the retries; private skipped");
-    assert!(rows.iter().all(|r| r.1 != "other-1"), "only the source's events");
+    assert_eq!(
+        thing1,
+        vec![0, 2],
+        "in order despite the retries; private skipped"
+    );
+    assert!(
+        rows.iter().all(|r| r.1 != "other-1"),
+        "only the source's events"
+    );
     // Let the checkpoint be written, then stop.
     tokio::time::sleep(Duration::from_millis(600)).await;
     consumer.shutdown().await;
@@ -71,7 +78,11 @@ async fn consumers_read_public_events_from_the_log_in_order_and_resume() {
         )
         .await
         .unwrap();
-    let broker = Arc::new(LogBroker::new(store.clone(), t.reopen().await, vec![things()]));
+    let broker = Arc::new(LogBroker::new(
+        store.clone(),
+        t.reopen().await,
+        vec![things()],
+    ));
     let consumer = Consumer::new("watchers", "things", t.reopen().await, broker)
         .on("Thing", recorder.clone())
         .with_options(quick())

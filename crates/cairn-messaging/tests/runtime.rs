@@ -175,7 +175,12 @@ async fn exactly_once_under_redelivery(t: TestDb) {
     let versions: Vec<i64> = rows.iter().map(|r| r.2).collect();
     assert_eq!(versions, vec![0, 1, 2, 3, 4], "each effect once, in order");
     let status = consumer.status();
-    assert_eq!(status.retries, 2, "two passing failures were retried");
+    // A failure inside a batch rolls the batch back and its messages are
+    // handled one by one: the second passing failure may be spent there.
+    assert!(
+        (1..=2).contains(&status.retries),
+        "passing failures were retried: {status:?}"
+    );
     assert_eq!(status.dead_lettered, 0);
     consumer.shutdown().await;
 }

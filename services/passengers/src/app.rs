@@ -249,10 +249,14 @@ impl Passengers {
         let last = self
             .manifests
             .event_store()
-            .read_stream(&ctx.tenant, &stream, ReadStream {
-                limit: 1,
-                ..ReadStream::backward()
-            })
+            .read_stream(
+                &ctx.tenant,
+                &stream,
+                ReadStream {
+                    limit: 1,
+                    ..ReadStream::backward()
+                },
+            )
             .await
             .ok()
             .and_then(|events| events.first().map(|e| e.position));
