@@ -357,19 +357,31 @@ impl Worker {
             *slot = (*slot).max(v);
         }
         let mut tx = self.db.begin().await?;
-        for ((tenant, stream), version) in latest {
-            sqlx::query(
-                "INSERT INTO cairn_relay_streams (relay, tenant, stream, last_version)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (relay, tenant, stream)
-                 DO UPDATE SET last_version = excluded.last_version",
-            )
-            .bind(&self.public.service)
-            .bind(tenant.as_str())
-            .bind(stream.as_str())
-            .bind(i64::try_from(version).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        // One upsert for every stream of the batch.
+        let latest: Vec<_> = latest.into_iter().collect();
+        for chunk in latest.chunks(500) {
+            let mut sql = String::from(
+                "INSERT INTO cairn_relay_streams (relay, tenant, stream, last_version) VALUES ",
+            );
+            for n in 0..chunk.len() {
+                let b = n * 4;
+                if n > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+            }
+            sql.push_str(
+                " ON CONFLICT (relay, tenant, stream) DO UPDATE SET last_version = excluded.last_version",
+            );
+            let mut query = sqlx::query(&sql);
+            for ((tenant, stream), version) in chunk {
+                query = query
+                    .bind(&self.public.service)
+                    .bind(tenant.as_str())
+                    .bind(stream.as_str())
+                    .bind(i64::try_from(*version).unwrap_or(i64::MAX));
+            }
+            query.execute(&mut *tx).await?;
         }
         sqlx::query(
             "INSERT INTO cairn_relay_checkpoints (relay, position, updated_at)
