@@ -258,6 +258,18 @@ impl OwnServer {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill {signal} failed");
+        if frozen {
+            // A signal stops each thread as it next runs: wait until every
+            // thread of the server reports itself stopped.
+            let pid = child.id();
+            for _ in 0..200 {
+                if all_threads_stopped(pid) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("nats-server {pid} did not stop");
+        }
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients) and waits for it.
@@ -274,4 +286,19 @@ impl Drop for OwnServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
 }
