@@ -245,6 +245,25 @@ impl Cluster {
         format!("{}{path}", self.flights.base)
     }
 
+    /// Kills Flights (SIGKILL) and starts it again on the same store,
+    /// database and prefix.
+    fn restart_flights(&mut self) {
+        let db = format!("{}?schema={}_flights", postgres_url(), self.schema);
+        let old = std::mem::replace(
+            &mut self.flights,
+            spawn("flights", Some(&self.store), &db, self.kind, &self.prefix),
+        );
+        drop(old);
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) Passengers.
+    fn freeze_passengers(&self, frozen: bool) {
+        let pid = self.passengers.as_ref().unwrap().child.id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     fn audit(&self, path: &str) -> String {
         format!("{}{path}", self.audit.base)
     }
@@ -593,6 +612,75 @@ async fn competing_instances_share_the_work(c: Cluster) {
     );
     assert_eq!(a + b, 40.0, "handled once in all: {a} + {b}");
     assert!(a > 0.0 && b > 0.0, "both instances took a share: {a} + {b}");
+}
+
+/// Flights dies in the middle of a departure, after asking Passengers to
+/// close boarding and before hearing back. The departure saga's deadline,
+/// stored in Flights' database, fires in the restarted process and undoes
+/// the half-done departure: boarding opens again, the flight stays
+/// scheduled.
+async fn a_departure_cut_short_by_a_crash_is_undone(mut c: Cluster) {
+    let id = c.create_flight(5).await;
+    let p1: Value = c.add_passenger(&id, "P1").await.json().await.unwrap();
+    let r = c
+        .post(
+            c.passengers(&format!(
+                "/api/passengers/{}/boarding",
+                p1["id"].as_str().unwrap()
+            )),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Passengers hangs; the departure waits for its answer; Flights dies.
+    c.freeze_passengers(true);
+    let depart = {
+        let (client, url) = (
+            c.client.clone(),
+            c.flights(&format!("/api/flights/{id}/departure")),
+        );
+        tokio::spawn(async move { client.post(url).json(&json!({})).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.restart_flights();
+    assert!(
+        depart.await.unwrap().is_err(),
+        "the request died with Flights"
+    );
+    c.freeze_passengers(false);
+
+    // Passengers did close boarding when it resumed...
+    c.eventually(c.audit("/api/audit?type=BoardingClosed"), |a| {
+        a["total"] == 1
+    })
+    .await;
+    let r = c.add_passenger(&id, "P2").await;
+    let body = problem(r, StatusCode::CONFLICT, "rule_violation").await;
+    assert_eq!(body["rule"], "boarding_closed");
+    // ...and the saga's deadline reopens it (the step deadline is 30 s).
+    let mut reopened = Value::Null;
+    for _ in 0..90 {
+        reopened = c.get(c.audit("/api/audit?type=BoardingReopened")).await;
+        if reopened["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(reopened["total"], 1, "boarding was never reopened");
+    assert_eq!(
+        c.add_passenger(&id, "P2").await.status(),
+        StatusCode::CREATED
+    );
+    let flight = c.get(c.flights(&format!("/api/flights/{id}"))).await;
+    assert_eq!(flight["status"], "scheduled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_departure_cut_short_by_a_crash_is_undone() {
+    if let Some(c) = Cluster::start(Kind::Nats).await {
+        a_departure_cut_short_by_a_crash_is_undone(c).await;
+    }
 }
 
 macro_rules! on_both_brokers {

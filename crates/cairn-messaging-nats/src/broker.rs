@@ -86,6 +86,10 @@ impl NatsBroker {
                         async_nats::Event::Disconnected => {
                             tracing::warn!(prefix, "nats connection lost, reconnecting");
                         }
+                        // The handle was dropped: nothing went wrong.
+                        async_nats::Event::Closed => {
+                            tracing::debug!(prefix, "nats connection closed");
+                        }
                         other => tracing::warn!(prefix, event = %other, "nats connection event"),
                     }
                 }
