@@ -26,4 +26,5 @@ pub use bus::{
     BusConfig, BusError, Command, CommandBus, CommandHandler, MessageInfo, MessageKind, Query,
     QueryBus, QueryHandler,
 };
+pub use queue::{StreamQueues, Turn};
 pub use repository::{AggregateOptions, AggregateStore, CommandError, CommandOutcome};

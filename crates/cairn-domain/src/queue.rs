@@ -1,6 +1,7 @@
 //! One queue per stream inside a process: commands on the same aggregate
 //! through one [`AggregateStore`](crate::AggregateStore) (and its clones)
-//! run one after another instead of racing each other to the store.
+//! run one after another instead of racing each other to the store. Other
+//! writers of streams (saga runners) use the same [`StreamQueues`].
 //!
 //! Optimistic concurrency stays the guarantee (other processes still race
 //! and are retried); the queue only stops a process from losing races
@@ -21,9 +22,9 @@ use tokio::sync::OwnedMutexGuard;
 type Key = (TenantId, StreamId);
 type Lock = Arc<tokio::sync::Mutex<()>>;
 
-/// The per-stream locks of one aggregate store.
+/// Per-stream turns: one holder at a time per `(tenant, stream)`.
 #[derive(Debug, Default)]
-pub(crate) struct StreamQueues {
+pub struct StreamQueues {
     locks: Mutex<HashMap<Key, Lock>>,
 }
 
@@ -36,7 +37,7 @@ impl StreamQueues {
 
     /// Waits for the turn of `(tenant, stream)`; the turn ends when the
     /// returned guard is dropped (also when the waiting future is dropped).
-    pub(crate) async fn turn(&self, tenant: &TenantId, stream: &StreamId) -> Turn<'_> {
+    pub async fn turn(&self, tenant: &TenantId, stream: &StreamId) -> Turn<'_> {
         let key = (tenant.clone(), stream.clone());
         let lock = Arc::clone(self.map().entry(key.clone()).or_default());
         let mut turn = Turn {
@@ -55,12 +56,22 @@ impl StreamQueues {
     }
 }
 
-/// A stream's turn; dropping it lets the next command on the stream run.
-pub(crate) struct Turn<'a> {
+/// A stream's turn; dropping it lets the next holder of the stream run.
+#[must_use = "the turn ends when this is dropped"]
+pub struct Turn<'a> {
     queues: &'a StreamQueues,
     key: Key,
     lock: Lock,
     guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl std::fmt::Debug for Turn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("tenant", &self.key.0)
+            .field("stream", &self.key.1)
+            .finish()
+    }
 }
 
 impl Drop for Turn<'_> {

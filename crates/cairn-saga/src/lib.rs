@@ -22,7 +22,6 @@
 //! Architecture invariant: this crate knows nothing of HTTP or brokers.
 
 mod error;
-mod queue;
 mod runner;
 mod saga;
 mod table;

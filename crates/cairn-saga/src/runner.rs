@@ -14,6 +14,7 @@ use std::{
 use cairn_core::{
     RequestContext, StreamId, TenantId, Upcasters, ValidationError, decode_event, encode_event,
 };
+use cairn_domain::StreamQueues;
 use cairn_projection::ReadDb;
 use cairn_store::{EventStore, ExpectedVersion, ReadStream, StoreError};
 use chrono::{DateTime, Utc};
@@ -21,7 +22,6 @@ use tokio::sync::OnceCell;
 
 use crate::{
     Action, Decision, Dispatcher, Saga, SagaError,
-    queue::Turns,
     table::{self, Instance},
 };
 
@@ -147,7 +147,7 @@ pub struct SagaRunner<S: Saga> {
     pub(crate) db: ReadDb,
     dispatcher: Arc<dyn Dispatcher<S>>,
     pub(crate) options: SagaOptions,
-    turns: Turns,
+    turns: StreamQueues,
     schema: OnceCell<()>,
     saga: PhantomData<fn() -> S>,
 }
@@ -288,7 +288,7 @@ impl<S: Saga> SagaRunner<S> {
             db,
             dispatcher: Arc::new(dispatcher),
             options,
-            turns: Turns::default(),
+            turns: StreamQueues::default(),
             schema: OnceCell::new(),
             saga: PhantomData,
         }
