@@ -500,7 +500,13 @@ impl Core {
         // Order: which events may be handled now.
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut candidates = Vec::new();
+        let mut in_batch = std::collections::HashSet::new();
         for (i, (_, event)) in batch.iter().enumerate() {
+            // The same event twice in one batch (a re-send): once is enough.
+            if !in_batch.insert(event.id) {
+                outcomes.push(BatchOutcome::Duplicate);
+                continue;
+            }
             let key = (event.tenantid.as_str(), event.subject.as_str());
             let version = event
                 .version()

@@ -185,6 +185,43 @@ async fn exactly_once_under_redelivery(t: TestDb) {
     consumer.shutdown().await;
 }
 
+/// Re-sent events waiting together are handled in one batch: each once.
+async fn a_batch_with_the_same_event_twice_handles_it_once(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::without_dedupe();
+    let (e0, e1) = (
+        event("acme", "thing-7", 0, None),
+        event("acme", "thing-7", 1, Some(0)),
+    );
+    // Published before the consumer starts: they wait, and arrive together.
+    broker
+        .publish(&[e0.clone(), e0.clone(), e1.clone(), e1, e0])
+        .await
+        .unwrap();
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on(
+            "Thing",
+            Recorder {
+                label: "a",
+                ..Recorder::default()
+            },
+        )
+        .with_options(quick())
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.handled == 2 && s.duplicates == 3)
+            .await,
+        "{:?}",
+        consumer.status()
+    );
+    let versions: Vec<i64> = seen(&t.db).await.iter().map(|r| r.2).collect();
+    assert_eq!(versions, vec![0, 1]);
+    consumer.shutdown().await;
+}
+
 async fn order_is_kept_per_stream_across_competing_instances(t: TestDb) {
     seen_table(&t.db).await;
     let broker = MemoryBroker::new();
@@ -441,6 +478,7 @@ macro_rules! on_both {
 
 on_both!(
     exactly_once_under_redelivery,
+    a_batch_with_the_same_event_twice_handles_it_once,
     order_is_kept_per_stream_across_competing_instances,
     poison_goes_to_dead_letters_and_replays,
     a_failed_replay_stays_a_dead_letter_and_drop_removes_it,

@@ -19,15 +19,21 @@
 //! Architecture invariant: a saga's state lives only in its stream; the
 //! timeouts table holds deadlines, never state, and a deadline whose
 //! decision was not recorded is harmless by contract (see [`Saga`]).
-//! Architecture invariant: this crate knows nothing of HTTP or brokers.
+//! - [`SagaEvents`]: a consumer handler that turns integration events into
+//!   saga inputs, so a saga reacts to other services' events.
+//!
+//! Architecture invariant: this crate knows nothing of HTTP or of a
+//! particular broker.
 
 mod error;
+mod events;
 mod runner;
 mod saga;
 mod table;
 mod timeouts;
 
 pub use error::SagaError;
+pub use events::SagaEvents;
 pub use runner::{MAX_TIMEOUT_KEY_BYTES, PendingTimeout, SagaOptions, SagaRunner, saga_stream};
 pub use saga::{Action, Decision, Dispatcher, Saga};
 pub use timeouts::{TimeoutsHandle, TimeoutsStatus};
