@@ -215,6 +215,32 @@ async fn connect(settings: &Settings) -> anyhow::Result<Link> {
     }
 }
 
+/// Declares, before `service`'s relay publishes anything, the consumer
+/// groups of this system that read its events: on RabbitMQ a queue keeps
+/// only what is published after it exists, so the order in which services
+/// start must not decide what a consumer sees.
+async fn declare_consumers_of(service: &str, link: &Link) -> anyhow::Result<()> {
+    let groups = match service {
+        "flights" => vec![
+            cairn_passengers::messaging::FLIGHT_EVENTS.to_owned(),
+            cairn_audit::group("flights"),
+        ],
+        "passengers" => vec![
+            cairn_flights::messaging::PASSENGER_EVENTS.to_owned(),
+            cairn_audit::group("passengers"),
+        ],
+        _ => Vec::new(),
+    };
+    for group in groups {
+        let spec = cairn_messaging::ConsumerSpec::new(group.clone(), service);
+        link.broker
+            .declare(&spec)
+            .await
+            .with_context(|| format!("declaring the consumer group {group}"))?;
+    }
+    Ok(())
+}
+
 /// Everything a running service holds until shutdown.
 struct Running {
     api: Router,
@@ -382,6 +408,7 @@ async fn flights(
             .await
             .context("consuming passenger events")?,
     ];
+    declare_consumers_of(messaging::SERVICE, link).await?;
     let store_handle = store.clone();
     let relay = Relay::start(
         messaging::public_events()?,
@@ -448,6 +475,7 @@ async fn passengers(
             .await
             .context("consuming flight events")?,
     ];
+    declare_consumers_of(messaging::SERVICE, link).await?;
     let store_handle = store.clone();
     let relay = Relay::start(
         messaging::public_events()?,

@@ -36,6 +36,57 @@ enum Kind {
     Amqp,
 }
 
+/// Deletes what a test's prefix created on the shared RabbitMQ (durable
+/// queues and the exchange), when dropped.
+struct AmqpCleanup {
+    prefix: String,
+}
+
+impl Drop for AmqpCleanup {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+                    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+                    let connection =
+                        lapin::Connection::connect(&broker_url(Kind::Amqp), Default::default())
+                            .await?;
+                    let channel = connection.create_channel().await?;
+                    for group in [
+                        "passengers-flight-events",
+                        "flights-passenger-events",
+                        "audit-flights-events",
+                        "audit-passengers-events",
+                    ] {
+                        let _ = channel
+                            .queue_delete(
+                                format!("{prefix}.{group}").into(),
+                                QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    let _ = channel
+                        .exchange_delete(
+                            format!("{prefix}.events").into(),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                    connection.close(200, "cleaned up".into()).await
+                })
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
 /// Clusters run one at a time: each holds dozens of PostgreSQL connections
 /// (every process has its pools) and the server allows 100 in all.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -49,6 +100,8 @@ struct Cluster {
     passengers: Option<Proc>,
     audit: Proc,
     client: Client,
+    /// After the processes, before the turn: the broker's leftovers.
+    _cleanup: Option<AmqpCleanup>,
     /// Last, so the processes stop before the next cluster starts.
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -209,8 +262,14 @@ impl Cluster {
             schema,
             prefix,
             client: Client::new(),
+            _cleanup: None,
             _turn: turn,
         };
+        if matches!(kind, Kind::Amqp) {
+            cluster._cleanup = Some(AmqpCleanup {
+                prefix: cluster.prefix.clone(),
+            });
+        }
         cluster.start_passengers();
         Some(cluster)
     }
@@ -674,6 +733,87 @@ async fn a_departure_cut_short_by_a_crash_is_undone(mut c: Cluster) {
     );
     let flight = c.get(c.flights(&format!("/api/flights/{id}"))).await;
     assert_eq!(flight["status"], "scheduled");
+}
+
+/// On RabbitMQ a queue keeps only what is published after it exists: a
+/// service declares the groups that read its events before it publishes,
+/// so a consumer started later still gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumers_started_late_get_what_was_published_before() {
+    if services(Kind::Amqp).await.is_none() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let schema = format!("cairn_test_{secs}_{id}");
+    let prefix = format!("t{id}");
+    let _cleanup = AmqpCleanup {
+        prefix: prefix.clone(),
+    };
+    let store = format!("{}?schema={schema}", postgres_url());
+    let db = |name: &str| format!("{}?schema={schema}_{name}", postgres_url());
+    let flights = spawn("flights", Some(&store), &db("flights"), Kind::Amqp, &prefix);
+    let client = Client::new();
+    let r = client
+        .post(format!("{}/api/flights", flights.base))
+        .json(
+            &json!({"number": "SK1421", "origin": "ARN", "destination": "LHR",
+                       "departure": "2026-12-01T08:00:00Z", "arrival": "2026-12-01T10:30:00Z",
+                       "capacity": 5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let position: u64 = r.headers()["x-cairn-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Wait until the relay has published it, before any consumer exists.
+    for _ in 0..300 {
+        let text = client
+            .get(format!("{}/metrics", flights.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let published = text.lines().any(|l| {
+            l.starts_with("cairn_relay_position{service=\"flights\"}")
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|p| p >= position as f64)
+        });
+        if published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = spawn("audit", None, &db("audit"), Kind::Amqp, &prefix);
+    let mut seen = Value::Null;
+    for _ in 0..300 {
+        seen = client
+            .get(format!("{}/api/audit?type=FlightScheduled", audit.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if seen["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["total"], 1, "the late consumer missed it: {seen}");
+    drop((audit, flights));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,10 @@ impl Broker for AmqpBroker {
         let deliveries = consume::AmqpDeliveries::open(self.link.clone(), spec.clone()).await?;
         Ok(Box::new(deliveries))
     }
+
+    async fn declare(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
+        self.link.declare_group(spec).await
+    }
 }
 
 #[async_trait]

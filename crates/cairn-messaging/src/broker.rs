@@ -118,6 +118,17 @@ pub trait Broker: Send + Sync + 'static {
     /// and starts receiving from where the group left off; a new group
     /// starts at the oldest message the broker keeps.
     async fn consume(&self, spec: &ConsumerSpec) -> Result<Box<dyn Deliveries>, BrokerError>;
+
+    /// Creates the group's durable state without consuming, so that events
+    /// published from now on are kept for it. Brokers that keep every event
+    /// for groups created later (JetStream, the log) have nothing to do;
+    /// RabbitMQ keeps a message only for queues that exist when it is
+    /// published, so a publisher declares the groups known to need its
+    /// events before its relay starts. Idempotent.
+    async fn declare(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
+        let _ = spec;
+        Ok(())
+    }
 }
 
 /// A request to a service's request handler.

@@ -194,6 +194,11 @@ pub async fn create_tables(pool: &AnyPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The consumer group that feeds the audit log from `source`'s events.
+pub fn group(source: &str) -> String {
+    format!("audit-{source}-events")
+}
+
 /// The consumers that feed the audit log from `sources`' public events.
 pub fn consumers(
     db: &ReadDb,
@@ -203,13 +208,7 @@ pub fn consumers(
     sources
         .iter()
         .map(|source| {
-            Consumer::new(
-                format!("audit-{source}-events"),
-                *source,
-                db.clone(),
-                broker.clone(),
-            )
-            .on_any(AuditSink)
+            Consumer::new(group(source), *source, db.clone(), broker.clone()).on_any(AuditSink)
         })
         .collect()
 }
