@@ -87,6 +87,36 @@ impl Drop for AmqpCleanup {
     }
 }
 
+/// Deletes the JetStream stream a test's prefix created on the shared NATS
+/// server, when dropped.
+struct NatsCleanup {
+    prefix: String,
+}
+
+impl Drop for NatsCleanup {
+    fn drop(&mut self) {
+        let stream = cairn_messaging_nats::stream_name(&self.prefix);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+                    let client = async_nats::connect(broker_url(Kind::Nats)).await?;
+                    let jetstream = async_nats::jetstream::new(client);
+                    let _ = jetstream.delete_stream(&stream).await;
+                    Ok::<_, async_nats::ConnectError>(())
+                })
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
 /// Clusters run one at a time: each holds dozens of PostgreSQL connections
 /// (every process has its pools) and the server allows 100 in all.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -102,6 +132,7 @@ struct Cluster {
     client: Client,
     /// After the processes, before the turn: the broker's leftovers.
     _cleanup: Option<AmqpCleanup>,
+    _nats_cleanup: Option<NatsCleanup>,
     /// Last, so the processes stop before the next cluster starts.
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -263,12 +294,20 @@ impl Cluster {
             prefix,
             client: Client::new(),
             _cleanup: None,
+            _nats_cleanup: None,
             _turn: turn,
         };
-        if matches!(kind, Kind::Amqp) {
-            cluster._cleanup = Some(AmqpCleanup {
-                prefix: cluster.prefix.clone(),
-            });
+        match kind {
+            Kind::Amqp => {
+                cluster._cleanup = Some(AmqpCleanup {
+                    prefix: cluster.prefix.clone(),
+                });
+            }
+            Kind::Nats => {
+                cluster._nats_cleanup = Some(NatsCleanup {
+                    prefix: cluster.prefix.clone(),
+                });
+            }
         }
         cluster.start_passengers();
         Some(cluster)
