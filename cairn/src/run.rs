@@ -241,6 +241,25 @@ async fn declare_consumers_of(service: &str, link: &Link) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Declares the groups that read `public`'s events, then starts its relay.
+async fn start_relay(
+    public: cairn_messaging::PublicEvents,
+    store: Arc<dyn EventStore>,
+    db: &ReadDb,
+    link: &Link,
+) -> anyhow::Result<Relay> {
+    declare_consumers_of(&public.service, link).await?;
+    Relay::start(
+        public,
+        store,
+        db.clone(),
+        link.broker.clone(),
+        RelayOptions::default(),
+    )
+    .await
+    .context("starting the relay")
+}
+
 /// Everything a running service holds until shutdown.
 struct Running {
     api: Router,
@@ -408,17 +427,7 @@ async fn flights(
             .await
             .context("consuming passenger events")?,
     ];
-    declare_consumers_of(messaging::SERVICE, link).await?;
-    let store_handle = store.clone();
-    let relay = Relay::start(
-        messaging::public_events()?,
-        store,
-        db.clone(),
-        link.broker.clone(),
-        RelayOptions::default(),
-    )
-    .await
-    .context("starting the relay")?;
+    let relay = start_relay(messaging::public_events()?, store.clone(), db, link).await?;
     let api = cairn_flights::http::router(FlightsApi {
         flights,
         commands: commands.clone(),
@@ -432,7 +441,7 @@ async fn flights(
     Ok(Running {
         api,
         doc,
-        store: Some(store_handle),
+        store: Some(store),
         projections: Some(projections),
         relay: Some(relay),
         consumers,
@@ -475,17 +484,7 @@ async fn passengers(
             .await
             .context("consuming flight events")?,
     ];
-    declare_consumers_of(messaging::SERVICE, link).await?;
-    let store_handle = store.clone();
-    let relay = Relay::start(
-        messaging::public_events()?,
-        store,
-        db.clone(),
-        link.broker.clone(),
-        RelayOptions::default(),
-    )
-    .await
-    .context("starting the relay")?;
+    let relay = start_relay(messaging::public_events()?, store.clone(), db, link).await?;
     let api = cairn_passengers::http::router(PassengersApi {
         passengers,
         commands: commands.clone(),
@@ -499,7 +498,7 @@ async fn passengers(
     Ok(Running {
         api,
         doc,
-        store: Some(store_handle),
+        store: Some(store),
         projections: Some(projections),
         relay: Some(relay),
         consumers,

@@ -869,30 +869,7 @@ impl Core {
         tx: &mut Transaction<'static, Any>,
         event: &IntegrationEvent,
     ) -> Result<i64, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version)
-             VALUES ($1, $2, $3, -1) ON CONFLICT (consumer, tenant, stream) DO NOTHING",
-        )
-        .bind(&self.group)
-        .bind(event.tenantid.as_str())
-        .bind(event.subject.as_str())
-        .execute(&mut **tx)
-        .await?;
-        let sql = match self.db.kind() {
-            DbKind::Postgres => {
-                "SELECT last_version FROM cairn_inbox_streams
-                 WHERE consumer = $1 AND tenant = $2 AND stream = $3 FOR UPDATE"
-            }
-            DbKind::Sqlite => {
-                "SELECT last_version FROM cairn_inbox_streams
-                 WHERE consumer = $1 AND tenant = $2 AND stream = $3"
-            }
-        };
-        sqlx::query_scalar(sql)
-            .bind(&self.group)
-            .bind(event.tenantid.as_str())
-            .bind(event.subject.as_str())
-            .fetch_one(&mut **tx)
+        self.lock_stream(tx, event.tenantid.as_str(), event.subject.as_str())
             .await
     }
 

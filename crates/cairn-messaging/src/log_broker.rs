@@ -159,13 +159,19 @@ struct Feeder {
 impl Feeder {
     async fn run(mut self, after: u64) {
         let filter = self.public.filter();
-        let mut events = EventSubscription::follow(self.store.clone(), after, filter);
+        let mut events = EventSubscription::follow(self.store.clone(), after, filter.clone());
         while let Some(next) = events.next().await {
             let event = match next {
                 Ok(event) => event,
                 Err(e) => {
-                    tracing::warn!(service = %self.public.service, error = %e, "log consumer cannot read the log");
-                    return;
+                    // Follow again from the last event handed out, after a
+                    // pause: a log that cannot be read now may be readable
+                    // in a moment, and stopping would stop the group for good.
+                    tracing::warn!(service = %self.public.service, error = %e, "log consumer cannot read the log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let from = self.state.lock().expect("progress lock").delivered;
+                    events = EventSubscription::follow(self.store.clone(), from, filter.clone());
+                    continue;
                 }
             };
             let prev = self.prev(&event.tenant, &event.stream, event.version).await;

@@ -113,3 +113,58 @@ async fn a_group_of_an_unknown_source_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("nobody"), "{err}");
 }
+
+#[tokio::test]
+async fn a_log_that_cannot_be_read_for_a_while_is_followed_again() {
+    let t = TestDb::sqlite().await;
+    seen_table(&t.db).await;
+    let flaky = cairn_store::testkit::FlakyStore::new();
+    let store: Arc<dyn EventStore> = Arc::new(flaky.clone());
+    let acme = tenant("acme");
+    let broker = Arc::new(LogBroker::new(store.clone(), t.db.clone(), vec![things()]));
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), broker)
+        .on(
+            "Thing",
+            Recorder {
+                label: "a",
+                ..Recorder::default()
+            },
+        )
+        .with_options(quick())
+        .start()
+        .await
+        .unwrap();
+    let append = |stream: &'static str| {
+        let store = store.clone();
+        let acme = acme.clone();
+        async move {
+            store
+                .append(
+                    &acme,
+                    &cairn_core::StreamId::new(stream).unwrap(),
+                    cairn_store::ExpectedVersion::Any,
+                    vec![cairn_core::NewEvent::new("Thing", serde_json::json!({}))],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    append("thing-1").await;
+    assert!(consumer.wait_until(PATIENCE, |s| s.handled == 1).await);
+
+    // The log cannot be read; an event written meanwhile arrives once it can.
+    flaky.down.store(true, Ordering::SeqCst);
+    append("thing-2").await;
+    while flaky.failed_reads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flaky.down.store(false, Ordering::SeqCst);
+    assert!(
+        consumer.wait_until(PATIENCE, |s| s.handled == 2).await,
+        "{:?}",
+        consumer.status()
+    );
+    let streams: Vec<String> = seen(&t.db).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(streams, ["thing-1", "thing-2"]);
+    consumer.shutdown().await;
+}

@@ -7,7 +7,10 @@
 //! `#[tokio::test]` per case, plus the model-based property test.
 
 pub mod cases;
+mod flaky;
 pub mod model;
+
+pub use flaky::FlakyStore;
 
 use std::sync::Arc;
 
