@@ -24,6 +24,7 @@
 //! problem document with a stable `code`, and a 5xx body never carries the
 //! internal detail it was built with.
 
+mod auth;
 mod context;
 mod etag;
 mod extract;
@@ -35,6 +36,10 @@ mod position;
 mod problem;
 mod server;
 
+pub use auth::{
+    AuthOptions, BearerAuth, BearerAuthLayer, Caller, CrossTenantAudit, CrossTenantRead,
+    bearer_auth,
+};
 pub use context::{
     CORRELATION_ID_HEADER, Context, RequestContextLayer, RequestContextService, TENANT_HEADER,
     TRACEPARENT_HEADER, TenantHeaderOptions, context_from_headers, tenant_from_header,

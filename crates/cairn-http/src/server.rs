@@ -53,6 +53,10 @@ pub struct HttpOptions {
     /// counted either way; they reach Prometheus once a recorder is
     /// installed ([`Metrics::install`]).
     pub metrics: Option<Metrics>,
+    /// When set, every `api` route requires a valid bearer token
+    /// ([`crate::bearer_auth`]) and the tenant is the token's; the
+    /// `tenant` options then no longer choose it.
+    pub auth: Option<crate::AuthOptions>,
 }
 
 impl Default for HttpOptions {
@@ -61,6 +65,7 @@ impl Default for HttpOptions {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             tenant: TenantHeaderOptions::default(),
             metrics: None,
+            auth: None,
         }
     }
 }
@@ -81,6 +86,10 @@ pub fn app(
         None => api,
     };
     let api = api.layer(tenant_from_header(options.tenant.clone()));
+    let api = match &options.auth {
+        Some(auth) => api.layer(crate::bearer_auth(auth.clone())),
+        None => api,
+    };
     let public = match &options.metrics {
         Some(metrics) => public.merge(metrics_router(metrics.clone())),
         None => public,

@@ -1,0 +1,255 @@
+//! Bearer-token authentication: [`bearer_auth`] validates the
+//! `Authorization: Bearer …` token with a [`Verifier`] and puts the
+//! caller's [`RequestContext`] (tenant, subject, permissions, correlation
+//! id, trace context) into the request, where [`crate::Context`] finds it.
+//!
+//! - No token: 401 `unauthenticated`, `WWW-Authenticate: Bearer`.
+//! - A refused token, whatever the reason: the same 401 with
+//!   `error="invalid_token"`; the reason goes to the log (at `info`,
+//!   without the token), never to the caller.
+//! - An issuer whose keys cannot be fetched: 503 `unavailable`.
+//! - `X-Cairn-Tenant` naming another tenant: allowed only to a token with
+//!   [`permissions::CROSS_TENANT_READ`] and only for reads (GET, HEAD);
+//!   the read is first recorded through the [`CrossTenantAudit`] hook (no
+//!   record, no read). Anyone else gets 403.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+};
+
+use axum::{
+    extract::Request,
+    http::{HeaderValue, Method, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use cairn_auth::{AuthError, Principal, Rejection, Verifier, permissions};
+use cairn_core::{ErrorCode, RequestContext, TenantId};
+use tower::{Layer, Service};
+
+use crate::{
+    ApiError, TENANT_HEADER, TenantHeaderOptions, context::context_from_headers,
+    problem::FieldError,
+};
+
+/// A read of another tenant's data by a super-tenant caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossTenantRead {
+    /// The tenant whose data is read.
+    pub tenant: TenantId,
+    /// The caller's own tenant.
+    pub actor_tenant: TenantId,
+    /// The caller (`sub`).
+    pub actor: String,
+    /// The caller's user name, if the token has one.
+    pub username: Option<String>,
+    pub method: String,
+    /// The path and query read.
+    pub target: String,
+    pub correlation_id: String,
+}
+
+/// Records cross-tenant reads (in the audit log). A read goes ahead only
+/// after its record was written.
+pub trait CrossTenantAudit: Send + Sync + fmt::Debug {
+    fn record(
+        &self,
+        read: CrossTenantRead,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// What [`bearer_auth`] needs.
+#[derive(Debug, Clone)]
+pub struct AuthOptions {
+    pub verifier: Verifier,
+    /// Where cross-tenant reads are recorded. Without it, cross-tenant reads
+    /// are refused (403) even for super-tenant callers.
+    pub audit: Option<Arc<dyn CrossTenantAudit>>,
+}
+
+/// A layer that requires a valid bearer token; see the module documentation.
+pub fn bearer_auth(options: AuthOptions) -> BearerAuthLayer {
+    BearerAuthLayer {
+        options: Arc::new(options),
+    }
+}
+
+/// The layer made by [`bearer_auth`].
+#[derive(Debug, Clone)]
+pub struct BearerAuthLayer {
+    options: Arc<AuthOptions>,
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth {
+            inner,
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The service made by [`BearerAuthLayer`].
+#[derive(Debug, Clone)]
+pub struct BearerAuth<S> {
+    inner: S,
+    options: Arc<AuthOptions>,
+}
+
+/// The caller's validated token, also put into the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S> Service<Request> for BearerAuth<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let options = self.options.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match authenticate(&options, &parts).await {
+                Ok((ctx, principal)) => {
+                    parts.extensions.insert(ctx);
+                    parts.extensions.insert(Caller(principal));
+                    inner.call(Request::from_parts(parts, body)).await
+                }
+                Err(response) => Ok(response),
+            }
+        })
+    }
+}
+
+async fn authenticate(
+    options: &AuthOptions,
+    req: &Parts,
+) -> Result<(RequestContext, Principal), Response> {
+    let token = bearer_token(req).map_err(|r| unauthenticated(r, req))?;
+    let principal = match options.verifier.verify(token).await {
+        Ok(p) => p,
+        Err(AuthError::Rejected(r)) => return Err(unauthenticated(r, req)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot validate an access token");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "access tokens cannot be validated right now",
+            )
+            .into_response());
+        }
+    };
+    // Correlation id and trace context as without authentication; the tenant
+    // is the token's.
+    let mut ctx = context_from_headers(
+        &req.headers,
+        &TenantHeaderOptions {
+            default_tenant: Some(principal.tenant.clone()),
+        },
+    )
+    .map_err(IntoResponse::into_response)?;
+    let wanted = ctx.tenant.clone();
+    ctx.tenant = principal.tenant.clone();
+    ctx.actor = Some(principal.subject.clone());
+    ctx.permissions = principal.permissions.clone();
+    if wanted != principal.tenant {
+        let reading = matches!(req.method, Method::GET | Method::HEAD);
+        let audit = match &options.audit {
+            Some(audit) if reading && principal.has_permission(permissions::CROSS_TENANT_READ) => {
+                audit
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "this token acts for tenant {}; {TENANT_HEADER} may name another tenant only for reads by a super-tenant caller",
+                        principal.tenant
+                    ),
+                )
+                .with_errors(vec![FieldError::new(
+                    TENANT_HEADER.as_str(),
+                    "not allowed for this caller",
+                )])
+                .into_response());
+            }
+        };
+        let read = CrossTenantRead {
+            tenant: wanted.clone(),
+            actor_tenant: principal.tenant.clone(),
+            actor: principal.subject.clone(),
+            username: principal.username.clone(),
+            method: req.method.to_string(),
+            target: req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+            correlation_id: ctx.correlation_id.clone(),
+        };
+        if let Err(e) = audit.record(read).await {
+            tracing::warn!(error = %e, "cannot record a cross-tenant read; refusing it");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the cross-tenant read cannot be recorded, so it is refused",
+            )
+            .into_response());
+        }
+        ctx.tenant = wanted;
+    }
+    Ok((ctx, principal))
+}
+
+fn bearer_token(req: &Parts) -> Result<&str, Rejection> {
+    let value = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(Rejection::Missing)?
+        .to_str()
+        .map_err(|_| Rejection::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::Malformed);
+    }
+    Ok(token.trim())
+}
+
+fn unauthenticated(reason: Rejection, req: &Parts) -> Response {
+    let (detail, challenge) = if reason == Rejection::Missing {
+        (
+            "an access token is required (Authorization: Bearer …)",
+            r#"Bearer realm="cairn""#,
+        )
+    } else {
+        tracing::info!(
+            reason = reason.as_str(),
+            method = %req.method,
+            path = req.uri.path(),
+            "access token refused"
+        );
+        (
+            "the access token is not valid",
+            r#"Bearer realm="cairn", error="invalid_token""#,
+        )
+    };
+    ApiError::new(ErrorCode::Unauthenticated, detail)
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        )
+        .into_response()
+}

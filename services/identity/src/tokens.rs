@@ -1,0 +1,211 @@
+//! Refresh tokens and revoked access tokens, in the identity service's
+//! database (SQLite or PostgreSQL, portable SQL).
+//!
+//! A refresh token is 32 random bytes; only its SHA-256 is stored. Each
+//! use rotates it: the presented token is marked used and a new one of the
+//! same family is issued, in one transaction. Presenting a used token again
+//! means it leaked: the whole family is revoked.
+
+use cairn_projection::ReadDb;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// Creates the tables if missing.
+pub async fn create_tables(db: &ReadDb) -> Result<(), sqlx::Error> {
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS identity_refresh_tokens (
+            token_hash TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            family TEXT NOT NULL,
+            username TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            state TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS identity_refresh_tokens_family
+            ON identity_refresh_tokens (tenant_id, family)",
+        "CREATE TABLE IF NOT EXISTS identity_revoked_tokens (
+            tenant_id TEXT NOT NULL,
+            jti TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, jti))",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
+/// The stored form of a refresh token.
+pub(crate) fn hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A refresh token's record.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshRecord {
+    pub tenant: String,
+    pub family: String,
+    pub username: String,
+    pub client_id: String,
+    pub scope: String,
+    pub expires_at: i64,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug)]
+pub(crate) enum Presented {
+    /// It was active and is now used; issue its successor.
+    Fresh(RefreshRecord),
+    /// It had been used before: its family is now revoked.
+    Reused,
+    /// Unknown, revoked or expired.
+    Invalid,
+}
+
+pub(crate) async fn insert(
+    db: &ReadDb,
+    token: &str,
+    record: &RefreshRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO identity_refresh_tokens
+            (token_hash, tenant_id, family, username, client_id, scope, expires_at, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'active')",
+    )
+    .bind(hash(token))
+    .bind(&record.tenant)
+    .bind(&record.family)
+    .bind(&record.username)
+    .bind(&record.client_id)
+    .bind(&record.scope)
+    .bind(record.expires_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Marks `token` used if it is active; see [`Presented`].
+pub(crate) async fn present(db: &ReadDb, token: &str, now: i64) -> Result<Presented, sqlx::Error> {
+    let hashed = hash(token);
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "UPDATE identity_refresh_tokens SET state = 'used'
+         WHERE token_hash = $1 AND state = 'active'
+         RETURNING tenant_id, family, username, client_id, scope, expires_at",
+    )
+    .bind(&hashed)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = row {
+        let record = RefreshRecord {
+            tenant: row.try_get(0)?,
+            family: row.try_get(1)?,
+            username: row.try_get(2)?,
+            client_id: row.try_get(3)?,
+            scope: row.try_get(4)?,
+            expires_at: row.try_get(5)?,
+        };
+        tx.commit().await?;
+        if record.expires_at <= now {
+            return Ok(Presented::Invalid);
+        }
+        return Ok(Presented::Fresh(record));
+    }
+    let found = sqlx::query(
+        "SELECT tenant_id, family, state FROM identity_refresh_tokens WHERE token_hash = $1",
+    )
+    .bind(&hashed)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match found {
+        Some(row) if row.try_get::<String, _>(2)? == "used" => {
+            let tenant: String = row.try_get(0)?;
+            let family: String = row.try_get(1)?;
+            revoke_family_in(&mut tx, &tenant, &family).await?;
+            Presented::Reused
+        }
+        _ => Presented::Invalid,
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn revoke_family_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    family: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE identity_refresh_tokens SET state = 'revoked'
+         WHERE tenant_id = $1 AND family = $2",
+    )
+    .bind(tenant)
+    .bind(family)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the family of `token` if it is a refresh token of `tenant`
+/// issued to `client_id`. Whether it was one.
+pub(crate) async fn revoke(
+    db: &ReadDb,
+    tenant: &str,
+    client_id: &str,
+    token: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let found = sqlx::query(
+        "SELECT family FROM identity_refresh_tokens
+         WHERE token_hash = $1 AND tenant_id = $2 AND client_id = $3",
+    )
+    .bind(hash(token))
+    .bind(tenant)
+    .bind(client_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = found else {
+        return Ok(false);
+    };
+    let family: String = row.try_get(0)?;
+    revoke_family_in(&mut tx, tenant, &family).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records a revoked access token until it would have expired anyway.
+pub(crate) async fn revoke_access(
+    db: &ReadDb,
+    tenant: &str,
+    jti: &str,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO identity_revoked_tokens (tenant_id, jti, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, jti) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(jti)
+    .bind(expires_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Every revoked access token not yet expired.
+pub(crate) async fn revoked_access(
+    db: &ReadDb,
+    now: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query("DELETE FROM identity_revoked_tokens WHERE expires_at < $1")
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    let rows = sqlx::query("SELECT tenant_id, jti FROM identity_revoked_tokens")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
