@@ -2,6 +2,7 @@
 //! (`cairn up`), the operator tools for the event store (`cairn events ...`)
 //! and the benchmarks (`cairn bench ...`).
 
+mod auth;
 mod bench;
 mod dlq;
 mod events;

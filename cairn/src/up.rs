@@ -6,6 +6,12 @@
 //! ([`cairn_messaging::LogBroker`]): Passengers removes a deleted flight's
 //! passengers from `FlightDeleted` even if the direct request was lost.
 //!
+//! The API needs a token: the identity service runs in the same process
+//! (realms at `/realms/{tenant}`, admin API at `/api/admin/…`), and every
+//! request's tenant is its token's. On first start the `platform` and
+//! `demo` tenants are made, each with an `admin` whose password is printed
+//! once; `--dev` also prints a token for demo's admin.
+//!
 //! Every request, command and projection is measured; `GET /metrics` serves
 //! the Prometheus text, reading the store's head and the projections' lag
 //! at each scrape.
@@ -27,9 +33,10 @@ use cairn_flights::{
     view::FlightsProjection,
 };
 use cairn_http::{
-    Health, HttpOptions, IdempotencyOptions, IdempotencyStore, TenantHeaderOptions, app,
-    openapi_document, openapi_router, serve, shutdown_signal,
+    AuthOptions, Health, HttpOptions, IdempotencyOptions, IdempotencyStore, app, openapi_document,
+    openapi_router, serve, shutdown_signal,
 };
+use cairn_identity::{Identity, IdentityOptions};
 use cairn_passengers::{
     app::Passengers,
     http::{PassengersApi, PassengersOpenApi},
@@ -40,7 +47,13 @@ use cairn_store::{EventStore, MemoryStore};
 use cairn_telemetry::Metrics;
 use utoipa::OpenApi;
 
-use crate::store_url::{StoreUrl, open_store, split_schema};
+use crate::{
+    auth::{self, IdentityArgs},
+    store_url::{StoreUrl, open_store, split_schema},
+};
+
+/// The tenant made on first start for trying things out.
+const DEMO_TENANT: &str = "demo";
 
 /// Options of `cairn up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,17 +71,56 @@ pub(crate) struct UpArgs {
     /// or sqlite://PATH.
     #[arg(long, env = "CAIRN_STORE")]
     pub(crate) store: Option<String>,
-    /// Tenant of requests that name none (`X-Cairn-Tenant`).
-    #[arg(long, env = "CAIRN_DEFAULT_TENANT", default_value = "demo")]
-    pub(crate) default_tenant: String,
+    /// Development mode: also prints a ready access token for the `demo`
+    /// tenant's admin (valid 12 hours) on a line starting `token:`.
+    #[arg(long)]
+    pub(crate) dev: bool,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
 }
 
 /// Runs the platform until SIGINT or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let tenant = TenantId::new(&args.default_tenant).context("--default-tenant")?;
     // Before anything starts, so nothing it counts is lost.
     let metrics = Metrics::install();
     let (store, store_what, read_db, read_what) = open_stores(&args).await?;
+    let (master, master_what) = auth::master_key(
+        &args.identity,
+        (!args.ephemeral).then_some(args.data_dir.as_path()),
+    )?;
+    let trusted = auth::trusted_issuers(&args.identity.trust_issuer)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = args
+        .identity
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let identity = Identity::open(
+        store.clone(),
+        read_db.clone(),
+        master,
+        IdentityOptions::new(&public_url),
+    )
+    .await
+    .context("opening the identity service")?;
+    let created = identity
+        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
+        .await
+        .context("creating the first tenants")?;
+    let dev_token = if args.dev {
+        let demo = TenantId::new(DEMO_TENANT).expect("valid tenant");
+        Some(
+            identity
+                .token_for(&demo, "admin", 12 * 3600)
+                .await
+                .context("minting the --dev token")?,
+        )
+    } else {
+        None
+    };
 
     let projections: Vec<Arc<dyn Projection>> = vec![
         Arc::new(FlightsProjection),
@@ -84,8 +136,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("starting the projections")?;
 
-    let commands = CommandBus::new();
-    let queries = QueryBus::new();
+    let commands = CommandBus::with_config(auth::bus_config());
+    let queries = QueryBus::with_config(auth::bus_config());
     let flights = Flights::register(store.clone(), &commands, &queries, &projections)
         .context("wiring the flights service")?;
     let sagas = flights.start_sagas(std::time::Duration::from_secs(1));
@@ -123,7 +175,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             commands: commands.clone(),
             queries: queries.clone(),
         }))
-        .merge(cairn_audit::router(AuditApi::Log(projections.clone())));
+        .merge(cairn_audit::router(AuditApi::Log(projections.clone())))
+        .merge(cairn_identity::http::admin_router(identity.clone()));
     let doc = openapi_document(
         "Cairn flight operations",
         env!("CARGO_PKG_VERSION"),
@@ -137,6 +190,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let public = Router::new()
         .merge(health.router())
         .merge(openapi_router(doc))
+        .merge(cairn_identity::http::realm_router(identity.clone()))
         .route(
             "/api/projections",
             get(move || {
@@ -156,18 +210,15 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     });
     let options = HttpOptions {
-        tenant: TenantHeaderOptions {
-            default_tenant: Some(tenant.clone()),
-        },
         metrics: Some(metrics),
+        auth: Some(AuthOptions {
+            verifier: identity.verifier(trusted),
+            audit: Some(Arc::new(auth::StoreAudit(store.clone()))),
+        }),
         ..HttpOptions::default()
     };
     let router = app(api, public, &options, Some(&idempotency));
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     println!("cairn up: listening on http://{addr}");
     println!("  event store:  {store_what}");
     println!("  read models:  {read_what}");
@@ -175,7 +226,18 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  openapi:      http://{addr}/openapi.json");
     println!("  health:       http://{addr}/health/ready");
     println!("  metrics:      http://{addr}/metrics");
-    println!("  tenant:       {tenant} (default; X-Cairn-Tenant picks another)");
+    println!("  identity:     {public_url}/realms/<tenant> (master key: {master_what})");
+    println!("  api:          needs Authorization: Bearer <token> from a realm's token endpoint");
+    for user in &created {
+        println!(
+            "  created tenant {}: user {} password: {} (shown once)",
+            user.tenant, user.username, &*user.password
+        );
+    }
+    if let Some(token) = &dev_token {
+        println!("  token:        {token}");
+        println!("                (demo's admin, valid 12 hours; --dev)");
+    }
     println!("  stop:         Ctrl-C");
 
     let draining = health.clone();

@@ -336,6 +336,7 @@ impl Cluster {
             base,
             client: Client::new(),
             separate: true,
+            other: scenarios::OtherTenant::Header("globex".into()),
         }
     }
 

@@ -48,38 +48,139 @@ async fn postgres() -> Option<Backend> {
     )))
 }
 
-fn start(backend: &Backend) -> App {
+/// What `cairn up` printed on start.
+struct Printed {
+    base: String,
+    /// The platform admin's password, printed on first start only.
+    platform_password: Option<String>,
+    /// The `--dev` token of demo's admin.
+    token: String,
+}
+
+/// A fixed master key for the PostgreSQL runs (which have no data directory).
+const TEST_MASTER_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+fn spawn(backend: &Backend, stderr: Stdio) -> (std::process::Child, Printed) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(["up", "--listen", "127.0.0.1:0"]);
+    cmd.args(["up", "--listen", "127.0.0.1:0", "--dev"]);
     match backend {
         Backend::Sqlite(dir) => cmd.arg("--data-dir").arg(dir),
-        Backend::Postgres(url) => cmd.args(["--store", url]),
+        Backend::Postgres(url) => cmd
+            .args(["--store", url])
+            .env("CAIRN_MASTER_KEY", TEST_MASTER_KEY),
     };
     let mut child = cmd
         .env_remove("CAIRN_STORE")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("cairn binary starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
+    let (mut base, mut platform_password, mut token) = (None, None, None);
+    loop {
         let line = lines
             .next()
-            .expect("cairn up printed its address before exiting")
+            .expect("cairn up printed its banner before exiting")
             .unwrap();
         if let Some(rest) = line.strip_prefix("cairn up: listening on ") {
-            break rest.trim().to_owned();
+            base = Some(rest.trim().to_owned());
         }
-    };
+        if line.contains("tenant platform")
+            && let Some((_, rest)) = line.split_once("password: ")
+        {
+            platform_password = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.trim_start().strip_prefix("token:") {
+            token = Some(rest.trim().to_owned());
+        }
+        if line.trim_start().starts_with("stop:") {
+            break;
+        }
+    }
     // Keep draining stdout so the process never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    let printed = Printed {
+        base: base.expect("the address was printed"),
+        platform_password,
+        token: token.expect("--dev printed a token"),
+    };
+    (child, printed)
+}
+
+fn bearer_client(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// Asks `base`'s realm `tenant` for a token with a password.
+async fn login(base: &str, tenant: &str, username: &str, password: &str) -> Value {
+    let r = Client::new()
+        .post(format!(
+            "{base}/realms/{tenant}/protocol/openid-connect/token"
+        ))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "login {tenant}/{username}");
+    r.json().await.unwrap()
+}
+
+/// As the platform's super-admin: creates tenant `tenant` and a user in it
+/// with `role`; returns that user's access token.
+async fn user_in(base: &str, admin: &str, tenant: &str, username: &str, role: &str) -> String {
+    let client = bearer_client(admin);
+    let r = client
+        .post(format!("{base}/api/admin/tenants"))
+        .json(&json!({"id": tenant, "name": tenant}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status() == StatusCode::CREATED || r.status() == StatusCode::CONFLICT,
+        "{}",
+        r.status()
+    );
+    let r = client
+        .post(format!("{base}/api/admin/tenants/{tenant}/users"))
+        .json(&json!({"username": username, "password": "a long password", "roles": [role]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    login(base, tenant, username, "a long password").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn start(backend: &Backend) -> App {
+    let (child, printed) = spawn(backend, Stdio::inherit());
+    let other = match &printed.platform_password {
+        Some(password) => {
+            let admin = login(&printed.base, "platform", "admin", password).await;
+            let admin = admin["access_token"].as_str().unwrap();
+            OtherTenant::Token(user_in(&printed.base, admin, "globex", "eve", "operator").await)
+        }
+        // A restart: the first start made the tenants.
+        None => OtherTenant::Header("globex".into()),
+    };
     App {
         child: Some(child),
-        base,
-        client: Client::new(),
+        base: printed.base,
+        client: bearer_client(&printed.token),
         separate: false,
+        other,
     }
 }
 
@@ -196,7 +297,7 @@ macro_rules! on_both {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let (_dir, backend) = super::sqlite();
-                    let app = super::start(&backend);
+                    let app = super::start(&backend).await;
                     super::$name(&app).await;
                 }
             )*
@@ -206,7 +307,7 @@ macro_rules! on_both {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(backend) = super::postgres().await else { return };
-                    let app = super::start(&backend);
+                    let app = super::start(&backend).await;
                     super::$name(&app).await;
                 }
             )*
@@ -226,19 +327,21 @@ on_both!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_state_and_does_not_reapply_projections() {
     let (_dir, backend) = sqlite();
-    let app = start(&backend);
+    let app = start(&backend).await;
     let f = app.create_flight(10).await;
     let id = f["id"].as_str().unwrap().to_owned();
     let r = app.add_passenger(&id, "A1").await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let position = r.headers()["x-cairn-position"].to_str().unwrap().to_owned();
     let before: Value = app
-        .get(&format!("/api/audit?minPosition={position}"))
+        .get(&format!(
+            "/api/audit?minPosition={position}&type=PassengerAdded"
+        ))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(before["total"], 2);
+    assert_eq!(before["total"], 1);
 
     // A graceful stop (SIGTERM), then a new process on the same data.
     let mut app = app;
@@ -255,7 +358,7 @@ async fn a_restart_keeps_state_and_does_not_reapply_projections() {
     assert!(status.success(), "graceful stop exits 0: {status}");
     drop(app);
 
-    let app = start(&backend);
+    let app = start(&backend).await;
     let flight: Value = app
         .get(&format!("/api/flights/{id}"))
         .await
@@ -263,7 +366,12 @@ async fn a_restart_keeps_state_and_does_not_reapply_projections() {
         .await
         .unwrap();
     assert_eq!(flight["passengers"]["total"], 1, "{flight}");
-    let after: Value = app.get("/api/audit").await.json().await.unwrap();
+    let after: Value = app
+        .get("/api/audit?type=PassengerAdded")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(after["total"], before["total"]);
     // And it goes on from there.
     let r = app.add_passenger(&id, "A2").await;
@@ -276,4 +384,209 @@ async fn a_restart_keeps_state_and_does_not_reapply_projections() {
         .await
         .unwrap();
     assert_eq!(flight["passengers"]["total"], 2);
+}
+
+/// The API behind tokens: what is refused, how, and that nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_a_valid_token_and_tenants_stay_apart() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let (_dir, backend) = sqlite();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (child, printed) = spawn(&backend, Stdio::from(log.reopen().unwrap()));
+    let app = App {
+        child: Some(child),
+        base: printed.base.clone(),
+        client: bearer_client(&printed.token),
+        separate: false,
+        other: OtherTenant::Header("globex".into()),
+    };
+    let base = printed.base.clone();
+    let anonymous = Client::new();
+    let demo_flight = app.create_flight(5).await;
+    let flight_url = format!("{base}/api/flights/{}", demo_flight["id"].as_str().unwrap());
+
+    // No token; a token that is not one; a forged one; a tampered one.
+    let r = anonymous.get(&flight_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let parts: Vec<&str> = printed.token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    claims["roles"] = json!(["super-admin"]);
+    claims["tenant"] = json!("platform");
+    let raised = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    for bad in [
+        "garbage".to_owned(),
+        format!("{none_header}.{}.", parts[1]),
+        format!("{}.{raised}.{}", parts[0], parts[2]),
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            &parts[2][..parts[2].len() - 4]
+        ),
+    ] {
+        let r = anonymous
+            .get(&flight_url)
+            .bearer_auth(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad:.40}");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "unauthenticated");
+        assert_eq!(problem["detail"], "the access token is not valid");
+    }
+
+    // Tenant A's token on tenant B's flight: 404, never the data.
+    let platform = login(
+        &base,
+        "platform",
+        "admin",
+        printed.platform_password.as_deref().unwrap(),
+    )
+    .await;
+    let super_admin = platform["access_token"].as_str().unwrap().to_owned();
+    let globex = user_in(&base, &super_admin, "globex", "eve", "operator").await;
+    let r = anonymous
+        .get(&flight_url)
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!r.text().await.unwrap().contains("SK1421"));
+    // Naming another tenant in the header is not a way around it.
+    let r = anonymous
+        .get(&flight_url)
+        .bearer_auth(&globex)
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A viewer reads but does not write.
+    let viewer = user_in(&base, &super_admin, "demo", "vic", "viewer").await;
+    let r = anonymous
+        .get(&flight_url)
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = anonymous
+        .post(format!("{base}/api/flights"))
+        .bearer_auth(&viewer)
+        .json(&scenarios::flight(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The super-admin reads demo's flight across tenants; the read is in
+    // demo's audit log. Writing across tenants is refused.
+    let r = anonymous
+        .get(&flight_url)
+        .bearer_auth(&super_admin)
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let audit = app
+        .eventually("/api/audit?type=CrossTenantRead", |v| v["total"] == 1)
+        .await;
+    assert_eq!(audit["items"][0]["stream"], "crossread-platform");
+    assert_eq!(audit["items"][0]["data"]["actorTenant"], "platform");
+    let r = anonymous
+        .post(format!("{base}/api/flights"))
+        .bearer_auth(&super_admin)
+        .header("x-cairn-tenant", "demo")
+        .json(&scenarios::flight(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Identity events are in the audit log without their secrets.
+    let users: Value = app
+        .get("/api/audit?stream=user-vic")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["items"][0]["data"], json!({"redacted": true}));
+
+    // A revoked token stops working; a reused refresh token is refused.
+    let session = login(&base, "demo", "vic", "a long password").await;
+    let token = session["access_token"].as_str().unwrap();
+    let realm = format!("{base}/realms/demo/protocol/openid-connect");
+    let r = anonymous
+        .post(format!("{realm}/revoke"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = anonymous
+        .get(&flight_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let refresh = session["refresh_token"].as_str().unwrap();
+    let use_refresh = || {
+        anonymous
+            .post(format!("{realm}/token"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+            .send()
+    };
+    assert_eq!(use_refresh().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        use_refresh().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Failed logins: refused, then locked.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = anonymous
+            .post(format!("{realm}/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "vic"),
+                ("password", "hunter2-wrong"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, vec![400, 400, 400, 400, 400, 429]);
+
+    // Secrets never reach the log.
+    drop(app);
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains("login locked"),
+        "the lock is logged:\n{logged}"
+    );
+    for secret in [
+        "hunter2-wrong",
+        "a long password",
+        printed.platform_password.as_deref().unwrap(),
+        token,
+        refresh,
+        &printed.token,
+    ] {
+        assert!(!logged.contains(secret), "a secret in the log:\n{logged}");
+    }
 }

@@ -22,6 +22,17 @@ pub struct App {
     pub client: Client,
     /// The services run as separate processes.
     pub separate: bool,
+    /// How a request acts for another tenant (`globex`).
+    pub other: OtherTenant,
+}
+
+/// How a request acts for another tenant.
+#[derive(Debug, Clone)]
+pub enum OtherTenant {
+    /// Without authentication: `X-Cairn-Tenant` names it.
+    Header(String),
+    /// With authentication: a token of that tenant.
+    Token(String),
 }
 
 impl Drop for App {
@@ -34,6 +45,14 @@ impl Drop for App {
 }
 
 impl App {
+    /// `request`, made by a caller of the other tenant.
+    pub fn as_other(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.other {
+            OtherTenant::Header(tenant) => request.header("x-cairn-tenant", tenant),
+            OtherTenant::Token(token) => request.bearer_auth(token),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -228,7 +247,9 @@ pub async fn lifecycle(app: &App) {
 
     // The audit log has every event, filterable and paged.
     let audit: Value = app
-        .get(&format!("/api/audit?limit=2&minPosition={landed_at}"))
+        .get(&format!(
+            "/api/audit?stream=flight-{id}&limit=2&minPosition={landed_at}"
+        ))
         .await
         .json()
         .await
@@ -241,7 +262,9 @@ pub async fn lifecycle(app: &App) {
     }
     let next = audit["next"].as_str().unwrap();
     let page2: Value = app
-        .get(&format!("/api/audit?limit=2&after={next}"))
+        .get(&format!(
+            "/api/audit?stream=flight-{id}&limit=2&after={next}"
+        ))
         .await
         .json()
         .await
@@ -416,12 +439,7 @@ pub async fn bad_input_gets_a_problem(app: &App) {
 pub async fn tenants_never_see_each_other(app: &App) {
     let f = app.create_flight(3).await;
     let id = f["id"].as_str().unwrap();
-    let other = |path: String| {
-        app.client
-            .get(app.url(&path))
-            .header("x-cairn-tenant", "globex")
-            .send()
-    };
+    let other = |path: String| app.as_other(app.client.get(app.url(&path))).send();
     problem(
         other(format!("/api/flights/{id}")).await.unwrap(),
         StatusCode::NOT_FOUND,
@@ -436,9 +454,7 @@ pub async fn tenants_never_see_each_other(app: &App) {
         .unwrap();
     assert_eq!(list["total"], 0);
     let r = app
-        .client
-        .post(app.url("/api/passengers"))
-        .header("x-cairn-tenant", "globex")
+        .as_other(app.client.post(app.url("/api/passengers")))
         .json(&json!({"flightId": id, "name": "Eve", "document": "E1"}))
         .send()
         .await

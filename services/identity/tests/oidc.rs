@@ -368,7 +368,8 @@ async fn bad_admin_input_is_refused_with_field_errors() {
 async fn bad_token_requests_get_oauth_errors() {
     let s = start().await;
     let demo = &s.demo_password;
-    let cases: Vec<(Vec<(&str, &str)>, StatusCode, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, StatusCode, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (
             vec![("grant_type", "authorization_code")],

@@ -290,6 +290,7 @@ pub async fn spawn_with(store: Option<&IdempotencyStore>, health: Health) -> Tes
             default_tenant: Some(TenantId::new("demo").unwrap()),
         },
         metrics: Some(cairn_telemetry::Metrics::install()),
+        auth: None,
     };
     let doc = openapi_document("cairn-http tests", "0.0.0", [FlightsApi::openapi()]);
     let public = health.router().merge(openapi_router(doc));
