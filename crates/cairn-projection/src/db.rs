@@ -20,6 +20,17 @@
 //! - `postgres://...[?schema=NAME]`: with a schema, it is created if missing
 //!   and every connection's `search_path` is set to it, so unqualified table
 //!   names land there.
+//!
+//! Row-level security on PostgreSQL ([`cairn_store::row_security`]): every
+//! table of the schema with a `tenant_id` column carries the tenant policy
+//! (at open, and after each projection's schema: [`protect_tenant_tables`]).
+//! [`ReadDb::pool`] is system access: its sessions see every tenant
+//! (`cairn.tenant = '*'`); that is what projections, consumers, relays and
+//! checkpoints use. A query on behalf of one tenant runs in
+//! [`ReadDb::scoped`]: a transaction of a second pool whose sessions see
+//! nothing until the transaction names its tenant, as a role bound by the
+//! policy. SQLite has no row-level security: there `scoped` is a plain
+//! transaction and the queries' own tenant filters are the only wall.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +38,8 @@ use std::{
     time::Duration,
 };
 
+use cairn_core::TenantId;
+use cairn_store::row_security;
 use sqlx::{
     Any, AnyConnection, AnyPool, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
@@ -45,11 +58,18 @@ pub enum DbKind {
     Postgres,
 }
 
+impl DbKind {
+    /// What sqlx's `Any` driver calls PostgreSQL (`backend_name`).
+    const POSTGRES_NAME: &'static str = "PostgreSQL";
+}
+
 /// How to open a [`ReadDb`]. The defaults suit a laptop.
 #[derive(Debug, Clone)]
 pub struct ReadDbOptions {
     /// Pool size for file SQLite and PostgreSQL (the in-memory database always
-    /// uses one connection). Default 8.
+    /// uses one connection). On PostgreSQL, the size of each of its two
+    /// pools (system and tenant-scoped; the second opens connections as
+    /// needed). Default 8.
     pub max_connections: u32,
     /// Longest wait for a free connection. Default 30 s.
     pub acquire_timeout: Duration,
@@ -68,7 +88,7 @@ impl Default for ReadDbOptions {
     }
 }
 
-/// A handle on the read-model database. Clones share one pool.
+/// A handle on the read-model database. Clones share its pools.
 #[derive(Clone)]
 pub struct ReadDb {
     inner: Arc<Inner>,
@@ -76,6 +96,8 @@ pub struct ReadDb {
 
 struct Inner {
     pool: AnyPool,
+    /// PostgreSQL: the pool of [`ReadDb::scoped`] transactions.
+    tenant_pool: Option<AnyPool>,
     kind: DbKind,
     /// Where it points, without a password: for logs and `Debug`.
     location: String,
@@ -163,9 +185,30 @@ impl ReadDb {
         Self::sqlite_file(path.as_ref(), &ReadDbOptions::default()).await
     }
 
-    /// The pool, for a service's own queries.
+    /// The pool, for a service's own queries. On PostgreSQL its sessions see
+    /// every tenant's rows: it is system access (projections, consumers,
+    /// checkpoints, DDL). A query on behalf of one tenant belongs in
+    /// [`Self::scoped`].
     pub fn pool(&self) -> &AnyPool {
         &self.inner.pool
+    }
+
+    /// Begins a transaction on behalf of `tenant`. On PostgreSQL it sees
+    /// only `tenant`'s rows of every table with a `tenant_id` column,
+    /// whatever its queries filter on, and sees nothing of tables without
+    /// one (a row it writes must be `tenant`'s too, where its role may write
+    /// at all): the tenant is set for this transaction only, on a connection
+    /// whose sessions see nothing otherwise. On SQLite it is a plain
+    /// (deferred) transaction. Keep the tenant filters in the queries all
+    /// the same; this is the second wall.
+    pub async fn scoped(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match &self.inner.tenant_pool {
+            Some(pool) => pool.begin_with(row_security::begin_scoped(tenant)).await,
+            None => self.inner.pool.begin().await,
+        }
     }
 
     /// Which engine this is.
@@ -183,9 +226,12 @@ impl ReadDb {
         }
     }
 
-    /// Closes the pool: waits for connections in use to come back, then
-    /// closes them all. Every clone sees the pool closed afterwards.
+    /// Closes the pools: waits for connections in use to come back, then
+    /// closes them all. Every clone sees the pools closed afterwards.
     pub async fn close(&self) {
+        if let Some(pool) = &self.inner.tenant_pool {
+            pool.close().await;
+        }
         self.inner.pool.close().await;
     }
 
@@ -204,6 +250,7 @@ impl ReadDb {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                tenant_pool: None,
                 kind: DbKind::Sqlite,
                 location: format!("sqlite::memory: ({name})"),
                 _keeper: Some(Mutex::new(keeper)),
@@ -256,6 +303,7 @@ impl ReadDb {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                tenant_pool: None,
                 kind: DbKind::Sqlite,
                 location: format!("sqlite://{}", path.display()),
                 _keeper: None,
@@ -269,11 +317,9 @@ impl ReadDb {
         options: &ReadDbOptions,
     ) -> Result<Self, ReadModelError> {
         let connect = any_options(url)?;
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout);
+        let mut setup = AnyConnection::connect_with(&connect).await?;
+        let mut search_path = String::new();
         if let Some(schema) = schema {
-            let mut setup = AnyConnection::connect_with(&connect).await?;
             let created = setup
                 .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
                 .await;
@@ -289,17 +335,32 @@ impl ReadDb {
                     return Err(e.into());
                 }
             }
-            setup.close().await?;
-            let set_path = Arc::<str>::from(format!("SET search_path TO \"{schema}\""));
-            pool = pool.after_connect(move |conn, _| {
-                let set_path = set_path.clone();
-                Box::pin(async move {
-                    conn.execute(&*set_path).await?;
-                    Ok(())
-                })
-            });
+            search_path = format!("SET search_path TO \"{schema}\"; ");
+            setup.execute(search_path.as_str()).await?;
         }
-        let pool = pool.connect_with(connect).await?;
+        // Row-level security is set up as the connecting user, before any
+        // connection switches roles.
+        let switch_role = prepare_row_security(&mut setup).await?;
+        setup.close().await?;
+
+        let system_session = format!(
+            "{search_path}SET {} TO '{}'",
+            row_security::TENANT_SETTING,
+            row_security::ALL_TENANTS
+        );
+        let pool = postgres_pool(options, &system_session)
+            .connect_with(connect.clone())
+            .await?;
+        let role = if switch_role {
+            format!("SET ROLE {}; ", row_security::ROLE)
+        } else {
+            String::new()
+        };
+        let tenant_session = format!(
+            "{search_path}{role}SET {} TO ''",
+            row_security::TENANT_SETTING
+        );
+        let tenant_pool = postgres_pool(options, &tenant_session).connect_lazy_with(connect);
         let location = match schema {
             Some(s) => format!("{} (schema {s})", redact_password(url)),
             None => redact_password(url),
@@ -307,12 +368,75 @@ impl ReadDb {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                tenant_pool: Some(tenant_pool),
                 kind: DbKind::Postgres,
                 location,
                 _keeper: None,
             }),
         })
     }
+}
+
+/// A PostgreSQL pool whose connections start by running `session`.
+fn postgres_pool(options: &ReadDbOptions, session: &str) -> AnyPoolOptions {
+    let session = Arc::<str>::from(session);
+    AnyPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.acquire_timeout)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                conn.execute(&*session).await?;
+                Ok(())
+            })
+        })
+}
+
+/// In one transaction on the connection's schema, holding the schema's
+/// lock first (the order every Cairn process takes it in: schema, then
+/// role): when the connecting user ignores row-level security, makes sure
+/// the role tenant connections switch to exists; then protects the schema's
+/// tenant tables. Returns whether tenant connections must switch roles.
+async fn prepare_row_security(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    tx.execute(row_security::LOCK_SCHEMA).await?;
+    let bypasses: bool = sqlx::query_scalar(row_security::BYPASSES_QUERY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if bypasses {
+        tx.execute(row_security::ensure_role(row_security::ROLE).as_str())
+            .await?;
+    }
+    protect(&mut tx, bypasses).await?;
+    tx.commit().await?;
+    Ok(bypasses)
+}
+
+async fn protect(conn: &mut AnyConnection, bypasses: bool) -> Result<(), sqlx::Error> {
+    let role = bypasses.then_some(row_security::ROLE);
+    conn.execute(row_security::protect_tenant_tables(role).as_str())
+        .await?;
+    Ok(())
+}
+
+/// Puts the tenant policy on every table of the connection's schema that
+/// has a `tenant_id` column and no policy yet (row-level security enabled
+/// and forced), and lets the role of tenant-scoped transactions read them;
+/// does nothing on SQLite. Idempotent, and safe to run from several
+/// processes at once.
+///
+/// [`crate::Projections`] runs it after each projection's schema, in the
+/// same transaction; call it after creating tenant tables any other way,
+/// with a connection of [`ReadDb::pool`] (it alters tables, which needs the
+/// connecting user).
+pub async fn protect_tenant_tables(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    if conn.backend_name() != DbKind::POSTGRES_NAME {
+        return Ok(());
+    }
+    let bypasses: bool = sqlx::query_scalar(row_security::BYPASSES_QUERY)
+        .fetch_one(&mut *conn)
+        .await?;
+    protect(conn, bypasses).await
 }
 
 fn any_options(url: &str) -> Result<AnyConnectOptions, ReadModelError> {

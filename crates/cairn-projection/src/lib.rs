@@ -26,7 +26,7 @@ mod projections;
 mod runner;
 mod status;
 
-pub use db::{DbKind, ReadDb, ReadDbOptions};
+pub use db::{DbKind, ReadDb, ReadDbOptions, protect_tenant_tables};
 pub use error::{ProjectionError, ReadModelError};
 pub use projection::Projection;
 pub use projections::{ProjectionOptions, Projections};

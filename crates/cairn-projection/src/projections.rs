@@ -393,7 +393,8 @@ async fn wait_slot(slot: &Slot, position: u64, timeout: Duration) -> bool {
 /// In one transaction: the checkpoint row (created at 0 if missing), then
 /// the model's DDL, resetting first when `rebuild` is asked for, the row is
 /// new (the tables' contents are unknown) or the projection's version
-/// changed. Returns the row as it now stands.
+/// changed, then the tenant policy on its tables (PostgreSQL). Returns the
+/// row as it now stands.
 async fn prepare(
     db: &ReadDb,
     projection: &dyn Projection,
@@ -430,6 +431,11 @@ async fn prepare(
     for statement in projection.schema() {
         tx.execute(statement.as_str()).await.map_err(schema_err)?;
     }
+    // A table created (or recreated) just now gets the tenant policy before
+    // anyone can see it.
+    crate::protect_tenant_tables(&mut tx)
+        .await
+        .map_err(schema_err)?;
     if reset {
         checkpoint::restart_from_zero(&mut tx, name, version).await?;
         stored = checkpoint::Stored {

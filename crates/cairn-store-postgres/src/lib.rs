@@ -17,6 +17,13 @@
 //!   wakes subscriptions. Polling covers a lost notification.
 //! - **Isolation between deployments and tests**: everything lives in one
 //!   schema ([`PostgresOptions::schema`]), created and migrated on connect.
+//! - **Row-level security** as a second wall between tenants
+//!   ([`cairn_store::row_security`]): the tables carry a policy on
+//!   `tenant_id`. Two pools: the *system* pool (the writer, `$all`, the
+//!   listener) sets `cairn.tenant = '*'` for its sessions; the *tenant* pool
+//!   (stream reads, stream metadata, snapshots) denies everything by default
+//!   and each read runs in a transaction that sets the caller's tenant
+//!   ([`PostgresStore::scoped`]), as a role bound by the policy.
 
 mod fast;
 mod migrations;
@@ -36,10 +43,10 @@ use async_trait::async_trait;
 use cairn_core::{NewEvent, RecordedEvent, StreamId, TenantId};
 use cairn_store::{
     AllFilter, AppendOutcome, EventStore, EventSubscription, ExpectedVersion, ReadStream, Snapshot,
-    StoreError, StreamInfo, validate_append,
+    StoreError, StreamInfo, row_security, validate_append,
 };
 use sqlx::{
-    Connection, PgConnection, PgPool,
+    Connection, Executor, PgConnection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::{
@@ -55,7 +62,9 @@ pub struct PostgresOptions {
     /// The schema holding Cairn's tables: lower-case letters, digits and `_`,
     /// starting with a letter or `_`, at most 48 bytes. Default `cairn`.
     pub schema: String,
-    /// Pool size for readers and the writer. Default 8.
+    /// Size of each of the two pools: the system pool (the writer, `$all`
+    /// reads, the notification listener) and the tenant pool (stream reads,
+    /// stream metadata, snapshots; opened as needed). Default 8.
     pub max_connections: u32,
     /// Most requests sharing one write transaction. Default 1024.
     pub max_batch: usize,
@@ -64,6 +73,11 @@ pub struct PostgresOptions {
     /// prove the global order holds while transactions are slow.
     #[doc(hidden)]
     pub pause_in_transaction: Option<Range<Duration>>,
+    /// The role tenant connections switch to when the connecting user
+    /// ignores row-level security. Default [`row_security::ROLE`]; another
+    /// name only for tests that need a role of their own.
+    #[doc(hidden)]
+    pub row_security_role: String,
 }
 
 impl Default for PostgresOptions {
@@ -73,6 +87,7 @@ impl Default for PostgresOptions {
             max_connections: 8,
             max_batch: 1024,
             pause_in_transaction: None,
+            row_security_role: row_security::ROLE.into(),
         }
     }
 }
@@ -93,6 +108,12 @@ impl PostgresOptions {
         }
         if self.max_connections < 2 {
             return Err(StoreError::invalid("max_connections", "needs at least 2"));
+        }
+        if !row_security::is_plain_identifier(&self.row_security_role) {
+            return Err(StoreError::invalid(
+                "row_security_role",
+                "must be 1-63 of a-z, 0-9, '_', starting with a letter or '_'",
+            ));
         }
         Ok(())
     }
@@ -117,7 +138,11 @@ struct Inner {
 
 /// What the writer task and readers share.
 pub(crate) struct Shared {
+    /// System access: sessions see every tenant.
     pub(crate) pool: PgPool,
+    /// Tenant access: sessions see nothing until a transaction names its
+    /// tenant ([`read::scoped`]).
+    pub(crate) tenant_pool: PgPool,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) commits: AtomicU64,
     pub(crate) one_statement_commits: AtomicU64,
@@ -149,7 +174,9 @@ impl PostgresStore {
         Self::connect_with(url, PostgresOptions::default()).await
     }
 
-    /// Connects, creates the schema if needed and applies migrations.
+    /// Connects, creates the schema if needed, applies migrations and brings
+    /// row-level security up to date (creating the role tenant reads switch
+    /// to, when the connecting user would ignore the policies).
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         options.validate()?;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -164,20 +191,63 @@ impl PostgresStore {
             .options([("search_path", options.schema.as_str())]);
         // Migrate on a connection of its own: the pool's connections prepare
         // the writer's load statement as they open, which needs the tables.
+        // Migrations and grants run as the connecting user, before any
+        // connection switches roles.
         let mut setup = PgConnection::connect_with(&connect)
             .await
             .map_err(unavailable)?;
-        migrations::apply(&mut setup, &options.schema)
-            .await
-            .map_err(unavailable)?;
+        let switch_role =
+            migrations::apply(&mut setup, &options.schema, &options.row_security_role)
+                .await
+                .map_err(unavailable)?;
         let _ = setup.close().await;
+        // System sessions see every tenant, as the connecting user: a
+        // superuser or BYPASSRLS user then carries no policy at all, which
+        // keeps the planner's estimates for `$all` honest (ARCHITECTURE.md,
+        // "Tenant isolation on PostgreSQL").
+        let system_session: Arc<str> = format!(
+            "SET {} TO '{}'",
+            row_security::TENANT_SETTING,
+            row_security::ALL_TENANTS
+        )
+        .into();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _| Box::pin(async move { writer::prepare(conn).await }))
-            .connect_with(connect)
+            .after_connect(move |conn, _| {
+                let session = system_session.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(&session)).await?;
+                    writer::prepare(conn).await
+                })
+            })
+            .connect_with(connect.clone())
             .await
             .map_err(unavailable)?;
+        // The tenant pool opens connections only when a tenant read needs
+        // one. Its sessions deny everything (an empty tenant) and, when the
+        // connecting user would ignore the policies, run as a role bound by
+        // them.
+        let mut tenant_session = String::new();
+        if switch_role {
+            tenant_session.push_str(&format!(
+                "SET ROLE {}; ",
+                migrations::quote_ident(&options.row_security_role)
+            ));
+        }
+        tenant_session.push_str(&format!("SET {} TO ''", row_security::TENANT_SETTING));
+        let tenant_session: Arc<str> = tenant_session.into();
+        let tenant_pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let session = tenant_session.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(&session)).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(connect);
 
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
             .fetch_one(&pool)
@@ -191,6 +261,7 @@ impl PostgresStore {
 
         let shared = Arc::new(Shared {
             pool,
+            tenant_pool,
             head: watch::Sender::new(head as u64),
             commits: AtomicU64::new(0),
             one_statement_commits: AtomicU64::new(0),
@@ -224,9 +295,25 @@ impl PostgresStore {
             .load(Ordering::Relaxed)
     }
 
-    /// The connection pool, for read models that share the database.
+    /// The system connection pool: its sessions see every tenant's rows
+    /// (`cairn.tenant = '*'`). For a query of one tenant, use
+    /// [`Self::scoped`].
     pub fn pool(&self) -> &PgPool {
         &self.inner.shared.pool
+    }
+
+    /// Begins a transaction that sees only `tenant`'s rows of the store's
+    /// tables, whatever its queries filter on: it runs on the tenant pool,
+    /// bound by row-level security, with `cairn.tenant` set for this
+    /// transaction only. The store's own stream reads use it. When the
+    /// connecting user ignores row-level security, the transaction runs as
+    /// the role [`row_security::ROLE`], which may only read; otherwise a
+    /// row it writes must still be `tenant`'s.
+    pub async fn scoped(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        read::scoped(&self.inner.shared.tenant_pool, tenant).await
     }
 
     async fn submit<T>(
@@ -293,7 +380,7 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         read: ReadStream,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read::read_stream(&self.inner.shared.pool, tenant, stream, read).await
+        read::read_stream(&self.inner.shared.tenant_pool, tenant, stream, read).await
     }
 
     async fn read_all(
@@ -318,7 +405,7 @@ impl EventStore for PostgresStore {
         tenant: &TenantId,
         stream: &StreamId,
     ) -> Result<Option<StreamInfo>, StoreError> {
-        read::stream_info(&self.inner.shared.pool, tenant, stream).await
+        read::stream_info(&self.inner.shared.tenant_pool, tenant, stream).await
     }
 
     async fn list_streams(
@@ -327,7 +414,7 @@ impl EventStore for PostgresStore {
         after: Option<&StreamId>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
-        read::list_streams(&self.inner.shared.pool, tenant, after, limit).await
+        read::list_streams(&self.inner.shared.tenant_pool, tenant, after, limit).await
     }
 
     async fn delete_stream(
@@ -380,6 +467,6 @@ impl EventStore for PostgresStore {
         tenant: &TenantId,
         stream: &StreamId,
     ) -> Result<Option<Snapshot>, StoreError> {
-        read::load_snapshot(&self.inner.shared.pool, tenant, stream).await
+        read::load_snapshot(&self.inner.shared.tenant_pool, tenant, stream).await
     }
 }

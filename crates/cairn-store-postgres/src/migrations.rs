@@ -4,7 +4,13 @@
 //! exactly once, and a failed migration leaves the schema as it was.
 //!
 //! A migration, once released, is never edited: changes come as a new version.
+//!
+//! In the same transaction, after the migrations, row-level security is
+//! brought up to date: every tenant table of the schema carries the policy,
+//! and when the connecting user would ignore it (a superuser, `BYPASSRLS`),
+//! the role tenant connections switch to exists and may read those tables.
 
+use cairn_store::row_security;
 use sqlx::{Connection, Executor, PgConnection};
 
 /// `(version, name, sql)`, in version order.
@@ -19,9 +25,21 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "one-statement append",
         include_str!("../migrations/0002_one_statement_append.sql"),
     ),
+    (
+        3,
+        "row-level security",
+        include_str!("../migrations/0003_row_level_security.sql"),
+    ),
 ];
 
-pub(crate) async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+/// Migrates `schema` and prepares row-level security for it. Returns whether
+/// tenant connections must switch to `role` (the connecting user ignores
+/// row-level security).
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    role: &str,
+) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cairn-migrate:' || $1))")
         .bind(schema)
@@ -54,7 +72,16 @@ pub(crate) async fn apply(conn: &mut PgConnection, schema: &str) -> Result<(), s
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await
+    let bypasses: bool = sqlx::query_scalar(row_security::BYPASSES_QUERY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if bypasses {
+        tx.execute(row_security::ensure_role(role).as_str()).await?;
+    }
+    tx.execute(row_security::protect_tenant_tables(bypasses.then_some(role)).as_str())
+        .await?;
+    tx.commit().await?;
+    Ok(bypasses)
 }
 
 /// Quotes an identifier that [`crate::PostgresOptions`] already validated.

@@ -1,14 +1,19 @@
 //! Reads. Each is one statement (one snapshot), so what a read returns is
 //! consistent; the gap-safety of `$all` comes from how positions are
 //! written (see the crate docs), not from anything the reader does.
+//!
+//! Reads of one tenant (streams, stream metadata, snapshots) run in a
+//! transaction of the tenant pool that sets the tenant first ([`scoped`]):
+//! row-level security then hides every other tenant's rows even if a query
+//! forgot its filter. `$all` is system access, on the system pool.
 
 use cairn_core::{EventId, Metadata, RecordedEvent, StreamId, TenantId};
 use cairn_store::{
-    AllFilter, Direction, ReadStream, Snapshot, StoreError, StreamInfo, TenantScope,
+    AllFilter, Direction, ReadStream, Snapshot, StoreError, StreamInfo, TenantScope, row_security,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Row, postgres::PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::unavailable;
@@ -64,8 +69,39 @@ fn decode_info(row: &PgRow) -> Result<StreamInfo, StoreError> {
     })
 }
 
+/// Begins a transaction on the tenant pool that sees only `tenant`'s rows:
+/// `BEGIN` and the transaction's tenant in one round trip.
+pub(crate) async fn scoped(
+    tenant_pool: &PgPool,
+    tenant: &TenantId,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    tenant_pool
+        .begin_with(row_security::begin_scoped(tenant))
+        .await
+        .map_err(unavailable)
+}
+
+/// Ends a read-only tenant transaction by dropping it: sqlx queues its
+/// `ROLLBACK` and sends it with the check it makes on every connection
+/// going back to the pool, in the background, so the reader does not wait a
+/// round trip for `COMMIT`. The connection is reused only after both.
+fn finish<T>(tx: Transaction<'static, Postgres>, value: T) -> T {
+    drop(tx);
+    value
+}
+
 pub(crate) async fn stream_info(
-    pool: &PgPool,
+    tenant_pool: &PgPool,
+    tenant: &TenantId,
+    stream: &StreamId,
+) -> Result<Option<StreamInfo>, StoreError> {
+    let mut tx = scoped(tenant_pool, tenant).await?;
+    let info = stream_info_in(&mut tx, tenant, stream).await?;
+    Ok(finish(tx, info))
+}
+
+async fn stream_info_in(
+    conn: &mut PgConnection,
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<StreamInfo>, StoreError> {
@@ -75,18 +111,19 @@ pub(crate) async fn stream_info(
     )
     .bind(tenant.as_str())
     .bind(stream.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
     .map_err(unavailable)?;
     row.as_ref().map(decode_info).transpose()
 }
 
 pub(crate) async fn list_streams(
-    pool: &PgPool,
+    tenant_pool: &PgPool,
     tenant: &TenantId,
     after: Option<&StreamId>,
     limit: usize,
 ) -> Result<Vec<StreamInfo>, StoreError> {
+    let mut tx = scoped(tenant_pool, tenant).await?;
     let rows = sqlx::query(
         "SELECT stream_id, version, deleted, truncate_before FROM streams
          WHERE tenant_id = $1 AND ($2::text IS NULL OR stream_id > $2)
@@ -95,20 +132,21 @@ pub(crate) async fn list_streams(
     .bind(tenant.as_str())
     .bind(after.map(StreamId::as_str))
     .bind(clamp(limit as u64))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
-    rows.iter().map(decode_info).collect()
+    finish(tx, rows.iter().map(decode_info).collect())
 }
 
 pub(crate) async fn read_stream(
-    pool: &PgPool,
+    tenant_pool: &PgPool,
     tenant: &TenantId,
     stream: &StreamId,
     read: ReadStream,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let Some(info) = stream_info(pool, tenant, stream).await? else {
-        return Ok(Vec::new());
+    let mut tx = scoped(tenant_pool, tenant).await?;
+    let Some(info) = stream_info_in(&mut tx, tenant, stream).await? else {
+        return Ok(finish(tx, Vec::new()));
     };
     if info.deleted {
         return Err(StoreError::StreamDeleted {
@@ -116,7 +154,7 @@ pub(crate) async fn read_stream(
         });
     }
     let Some((lo, hi)) = read.bounds(info.truncate_before.unwrap_or(0), info.version) else {
-        return Ok(Vec::new());
+        return Ok(finish(tx, Vec::new()));
     };
     let order = match read.direction {
         Direction::Forward => "ASC",
@@ -132,10 +170,10 @@ pub(crate) async fn read_stream(
         .bind(stream.as_str())
         .bind(clamp(lo))
         .bind(clamp(hi))
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
-    rows.iter().map(decode_event).collect()
+    finish(tx, rows.iter().map(decode_event).collect())
 }
 
 pub(crate) async fn read_all(
@@ -188,18 +226,20 @@ pub(crate) async fn read_all(
 }
 
 pub(crate) async fn load_snapshot(
-    pool: &PgPool,
+    tenant_pool: &PgPool,
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<Snapshot>, StoreError> {
+    let mut tx = scoped(tenant_pool, tenant).await?;
     let row = sqlx::query(
         "SELECT version, schema_version, state FROM snapshots WHERE tenant_id = $1 AND stream_id = $2",
     )
     .bind(tenant.as_str())
     .bind(stream.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(unavailable)?;
+    finish(tx, ());
     let Some(row) = row else { return Ok(None) };
     let get = |e: sqlx::Error| corrupt("snapshot row", e);
     let version: i64 = row.try_get(0).map_err(get)?;

@@ -403,6 +403,13 @@ const LOAD_STATEMENT: &str = "cairn_load_batch";
 /// Prepares the load statement on a new pool connection. Preparing it once
 /// per connection lets the simple-query message of [`open_and_load`] run it
 /// with a cached plan (planning this query costs more than a round trip).
+///
+/// The keys arrive as JSON records whose fields `jsonb_to_recordset` turns
+/// into plain columns, so each probe compares columns with operators
+/// PostgreSQL knows to be leakproof. Under row-level security (a connecting
+/// user bound by the forced policies) a probe through a non-leakproof
+/// expression such as `k->>0` could not use an index and would scan the
+/// whole table, once per key.
 pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     let sql = format!(
         "PREPARE {LOAD_STATEMENT}(jsonb, jsonb) AS
@@ -410,18 +417,18 @@ pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> 
            FROM log_head h WHERE h.id = 1
          UNION ALL
          SELECT 1, NULL, st.tenant_id, st.stream_id, st.version, st.deleted, st.truncate_before
-           FROM jsonb_array_elements($1) AS k
+           FROM jsonb_to_recordset($1) AS k(t text, s text)
            CROSS JOIN LATERAL (
                SELECT * FROM streams
-               WHERE streams.tenant_id = k->>0 AND streams.stream_id = k->>1
+               WHERE streams.tenant_id = k.t AND streams.stream_id = k.s
                LIMIT 1
            ) st
          UNION ALL
          SELECT 2, e.position, NULL, NULL, NULL, NULL, NULL
-           FROM jsonb_array_elements($2) AS k
+           FROM jsonb_to_recordset($2) AS k(t text, id uuid)
            CROSS JOIN LATERAL (
                SELECT position FROM events
-               WHERE events.tenant_id = k->>0 AND events.event_id = (k->>1)::uuid
+               WHERE events.tenant_id = k.t AND events.event_id = k.id
                LIMIT 1
            ) e"
     );
@@ -456,16 +463,20 @@ async fn open_and_load(
     conn: &mut PgConnection,
     requests: &[Request],
 ) -> Result<Loaded, sqlx::Error> {
-    let mut stream_keys: Vec<(&str, &str)> = Vec::new();
+    let mut stream_keys: Vec<Value> = Vec::new();
     let mut seen: HashSet<(&TenantId, &StreamId)> = HashSet::new();
-    let mut id_keys: Vec<(&str, String)> = Vec::new();
+    let mut id_keys: Vec<Value> = Vec::new();
     for r in requests {
         let (t, s) = r.key();
         if seen.insert((t, s)) {
-            stream_keys.push((t.as_str(), s.as_str()));
+            stream_keys.push(serde_json::json!({"t": t.as_str(), "s": s.as_str()}));
         }
         if let Request::Append { tenant, events, .. } = r {
-            id_keys.extend(events.iter().map(|e| (tenant.as_str(), e.id.to_string())));
+            id_keys.extend(
+                events
+                    .iter()
+                    .map(|e| serde_json::json!({"t": tenant.as_str(), "id": e.id.to_string()})),
+            );
         }
     }
     let stream_keys =

@@ -16,11 +16,14 @@
 //! - invalid input is rejected with [`StoreError::Invalid`] before anything is
 //!   written.
 //!
-//! This crate also holds the in-memory backend ([`MemoryStore`]) and the
-//! catch-up subscription ([`EventSubscription`]) that all backends use.
+//! This crate also holds the in-memory backend ([`MemoryStore`]), the
+//! catch-up subscription ([`EventSubscription`]) that all backends use, and
+//! the row-level security contract ([`row_security`]) that the PostgreSQL
+//! backend and read models on PostgreSQL share.
 
 mod error;
 pub mod memory;
+pub mod row_security;
 mod rules;
 mod subscription;
 #[cfg(any(test, feature = "testkit"))]

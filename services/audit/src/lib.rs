@@ -17,7 +17,7 @@ use cairn_core::{ErrorCode, RecordedEvent, TenantId};
 use cairn_flightops_contracts::Page;
 use cairn_http::{ApiError, ApiQuery, Context};
 use cairn_messaging::{Broker, Consumer, EventHandler, HandlerError, IntegrationEvent};
-use cairn_projection::{Projection, ProjectionError, Projections, ReadDb};
+use cairn_projection::{Projection, ProjectionError, Projections, ReadDb, protect_tenant_tables};
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
@@ -112,6 +112,11 @@ impl Projection for AuditProjection {
     }
 }
 
+/// Stream categories whose events carry credentials (the identity
+/// service's users, clients and sealed signing keys): the log records that
+/// they happened, by whom and when, but not their data.
+pub const REDACTED_CATEGORIES: [&str; 3] = ["user", "client", "realmkeys"];
+
 /// Writes one entry; an event already in the log is left as it is.
 async fn insert(
     tx: &mut Transaction<'_, Any>,
@@ -121,6 +126,11 @@ async fn insert(
 ) -> Result<(), ProjectionError> {
     let metadata = serde_json::to_string(&event.metadata)
         .map_err(|e| ProjectionError::poison(e.to_string()))?;
+    let data = if REDACTED_CATEGORIES.contains(&event.stream.category().as_str()) {
+        r#"{"redacted":true}"#.to_owned()
+    } else {
+        event.data.to_string()
+    };
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, seq, source, position, id, stream_id, version,
                                 event_type, data, metadata, recorded_at)
@@ -134,7 +144,7 @@ async fn insert(
     .bind(event.stream.as_str())
     .bind(event.version as i64)
     .bind(event.event_type.as_str())
-    .bind(event.data.to_string())
+    .bind(data)
     .bind(metadata)
     .bind(
         event
@@ -186,12 +196,14 @@ impl EventHandler for AuditSink {
     }
 }
 
-/// Creates the audit tables when no projection does (`cairn run audit`).
+/// Creates the audit tables when no projection does (`cairn run audit`),
+/// with the tenant policy on PostgreSQL as a projection's setup would.
 pub async fn create_tables(pool: &AnyPool) -> Result<(), sqlx::Error> {
     for statement in AuditProjection.schema() {
         sqlx::query(&statement).execute(pool).await?;
     }
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    protect_tenant_tables(&mut conn).await
 }
 
 /// The consumer group that feeds the audit log from `source`'s events.
@@ -242,10 +254,10 @@ pub enum AuditApi {
 }
 
 impl AuditApi {
-    fn pool(&self) -> &AnyPool {
+    fn db(&self) -> &ReadDb {
         match self {
-            AuditApi::Log(projections) => projections.db().pool(),
-            AuditApi::Consumers(db) => db.pool(),
+            AuditApi::Log(projections) => projections.db(),
+            AuditApi::Consumers(db) => db,
         }
     }
 
@@ -259,15 +271,7 @@ impl AuditApi {
             AuditApi::Consumers(db) => {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 loop {
-                    let found: Option<i64> = sqlx::query_scalar(
-                        "SELECT position FROM audit_log WHERE tenant_id = $1 AND position >= $2 LIMIT 1",
-                    )
-                    .bind(tenant.as_str())
-                    .bind(position as i64)
-                    .fetch_optional(db.pool())
-                    .await
-                    .unwrap_or(None);
-                    if found.is_some() {
+                    if holds_position(db, tenant, position).await.unwrap_or(false) {
                         return true;
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -278,6 +282,24 @@ impl AuditApi {
             }
         }
     }
+}
+
+/// Whether `tenant`'s audit log holds an entry at or after `position`.
+async fn holds_position(
+    db: &ReadDb,
+    tenant: &TenantId,
+    position: u64,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM audit_log WHERE tenant_id = $1 AND position >= $2 LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .bind(position as i64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(found.is_some())
 }
 
 /// The audit routes.
@@ -291,8 +313,19 @@ pub fn router(api: AuditApi) -> Router {
 async fn list(
     axum::extract::State(api): axum::extract::State<AuditApi>,
     Context(ctx): Context,
+    caller: Option<axum::Extension<cairn_http::Caller>>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    // Behind token authentication, reading the log needs its permission.
+    if caller.is_some() && !ctx.has_permission(cairn_auth::permissions::AUDIT_READ) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "reading the audit log needs the permission {}",
+                cairn_auth::permissions::AUDIT_READ
+            ),
+        ));
+    }
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::validation(
@@ -325,7 +358,7 @@ async fn list(
         ));
     }
     let page = query(
-        api.pool(),
+        api.db(),
         &ctx.tenant,
         params.stream.as_deref(),
         params.event_type.as_deref(),
@@ -359,9 +392,10 @@ fn from_row(row: &AnyRow) -> Result<AuditEntry, sqlx::Error> {
     })
 }
 
-/// A page of `tenant`'s audit log.
+/// A page of `tenant`'s audit log, read in a transaction scoped to `tenant`
+/// ([`ReadDb::scoped`]).
 pub async fn query(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     stream: Option<&str>,
     event_type: Option<&str>,
@@ -381,7 +415,8 @@ pub async fn query(
     for v in &values {
         total_query = total_query.bind(*v);
     }
-    let total: i64 = total_query.fetch_one(pool).await?.try_get(0)?;
+    let mut tx = db.scoped(tenant).await?;
+    let total: i64 = total_query.fetch_one(&mut *tx).await?.try_get(0)?;
     let sql = format!(
         "SELECT seq, source, position, id, stream_id, version, event_type, data, metadata,
                 recorded_at
@@ -392,7 +427,8 @@ pub async fn query(
     for v in &values {
         q = q.bind(*v);
     }
-    let rows = q.fetch_all(pool).await?;
+    let rows = q.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() > limit as usize {
         items.truncate(limit as usize);

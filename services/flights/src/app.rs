@@ -291,7 +291,7 @@ impl Flights {
         queries.register_fn(move |ctx, q: GetFlight| {
             let s = s.clone();
             async move {
-                view::get(s.projections.db().pool(), &ctx.tenant, &q.flight_id)
+                view::get(s.projections.db(), &ctx.tenant, &q.flight_id)
                     .await
                     .map_err(read_model_error)
             }
@@ -300,7 +300,7 @@ impl Flights {
         queries.register_fn(move |ctx, q: ListFlights| {
             let s = s.clone();
             async move {
-                view::list(s.projections.db().pool(), &ctx.tenant, &q.filter)
+                view::list(s.projections.db(), &ctx.tenant, &q.filter)
                     .await
                     .map_err(read_model_error)
             }

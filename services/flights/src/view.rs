@@ -5,10 +5,10 @@
 use async_trait::async_trait;
 use cairn_core::{RecordedEvent, TenantId, decode_event};
 use cairn_flightops_contracts::Page;
-use cairn_projection::{Projection, ProjectionError};
+use cairn_projection::{Projection, ProjectionError, ReadDb};
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::domain::FlightEvent;
 
@@ -366,28 +366,32 @@ fn from_row(row: &AnyRow) -> Result<FlightView, sqlx::Error> {
     })
 }
 
-/// One flight of `tenant`, if it exists.
+/// One flight of `tenant`, if it exists. Like every query of this model,
+/// it runs in a transaction scoped to `tenant` ([`ReadDb::scoped`]).
 pub async fn get(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Option<FlightView>, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM flights_view WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant.as_str())
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// A page of `tenant`'s flights, oldest first.
 pub async fn list(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     filter: &FlightFilter,
 ) -> Result<Page<FlightView>, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
     let mut conditions = vec!["tenant_id = $1".to_owned()];
     let mut values: Vec<&str> = vec![tenant.as_str()];
     for (column, value) in [
@@ -407,7 +411,7 @@ pub async fn list(
     for v in &values {
         total_query = total_query.bind(*v);
     }
-    let total: i64 = total_query.fetch_one(pool).await?.try_get(0)?;
+    let total: i64 = total_query.fetch_one(&mut *tx).await?.try_get(0)?;
 
     let mut page_conditions = where_clause;
     if let Some(after) = &filter.after {
@@ -422,7 +426,8 @@ pub async fn list(
     for v in &values {
         query = query.bind(*v);
     }
-    let rows = query.fetch_all(pool).await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() > filter.limit as usize {
         items.truncate(filter.limit as usize);

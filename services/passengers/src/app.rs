@@ -184,7 +184,7 @@ impl Passengers {
         queries.register_fn(move |ctx, q: GetPassenger| {
             let s = s.clone();
             async move {
-                view::get(s.projections.db().pool(), &ctx.tenant, &q.passenger_id)
+                view::get(s.projections.db(), &ctx.tenant, &q.passenger_id)
                     .await
                     .map_err(read_model_error)
             }
@@ -194,7 +194,7 @@ impl Passengers {
             let s = s.clone();
             async move {
                 view::list(
-                    s.projections.db().pool(),
+                    s.projections.db(),
                     &ctx.tenant,
                     q.flight_id.as_deref(),
                     q.after.as_deref(),
@@ -325,8 +325,8 @@ impl Passengers {
         ctx: &RequestContext,
         passenger_id: &str,
     ) -> Result<String, BusError> {
-        let pool = self.projections.db().pool();
-        if let Some(f) = view::flight_of(pool, &ctx.tenant, passenger_id)
+        let db = self.projections.db();
+        if let Some(f) = view::flight_of(db, &ctx.tenant, passenger_id)
             .await
             .map_err(read_model_error)?
         {
@@ -334,7 +334,7 @@ impl Passengers {
         }
         let head = *self.head.borrow();
         self.caught_up(head, Duration::from_secs(5)).await;
-        view::flight_of(pool, &ctx.tenant, passenger_id)
+        view::flight_of(db, &ctx.tenant, passenger_id)
             .await
             .map_err(read_model_error)?
             .ok_or_else(|| {

@@ -3,10 +3,10 @@
 use async_trait::async_trait;
 use cairn_core::{RecordedEvent, TenantId, decode_event};
 use cairn_flightops_contracts::Page;
-use cairn_projection::{Projection, ProjectionError};
+use cairn_projection::{Projection, ProjectionError, ReadDb};
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::domain::ManifestEvent;
 
@@ -125,29 +125,34 @@ fn from_row(row: &AnyRow) -> Result<PassengerView, sqlx::Error> {
     })
 }
 
-/// One passenger of `tenant`, if still on a flight.
+/// One passenger of `tenant`, if still on a flight. Like every query of
+/// this model, it runs in a transaction scoped to `tenant`
+/// ([`ReadDb::scoped`]).
 pub async fn get(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Option<PassengerView>, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
     let sql = format!("SELECT {COLUMNS} FROM passengers_view WHERE tenant_id = $1 AND id = $2");
     let row = sqlx::query(&sql)
         .bind(tenant.as_str())
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
+    tx.commit().await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// A page of `tenant`'s passengers, optionally of one flight, oldest first.
 pub async fn list(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     flight_id: Option<&str>,
     after: Option<&str>,
     limit: u32,
 ) -> Result<Page<PassengerView>, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
     let mut values: Vec<&str> = vec![tenant.as_str()];
     let mut conditions = "tenant_id = $1".to_owned();
     if let Some(f) = flight_id {
@@ -159,7 +164,7 @@ pub async fn list(
     for v in &values {
         total_query = total_query.bind(*v);
     }
-    let total: i64 = total_query.fetch_one(pool).await?.try_get(0)?;
+    let total: i64 = total_query.fetch_one(&mut *tx).await?.try_get(0)?;
     if let Some(a) = after {
         values.push(a);
         conditions.push_str(&format!(" AND id > ${}", values.len()));
@@ -172,7 +177,8 @@ pub async fn list(
     for v in &values {
         query = query.bind(*v);
     }
-    let rows = query.fetch_all(pool).await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if items.len() > limit as usize {
         items.truncate(limit as usize);
@@ -190,14 +196,16 @@ pub async fn list(
 /// The flight a passenger is on (the manifest that holds them), if the
 /// read model knows the passenger.
 pub async fn flight_of(
-    pool: &AnyPool,
+    db: &ReadDb,
     tenant: &TenantId,
     passenger_id: &str,
 ) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = db.scoped(tenant).await?;
     let row = sqlx::query("SELECT flight_id FROM passengers_view WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.as_str())
         .bind(passenger_id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
+    tx.commit().await?;
     row.map(|r| r.try_get(0)).transpose()
 }
