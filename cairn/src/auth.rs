@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use cairn_auth::{MasterKey, RemoteJwks, TrustedIssuer, permissions};
 use cairn_core::{EventId, Metadata, NewEvent, StreamId, TenantId};
 use cairn_domain::{BusConfig, bus::PermissionMap};
-use cairn_http::{CrossTenantAudit, CrossTenantRead};
+use cairn_http::{AuthOptions, CrossTenantAudit, CrossTenantRead};
 use cairn_store::{EventStore, ExpectedVersion};
 
 /// Identity options of `cairn up` (and, later, of each service).
@@ -129,9 +129,14 @@ pub(crate) fn bus_config() -> BusConfig {
 }
 
 /// Records each cross-tenant read as a `CrossTenantRead` event in the read
-/// tenant's stream `crossread-<reader's tenant>`, so it shows in that
-/// tenant's audit log.
-pub(crate) struct StoreAudit(pub(crate) Arc<dyn EventStore>);
+/// tenant's stream `<category>-<reader's tenant>` (`crossread` in one
+/// process; `crossread_<service>` for a service on its own, which
+/// publishes the category so the audit service hears it), so it shows in
+/// that tenant's audit log.
+pub(crate) struct StoreAudit(pub(crate) Arc<dyn EventStore>, pub(crate) String);
+
+/// The event type of a recorded cross-tenant read.
+pub(crate) const CROSS_TENANT_READ: &str = "CrossTenantRead";
 
 impl std::fmt::Debug for StoreAudit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,29 +150,85 @@ impl CrossTenantAudit for StoreAudit {
         read: CrossTenantRead,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            let stream = StreamId::for_aggregate("crossread", &read.actor_tenant)
-                .map_err(|e| e.to_string())?;
-            let event = NewEvent::new(
-                "CrossTenantRead",
-                serde_json::json!({
-                    "actorTenant": read.actor_tenant.as_str(),
-                    "actor": read.actor,
-                    "username": read.username,
-                    "method": read.method,
-                    "target": read.target,
-                }),
-            )
-            .with_id(EventId::new())
-            .with_metadata(Metadata {
-                correlation_id: Some(read.correlation_id),
-                actor: Some(read.actor),
-                ..Metadata::default()
-            });
+            let stream =
+                StreamId::for_aggregate(&self.1, &read.actor_tenant).map_err(|e| e.to_string())?;
+            let event = NewEvent::new(CROSS_TENANT_READ, cross_read_data(&read))
+                .with_id(EventId::new())
+                .with_metadata(Metadata {
+                    correlation_id: Some(read.correlation_id),
+                    actor: Some(read.actor),
+                    ..Metadata::default()
+                });
             self.0
                 .append(&read.tenant, &stream, ExpectedVersion::Any, vec![event])
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The JSON a recorded cross-tenant read carries.
+fn cross_read_data(read: &CrossTenantRead) -> serde_json::Value {
+    serde_json::json!({
+        "actorTenant": read.actor_tenant.as_str(),
+        "actor": read.actor,
+        "username": read.username,
+        "method": read.method,
+        "target": read.target,
+        "shared": read.shared,
+    })
+}
+
+/// What tenant groups may share in the reference system, by path: each
+/// service's read model (flights, passengers) and the audit log.
+pub(crate) fn shareable(options: AuthOptions) -> AuthOptions {
+    options
+        .share("/api/flights", "flights")
+        .share("/api/passengers", "passengers")
+        .share("/api/audit", "audit")
+}
+
+/// Records each cross-tenant read of the audit service (which keeps no
+/// events of its own) straight into the read tenant's audit log, as a
+/// `CrossTenantRead` entry of source `audit` in stream
+/// `crossread_audit-<reader's tenant>`.
+#[derive(Debug)]
+pub(crate) struct AuditLogAudit(pub(crate) cairn_projection::ReadDb);
+
+impl CrossTenantAudit for AuditLogAudit {
+    fn record(
+        &self,
+        read: CrossTenantRead,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            use cairn_messaging::EventHandler as _;
+            let subject = StreamId::for_aggregate("crossread_audit", &read.actor_tenant)
+                .map_err(|e| e.to_string())?;
+            let event = cairn_messaging::IntegrationEvent {
+                specversion: cairn_messaging::SPEC_VERSION.to_owned(),
+                id: EventId::new(),
+                source: "audit".into(),
+                event_type: CROSS_TENANT_READ.into(),
+                subject,
+                time: chrono::Utc::now(),
+                datacontenttype: "application/json".into(),
+                data: cross_read_data(&read),
+                tenantid: read.tenant.clone(),
+                traceparent: None,
+                correlationid: Some(read.correlation_id.clone()),
+                causationid: None,
+                sequence: "0".into(),
+                prevsequence: None,
+                position: "0".into(),
+                schemaversion: 1,
+            };
+            let mut tx = self.0.pool().begin().await.map_err(|e| e.to_string())?;
+            cairn_audit::AuditSink
+                .handle(&mut tx, &event)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())
         })
     }
 }

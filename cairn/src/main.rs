@@ -1,11 +1,13 @@
 //! `cairn`: the platform binary: the whole platform in one process
 //! (`cairn up`), the operator tools for the event store (`cairn events ...`)
+//! and for identity (`cairn tenants ...`, `cairn users ...`, `cairn token`)
 //! and the benchmarks (`cairn bench ...`).
 
 mod auth;
 mod bench;
 mod dlq;
 mod events;
+mod identity_cli;
 mod run;
 mod store_url;
 mod up;
@@ -40,6 +42,15 @@ enum Command {
     /// List, show, replay or drop the dead letters of a service's consumers.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// List or create tenants, straight on the store (no server needed).
+    #[command(subcommand)]
+    Tenants(identity_cli::TenantsCommand),
+    /// List or create a tenant's users, straight on the store.
+    #[command(subcommand)]
+    Users(identity_cli::UsersCommand),
+    /// Mint an access token for a user, straight on the store; prints only
+    /// the token.
+    Token(identity_cli::TokenArgs),
 }
 
 /// Logs go to stderr (stdout carries command output): `RUST_LOG` picks
@@ -79,6 +90,9 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Run(args) => run::run(args).await,
+            Command::Tenants(cmd) => identity_cli::tenants(cmd).await,
+            Command::Users(cmd) => identity_cli::users(cmd).await,
+            Command::Token(args) => identity_cli::token(args).await,
         }
     });
     match result {

@@ -18,14 +18,19 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use axum::{Json, Router, routing::get};
+use cairn_auth::{RemoteJwks, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
 use cairn_core::TenantId;
 use cairn_domain::{CommandBus, QueryBus};
 use cairn_flightops_contracts::{
     CloseBoarding, GetFlightForBooking, RemoveFlightPassengers, ReopenBoarding,
 };
 use cairn_http::{
-    Health, HttpOptions, IdempotencyOptions, IdempotencyStore, TenantHeaderOptions, app,
-    openapi_document, openapi_router, serve, shutdown_signal,
+    AuthOptions, CrossTenantAudit, Health, HttpOptions, IdempotencyOptions, IdempotencyStore,
+    TenantHeaderOptions, app, openapi_document, openapi_router, serve, shutdown_signal,
+};
+use cairn_identity::{
+    BootstrapUser, Identity, IdentityOptions,
+    revocations::{self, RevokedTokens},
 };
 use cairn_messaging::{
     Broker, ConsumerHandle, Relay, RelayOptions, RequestTransport, Serving,
@@ -39,7 +44,14 @@ use cairn_telemetry::Metrics;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
-use crate::store_url::{StoreUrl, open_store, split_schema};
+use crate::{
+    auth::{self, IdentityArgs},
+    store_url::{StoreUrl, open_store, split_schema},
+};
+
+/// The tenant the identity service makes on first start besides the
+/// platform tenant.
+const DEMO_TENANT: &str = "demo";
 
 /// The services `cairn run` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +59,7 @@ pub(crate) enum ServiceName {
     Flights,
     Passengers,
     Audit,
+    Identity,
 }
 
 impl ServiceName {
@@ -55,6 +68,7 @@ impl ServiceName {
             ServiceName::Flights => "flights",
             ServiceName::Passengers => "passengers",
             ServiceName::Audit => "audit",
+            ServiceName::Identity => "identity",
         }
     }
 }
@@ -86,9 +100,25 @@ pub(crate) struct RunArgs {
     /// deployments sharing a broker use different prefixes.
     #[arg(long, env = "CAIRN_PREFIX")]
     prefix: Option<String>,
-    /// Tenant of requests that name none (`X-Cairn-Tenant`).
+    /// Base URL of the Cairn identity service whose realms issue the
+    /// tokens this service accepts, as the tokens name it
+    /// (`<url>/realms/<tenant>`).
+    #[arg(long, env = "CAIRN_ISSUER")]
+    issuer: Option<String>,
+    /// Where to fetch the realms' keys when not from --issuer: the identity
+    /// service's own address when --issuer is a gateway's public URL.
+    #[arg(long, env = "CAIRN_IDENTITY_URL")]
+    identity_url: Option<String>,
+    /// Accept requests without tokens, each acting for the tenant named by
+    /// `X-Cairn-Tenant`. Anyone who reaches the service can then act for
+    /// any tenant: only for tests on a private network.
+    #[arg(long)]
+    insecure_tenant_header: bool,
+    /// With --insecure-tenant-header: the tenant of requests that name none.
     #[arg(long, env = "CAIRN_DEFAULT_TENANT")]
     default_tenant: Option<String>,
+    #[command(flatten)]
+    identity: IdentityArgs,
 }
 
 /// The settings file.
@@ -102,6 +132,27 @@ struct FileConfig {
     prefix: Option<String>,
     default_tenant: Option<String>,
     request_timeout_ms: Option<u64>,
+    issuer: Option<String>,
+    identity_url: Option<String>,
+    #[serde(default)]
+    trust_issuer: Vec<String>,
+    insecure_tenant_header: Option<bool>,
+    public_url: Option<String>,
+    master_key_file: Option<PathBuf>,
+}
+
+/// How requests get their tenant.
+#[derive(Debug)]
+enum Access {
+    /// From a verified token: Cairn's realms under `issuer` (keys fetched
+    /// from `identity_url`, else from `issuer`) and the `trust` specs.
+    Tokens {
+        issuer: Option<String>,
+        identity_url: Option<String>,
+        trust: Vec<String>,
+    },
+    /// From `X-Cairn-Tenant`, unauthenticated.
+    Header { default_tenant: TenantId },
 }
 
 /// Settings after layering.
@@ -114,8 +165,12 @@ struct Settings {
     broker: String,
     listen: String,
     prefix: String,
-    default_tenant: TenantId,
+    access: Access,
     request_timeout: Duration,
+    /// The identity service's public URL (default: its listen address).
+    public_url: Option<String>,
+    /// The identity service's master key file (else `CAIRN_MASTER_KEY`).
+    master_key_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -148,10 +203,45 @@ impl RunArgs {
             .or(file.prefix)
             .unwrap_or_else(|| "cairn".into());
         cairn_messaging::validate_service(&prefix).context("--prefix")?;
-        let default_tenant = self
-            .default_tenant
-            .or(file.default_tenant)
-            .unwrap_or_else(|| "demo".into());
+        let insecure = self.insecure_tenant_header || file.insecure_tenant_header == Some(true);
+        let mut trust = file.trust_issuer;
+        trust.extend(self.identity.trust_issuer);
+        let issuer = self.issuer.or(file.issuer);
+        let access = if insecure {
+            if service == ServiceName::Identity {
+                bail!(
+                    "the identity service always issues and checks tokens: drop --insecure-tenant-header"
+                );
+            }
+            if issuer.is_some() || !trust.is_empty() {
+                bail!("--insecure-tenant-header takes no issuer: tokens would be ignored");
+            }
+            let default_tenant = self
+                .default_tenant
+                .or(file.default_tenant)
+                .unwrap_or_else(|| "demo".into());
+            Access::Header {
+                default_tenant: TenantId::new(&default_tenant).context("default tenant")?,
+            }
+        } else {
+            if issuer.is_none() && trust.is_empty() && service != ServiceName::Identity {
+                bail!(
+                    "no token issuer: pass --issuer URL (the identity service) or --trust-issuer, \
+                     or --insecure-tenant-header on a private test network"
+                );
+            }
+            if self.default_tenant.is_some() || file.default_tenant.is_some() {
+                bail!(
+                    "a default tenant needs --insecure-tenant-header: with tokens, the token names the tenant"
+                );
+            }
+            auth::trusted_issuers(&trust)?;
+            Access::Tokens {
+                issuer: issuer.map(|i| i.trim_end_matches('/').to_owned()),
+                identity_url: self.identity_url.or(file.identity_url),
+                trust,
+            }
+        };
         Ok(Settings {
             service,
             store,
@@ -162,8 +252,10 @@ impl RunArgs {
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:0".into()),
             prefix,
-            default_tenant: TenantId::new(&default_tenant).context("default tenant")?,
+            access,
             request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(5_000)),
+            public_url: self.identity.public_url.or(file.public_url),
+            master_key_file: self.identity.master_key_file.or(file.master_key_file),
         })
     }
 }
@@ -229,6 +321,12 @@ async fn declare_consumers_of(service: &str, link: &Link) -> anyhow::Result<()> 
             cairn_flights::messaging::PASSENGER_EVENTS.to_owned(),
             cairn_audit::group("passengers"),
         ],
+        "identity" => vec![
+            revocations::group("flights"),
+            revocations::group("passengers"),
+            revocations::group("audit"),
+            cairn_audit::group("identity"),
+        ],
         _ => Vec::new(),
     };
     for group in groups {
@@ -270,6 +368,25 @@ struct Running {
     consumers: Vec<ConsumerHandle>,
     sagas: Option<cairn_saga::TimeoutsHandle>,
     _serving: Option<Serving>,
+    /// Where cross-tenant reads are recorded.
+    cross_reads: Option<Arc<dyn CrossTenantAudit>>,
+    /// Routes served without a token (the identity service's realms).
+    public: Option<Router>,
+    /// The identity service, and the tenants its first start made.
+    identity: Option<(Identity, Vec<BootstrapUser>)>,
+}
+
+/// Where a service on its own records cross-tenant reads: in its store,
+/// in a category its relay publishes (so the audit service hears them).
+fn store_cross_reads(
+    service: &str,
+    store: &Arc<dyn EventStore>,
+    public: &mut cairn_messaging::PublicEvents,
+) -> Arc<dyn CrossTenantAudit> {
+    let category = format!("crossread_{service}");
+    public.categories.push(category.clone());
+    public.types.push(auth::CROSS_TENANT_READ.to_owned());
+    Arc::new(auth::StoreAudit(store.clone(), category))
 }
 
 /// Runs one service until SIGINT or SIGTERM.
@@ -286,17 +403,67 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("opening the service database")?;
     let link = connect(&settings).await?;
-    let commands = CommandBus::new();
-    let queries = QueryBus::new();
-    let running = match (settings.service, store) {
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let tokens = matches!(settings.access, Access::Tokens { .. });
+    let (commands, queries) = if tokens {
+        (
+            CommandBus::with_config(auth::bus_config()),
+            QueryBus::with_config(auth::bus_config()),
+        )
+    } else {
+        (CommandBus::new(), QueryBus::new())
+    };
+    let mut running = match (settings.service, store) {
         (ServiceName::Flights, Some(store)) => {
             flights(&settings, store, &db, &link, &commands, &queries).await?
         }
         (ServiceName::Passengers, Some(store)) => {
             passengers(&settings, store, &db, &link, &commands, &queries).await?
         }
+        (ServiceName::Identity, Some(store)) => {
+            let public_url = settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            identity(&settings, store, &db, &link, public_url).await?
+        }
         (ServiceName::Audit, _) => audit(&db, &link).await?,
         (_, None) => bail!("no event store"),
+    };
+    let auth = match &settings.access {
+        Access::Header { .. } => None,
+        Access::Tokens {
+            issuer,
+            identity_url,
+            trust,
+        } => {
+            let trusted = auth::trusted_issuers(trust)?;
+            let verifier = match &running.identity {
+                Some((identity, _)) => identity.verifier(trusted),
+                None => {
+                    // Revocations reach this service as the identity
+                    // service's events.
+                    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
+                        .await
+                        .context("opening the revoked-token list")?;
+                    running.consumers.push(
+                        revoked
+                            .consumer(name, link.broker.clone())
+                            .start()
+                            .await
+                            .context("consuming revocations")?,
+                    );
+                    remote_verifier(issuer, identity_url, trusted, revoked)
+                }
+            };
+            Some(auth::shareable(AuthOptions::new(
+                verifier,
+                running.cross_reads.clone(),
+            )))
+        }
     };
 
     let idempotency = IdempotencyStore::open(db.pool().clone(), IdempotencyOptions::default())
@@ -304,7 +471,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("opening the idempotency-key store")?;
     let health = Health::new().with_sql_check("database", db.pool().clone());
     let status_projections = running.projections.clone();
-    let public = Router::new()
+    let mut public = Router::new()
         .merge(health.router())
         .merge(openapi_router(running.doc.clone()))
         .route(
@@ -319,6 +486,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }),
         );
+    if let Some(extra) = running.public.take() {
+        public = public.merge(extra);
+    }
     let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (running.store.clone(), running.projections.clone());
         move || {
@@ -336,23 +506,49 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let options = HttpOptions {
         tenant: TenantHeaderOptions {
-            default_tenant: Some(settings.default_tenant.clone()),
+            default_tenant: match &settings.access {
+                Access::Header { default_tenant } => Some(default_tenant.clone()),
+                Access::Tokens { .. } => None,
+            },
         },
         metrics: Some(metrics),
+        auth,
         ..HttpOptions::default()
     };
     let router = app(running.api.clone(), public, &options, Some(&idempotency));
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
     println!("cairn run {name}: listening on http://{addr}");
     if let Some(store) = &settings.store {
         println!("  event store:  {}", StoreUrl::parse(store)?.redacted());
     }
     println!("  database:     {}", redact(&settings.db));
     println!("  broker:       {}", link.what);
-    println!("  tenant:       {} (default)", settings.default_tenant);
+    match &settings.access {
+        Access::Header { default_tenant } => {
+            println!("  tenant:       X-Cairn-Tenant, unauthenticated (default {default_tenant})");
+        }
+        Access::Tokens { issuer, trust, .. } => {
+            if let Some((identity, _)) = &running.identity {
+                println!(
+                    "  identity:     {}/realms/<tenant>",
+                    identity.options().issuer_base
+                );
+            }
+            if let Some(issuer) = issuer {
+                println!("  tokens:       issued by {issuer}/realms/<tenant>");
+            }
+            for spec in trust {
+                println!("  tokens:       trusted {spec}");
+            }
+        }
+    }
+    if let Some((_, created)) = &running.identity {
+        for user in created {
+            println!(
+                "  created tenant {}: user {} password: {} (shown once)",
+                user.tenant, user.username, &*user.password
+            );
+        }
+    }
 
     let draining = health.clone();
     serve(listener, router, async move {
@@ -376,6 +572,33 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     db.close().await;
     println!("cairn run {name}: stopped");
     Ok(())
+}
+
+/// The verifier of a service on its own: Cairn's realms under `issuer`
+/// (keys over HTTP) and the other trusted issuers, refusing what the
+/// identity service revoked.
+fn remote_verifier(
+    issuer: &Option<String>,
+    identity_url: &Option<String>,
+    mut trusted: Vec<TrustedIssuer>,
+    revoked: RevokedTokens,
+) -> Verifier {
+    if let Some(issuer) = issuer {
+        let fetch = identity_url.clone().unwrap_or_else(|| issuer.clone());
+        trusted.insert(
+            0,
+            TrustedIssuer::cairn(
+                issuer.clone(),
+                Arc::new(RemoteJwks::realms(issuer.clone(), fetch)),
+            ),
+        );
+    }
+    Verifier::with_options(
+        trusted,
+        RoleMap::default(),
+        VerifierOptions::default(),
+        Some(Arc::new(revoked)),
+    )
 }
 
 fn redact(url: &str) -> String {
@@ -427,7 +650,9 @@ async fn flights(
             .await
             .context("consuming passenger events")?,
     ];
-    let relay = start_relay(messaging::public_events()?, store.clone(), db, link).await?;
+    let mut public = messaging::public_events()?;
+    let cross_reads = store_cross_reads(messaging::SERVICE, &store, &mut public);
+    let relay = start_relay(public, store.clone(), db, link).await?;
     let api = cairn_flights::http::router(FlightsApi {
         flights,
         commands: commands.clone(),
@@ -447,6 +672,9 @@ async fn flights(
         consumers,
         sagas: Some(sagas),
         _serving: Some(serving),
+        cross_reads: Some(cross_reads),
+        public: None,
+        identity: None,
     })
 }
 
@@ -484,7 +712,9 @@ async fn passengers(
             .await
             .context("consuming flight events")?,
     ];
-    let relay = start_relay(messaging::public_events()?, store.clone(), db, link).await?;
+    let mut public = messaging::public_events()?;
+    let cross_reads = store_cross_reads(messaging::SERVICE, &store, &mut public);
+    let relay = start_relay(public, store.clone(), db, link).await?;
     let api = cairn_passengers::http::router(PassengersApi {
         passengers,
         commands: commands.clone(),
@@ -504,6 +734,9 @@ async fn passengers(
         consumers,
         sagas: None,
         _serving: Some(serving),
+        cross_reads: Some(cross_reads),
+        public: None,
+        identity: None,
     })
 }
 
@@ -513,7 +746,11 @@ async fn audit(db: &ReadDb, link: &Link) -> anyhow::Result<Running> {
         .await
         .context("creating the audit log")?;
     let mut consumers = Vec::new();
-    for consumer in cairn_audit::consumers(db, &link.broker, &["flights", "passengers"]) {
+    for consumer in cairn_audit::consumers(
+        db,
+        &link.broker,
+        &["flights", "passengers", revocations::SERVICE],
+    ) {
         consumers.push(consumer.start().await.context("consuming events")?);
     }
     let api = cairn_audit::router(AuditApi::Consumers(db.clone()));
@@ -531,6 +768,62 @@ async fn audit(db: &ReadDb, link: &Link) -> anyhow::Result<Running> {
         consumers,
         sagas: None,
         _serving: None,
+        cross_reads: Some(Arc::new(auth::AuditLogAudit(db.clone()))),
+        public: None,
+        identity: None,
+    })
+}
+
+async fn identity(
+    settings: &Settings,
+    store: Arc<dyn EventStore>,
+    db: &ReadDb,
+    link: &Link,
+    public_url: String,
+) -> anyhow::Result<Running> {
+    let args = IdentityArgs {
+        master_key_file: settings.master_key_file.clone(),
+        ..IdentityArgs::default()
+    };
+    if args.master_key_file.is_none() && std::env::var_os("CAIRN_MASTER_KEY").is_none() {
+        bail!(
+            "no master key: pass --master-key-file (or set CAIRN_MASTER_KEY); \
+             every instance of the identity service needs the same one"
+        );
+    }
+    let (master, _) = auth::master_key(&args, None)?;
+    let identity = Identity::open(
+        store.clone(),
+        db.clone(),
+        master,
+        IdentityOptions::new(&public_url),
+    )
+    .await
+    .context("opening the identity service")?;
+    let created = identity
+        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
+        .await
+        .context("creating the first tenants")?;
+    let mut public = revocations::public_events()?;
+    let cross_reads = store_cross_reads(revocations::SERVICE, &store, &mut public);
+    let relay = start_relay(public, store.clone(), db, link).await?;
+    let doc = openapi_document(
+        "Cairn identity",
+        env!("CARGO_PKG_VERSION"),
+        [cairn_identity::IdentityOpenApi::openapi()],
+    );
+    Ok(Running {
+        api: cairn_identity::http::admin_router(identity.clone()),
+        doc,
+        store: Some(store),
+        projections: None,
+        relay: Some(relay),
+        consumers: Vec::new(),
+        sagas: None,
+        _serving: None,
+        cross_reads: Some(cross_reads),
+        public: Some(cairn_identity::http::realm_router(identity.clone())),
+        identity: Some((identity, created)),
     })
 }
 
@@ -567,7 +860,7 @@ mod tests {
             broker = "nats://file:4222"
             listen = "127.0.0.1:9000"
             prefix = "prod"
-            default_tenant = "acme"
+            issuer = "http://identity:9000/"
             request_timeout_ms = 1500
             "#,
         );
@@ -585,7 +878,12 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:9001");
         assert_eq!(s.store.as_deref(), Some("postgres://u@db/x?schema=ops"));
         assert_eq!(s.prefix, "prod");
-        assert_eq!(s.default_tenant.as_str(), "acme");
+        match &s.access {
+            Access::Tokens { issuer, .. } => {
+                assert_eq!(issuer.as_deref(), Some("http://identity:9000"));
+            }
+            other => panic!("tokens by default: {other:?}"),
+        }
         assert_eq!(s.request_timeout, Duration::from_millis(1500));
         assert_eq!(
             s.db, "postgres://u@db/x?schema=flights_read",
@@ -633,10 +931,76 @@ mod tests {
             "sqlite://data/ops.db",
             "--broker",
             "nats://x",
+            "--issuer",
+            "http://id",
         ])
         .unwrap();
         assert_eq!(s.db, "sqlite://data/ops.db.passengers.db");
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.prefix, "cairn");
+    }
+
+    #[test]
+    fn tokens_are_required_unless_the_insecure_header_is_asked_for() {
+        let base = [
+            "flights",
+            "--store",
+            "sqlite://x.db",
+            "--broker",
+            "nats://x",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            settings(&args)
+        };
+        let none = with(&[]).unwrap_err();
+        assert!(none.to_string().contains("no token issuer"), "{none:#}");
+        let trusted = with(&[
+            "--trust-issuer",
+            "tenant=acme,issuer=https://kc/realms/acme",
+        ]);
+        assert!(matches!(trusted.unwrap().access, Access::Tokens { .. }));
+        let bad_trust = with(&["--trust-issuer", "tenant=acme"]).unwrap_err();
+        assert!(
+            format!("{bad_trust:#}").contains("required"),
+            "{bad_trust:#}"
+        );
+        let header = with(&["--insecure-tenant-header", "--default-tenant", "acme"]).unwrap();
+        match header.access {
+            Access::Header { default_tenant } => assert_eq!(default_tenant.as_str(), "acme"),
+            other => panic!("{other:?}"),
+        }
+        let both = with(&["--insecure-tenant-header", "--issuer", "http://id"]).unwrap_err();
+        assert!(both.to_string().contains("takes no issuer"), "{both:#}");
+        let default_with_tokens =
+            with(&["--issuer", "http://id", "--default-tenant", "acme"]).unwrap_err();
+        assert!(default_with_tokens.to_string().contains("default tenant"));
+        let identity = settings(&[
+            "identity",
+            "--store",
+            "sqlite://x.db",
+            "--broker",
+            "nats://x",
+            "--insecure-tenant-header",
+        ])
+        .unwrap_err();
+        assert!(
+            identity.to_string().contains("always issues"),
+            "{identity:#}"
+        );
+        let identity = settings(&[
+            "identity",
+            "--store",
+            "sqlite://x.db",
+            "--broker",
+            "nats://x",
+        ])
+        .unwrap();
+        assert_eq!(identity.db, "sqlite://x.db.identity.db");
+        assert!(matches!(
+            identity.access,
+            Access::Tokens { issuer: None, .. }
+        ));
     }
 }

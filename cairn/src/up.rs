@@ -20,7 +20,10 @@
 //! `--ephemeral`, or PostgreSQL with `--store postgres://…` (read models then
 //! live in the schema `<schema>_read` of the same database).
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
 use axum::{Json, Router, routing::get};
@@ -83,7 +86,16 @@ pub(crate) struct UpArgs {
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Before anything starts, so nothing it counts is lost.
     let metrics = Metrics::install();
-    let (store, store_what, read_db, read_what) = open_stores(&args).await?;
+    let Stores {
+        events: store,
+        events_at: store_what,
+        read_db,
+        read_at: read_what,
+    } = if args.ephemeral {
+        ephemeral_stores().await?
+    } else {
+        open_stores(args.store.as_deref(), &args.data_dir, IfMissing::Create).await?
+    };
     let (master, master_what) = auth::master_key(
         &args.identity,
         (!args.ephemeral).then_some(args.data_dir.as_path()),
@@ -184,6 +196,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             FlightsOpenApi::openapi(),
             PassengersOpenApi::openapi(),
             AuditOpenApi::openapi(),
+            cairn_identity::IdentityOpenApi::openapi(),
         ],
     );
     let status = projections.clone();
@@ -211,10 +224,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     let options = HttpOptions {
         metrics: Some(metrics),
-        auth: Some(AuthOptions {
-            verifier: identity.verifier(trusted),
-            audit: Some(Arc::new(auth::StoreAudit(store.clone()))),
-        }),
+        auth: Some(auth::shareable(AuthOptions::new(
+            identity.verifier(trusted),
+            Some(Arc::new(auth::StoreAudit(
+                store.clone(),
+                "crossread".into(),
+            ))),
+        ))),
         ..HttpOptions::default()
     };
     let router = app(api, public, &options, Some(&idempotency));
@@ -256,21 +272,53 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_stores(
-    args: &UpArgs,
-) -> anyhow::Result<(Arc<dyn EventStore>, String, ReadDb, String)> {
-    if args.ephemeral {
-        let db = ReadDb::ephemeral()
-            .await
-            .context("opening the read models")?;
-        return Ok((
-            Arc::new(MemoryStore::new()),
-            "memory (ephemeral)".into(),
-            db,
-            "SQLite in memory (ephemeral)".into(),
-        ));
-    }
-    match args.store.as_deref().map(StoreUrl::parse).transpose()? {
+/// The event store and the read-model database, with where each is (safe
+/// to print: no password).
+pub(crate) struct Stores {
+    pub(crate) events: Arc<dyn EventStore>,
+    pub(crate) events_at: String,
+    pub(crate) read_db: ReadDb,
+    pub(crate) read_at: String,
+}
+
+/// What to do when the embedded SQLite event store does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfMissing {
+    Create,
+    Fail,
+}
+
+async fn ephemeral_stores() -> anyhow::Result<Stores> {
+    let db = ReadDb::ephemeral()
+        .await
+        .context("opening the read models")?;
+    Ok(Stores {
+        events: Arc::new(MemoryStore::new()),
+        events_at: "memory (ephemeral)".into(),
+        read_db: db,
+        read_at: "SQLite in memory (ephemeral)".into(),
+    })
+}
+
+/// Opens the stores where `cairn up` keeps them: `store` when given
+/// (PostgreSQL with the read models in schema `<schema>_read` of the same
+/// database, or `sqlite://PATH` with them in `PATH.read`), else
+/// `events.db` and `read-models.db` under `data_dir`.
+pub(crate) async fn open_stores(
+    store: Option<&str>,
+    data_dir: &Path,
+    if_missing: IfMissing,
+) -> anyhow::Result<Stores> {
+    let must_exist = |path: &Path| {
+        if if_missing == IfMissing::Fail && !path.exists() {
+            bail!(
+                "no event store at {}; start `cairn up` once or pass --data-dir or --store",
+                path.display()
+            );
+        }
+        Ok(())
+    };
+    match store.map(StoreUrl::parse).transpose()? {
         Some(StoreUrl::Postgres(url)) => {
             let store = open_store(&url).await?;
             let (base, schema) = split_schema(&url);
@@ -283,42 +331,44 @@ async fn open_stores(
                 .await
                 .context("opening the read models on PostgreSQL")?;
             let what = StoreUrl::Postgres(url.clone()).redacted();
-            Ok((
-                store,
-                what.clone(),
-                db,
-                format!("{what} schema {read_schema}"),
-            ))
+            Ok(Stores {
+                events: store,
+                events_at: what.clone(),
+                read_db: db,
+                read_at: format!("{what} schema {read_schema}"),
+            })
         }
         Some(StoreUrl::Memory) => bail!("use --ephemeral for an in-memory store"),
         Some(StoreUrl::Sqlite(path)) => {
+            must_exist(Path::new(&path))?;
             let store = open_store(&format!("sqlite://{path}")).await?;
             let read_path = format!("{path}.read");
             let db = ReadDb::open_sqlite(&read_path)
                 .await
                 .context("opening the read models")?;
-            Ok((
-                store,
-                format!("sqlite://{path}"),
-                db,
-                format!("sqlite://{read_path}"),
-            ))
+            Ok(Stores {
+                events: store,
+                events_at: format!("sqlite://{path}"),
+                read_db: db,
+                read_at: format!("sqlite://{read_path}"),
+            })
         }
         None => {
-            std::fs::create_dir_all(&args.data_dir)
-                .with_context(|| format!("creating {}", args.data_dir.display()))?;
-            let events = args.data_dir.join("events.db");
-            let read = args.data_dir.join("read-models.db");
+            let events = data_dir.join("events.db");
+            must_exist(&events)?;
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let read = data_dir.join("read-models.db");
             let store = open_store(&format!("sqlite://{}", events.display())).await?;
             let db = ReadDb::open_sqlite(&read)
                 .await
                 .context("opening the read models")?;
-            Ok((
-                store,
-                format!("sqlite://{}", events.display()),
-                db,
-                format!("sqlite://{}", read.display()),
-            ))
+            Ok(Stores {
+                events: store,
+                events_at: format!("sqlite://{}", events.display()),
+                read_db: db,
+                read_at: format!("sqlite://{}", read.display()),
+            })
         }
     }
 }

@@ -471,7 +471,14 @@ impl Service {
         if let Some(store) = store {
             cmd.args(["--store", store]);
         }
-        cmd.args(["--broker", broker, "--prefix", prefix]);
+        // These tests are about messaging: requests name their tenant.
+        cmd.args([
+            "--broker",
+            broker,
+            "--prefix",
+            prefix,
+            "--insecure-tenant-header",
+        ]);
         for var in [
             "CAIRN_CONFIG",
             "CAIRN_STORE",
@@ -481,6 +488,7 @@ impl Service {
             "CAIRN_PREFIX",
             "CAIRN_DEFAULT_TENANT",
             "CAIRN_LOG_FORMAT",
+            "CAIRN_ISSUER",
         ] {
             cmd.env_remove(var);
         }

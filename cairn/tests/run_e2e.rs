@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 struct Proc {
     child: Child,
     base: String,
+    /// (tenant, admin password) printed on the identity service's first start.
+    passwords: Vec<(String, String)>,
 }
 
 impl Drop for Proc {
@@ -126,10 +128,18 @@ struct Cluster {
     store: String,
     schema: String,
     prefix: String,
+    identity: Proc,
     flights: Proc,
     passengers: Option<Proc>,
     audit: Proc,
+    /// Acts as demo's admin.
     client: Client,
+    /// The platform's super-admin's token.
+    super_admin: String,
+    /// A token of `globex`'s operator `eve`.
+    other: String,
+    /// The token `client` sends.
+    demo: String,
     /// After the processes, before the turn: the broker's leftovers.
     _cleanup: Option<AmqpCleanup>,
     _nats_cleanup: Option<NatsCleanup>,
@@ -138,16 +148,19 @@ struct Cluster {
 }
 
 /// Serves the whole API on one address, sending `/api/flights…` to
-/// Flights, `/api/passengers…` to Passengers and `/api/audit…` to Audit.
-async fn router(flights: String, passengers: String, audit: String) -> String {
+/// Flights, `/api/passengers…` to Passengers, `/api/audit…` to Audit and
+/// `/realms/…` and `/api/admin/…` to Identity. It checks no tokens: each
+/// service does.
+async fn router(flights: String, passengers: String, audit: String, identity: String) -> String {
     use axum::{body::Body, extract::Request, response::Response as AxumResponse};
     let client = Client::new();
     let forward = move |req: Request| {
-        let (client, flights, passengers, audit) = (
+        let (client, flights, passengers, audit, identity) = (
             client.clone(),
             flights.clone(),
             passengers.clone(),
             audit.clone(),
+            identity.clone(),
         );
         async move {
             let path = req.uri().path().to_owned();
@@ -155,6 +168,8 @@ async fn router(flights: String, passengers: String, audit: String) -> String {
                 passengers
             } else if path.starts_with("/api/audit") {
                 audit
+            } else if path.starts_with("/realms/") || path.starts_with("/api/admin/") {
+                identity
             } else {
                 flights
             };
@@ -224,18 +239,49 @@ async fn services(kind: Kind) -> Option<()> {
     Some(())
 }
 
-fn spawn(service: &str, store: Option<&str>, db: &str, kind: Kind, prefix: &str) -> Proc {
+/// The master key of the test's identity service (tests only).
+const TEST_MASTER_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+
+fn spawn(
+    service: &str,
+    store: Option<&str>,
+    db: &str,
+    kind: Kind,
+    prefix: &str,
+    issuer: Option<&str>,
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args(["run", service, "--listen", "127.0.0.1:0"])
         .args(["--db", db]);
     if let Some(store) = store {
         cmd.args(["--store", store]);
     }
+    match issuer {
+        Some(issuer) => {
+            cmd.args(["--issuer", issuer]);
+        }
+        // The tests of messaging alone, without an identity service.
+        None if service != "identity" => {
+            cmd.arg("--insecure-tenant-header");
+        }
+        None => {}
+    }
+    for var in [
+        "CAIRN_CONFIG",
+        "CAIRN_STORE",
+        "CAIRN_DB",
+        "CAIRN_BROKER",
+        "CAIRN_ISSUER",
+        "CAIRN_IDENTITY_URL",
+        "CAIRN_PUBLIC_URL",
+        "CAIRN_MASTER_KEY_FILE",
+        "CAIRN_DEFAULT_TENANT",
+    ] {
+        cmd.env_remove(var);
+    }
     let mut child = cmd
         .args(["--broker", &broker_url(kind), "--prefix", prefix])
-        .env_remove("CAIRN_STORE")
-        .env_remove("CAIRN_DB")
-        .env_remove("CAIRN_BROKER")
+        .env("CAIRN_MASTER_KEY", TEST_MASTER_KEY)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -253,8 +299,32 @@ fn spawn(service: &str, store: Option<&str>, db: &str, kind: Kind, prefix: &str)
             break rest.trim().to_owned();
         }
     };
+    // The identity service's first start prints the admins' passwords.
+    let mut passwords = Vec::new();
+    if service == "identity" {
+        while passwords.len() < 2 {
+            let line = lines
+                .next()
+                .expect("the identity service prints its first tenants")
+                .unwrap();
+            if let Some((head, rest)) = line.split_once(" password: ") {
+                let tenant = head
+                    .trim()
+                    .strip_prefix("created tenant ")
+                    .and_then(|t| t.split(':').next())
+                    .unwrap()
+                    .to_owned();
+                let password = rest.split_whitespace().next().unwrap().to_owned();
+                passwords.push((tenant, password));
+            }
+        }
+    }
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, base }
+    Proc {
+        child,
+        base,
+        passwords,
+    }
 }
 
 impl Cluster {
@@ -269,7 +339,31 @@ impl Cluster {
         let schema = format!("cairn_test_{secs}_{id}");
         let store = format!("{}?schema={schema}", postgres_url());
         let prefix = format!("t{id}");
-        // Consumers first: on RabbitMQ a group only gets what is published
+        // The identity service first: it declares the groups that hear its
+        // revocations before its relay publishes any.
+        let identity = spawn(
+            "identity",
+            Some(&format!("{}?schema={schema}_identity", postgres_url())),
+            &format!("{}?schema={schema}_identity_db", postgres_url()),
+            kind,
+            &prefix,
+            None,
+        );
+        let issuer = identity.base.clone();
+        let password = |tenant: &str| {
+            identity
+                .passwords
+                .iter()
+                .find(|(t, _)| t == tenant)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("no password printed for {tenant}"))
+        };
+        let demo = scenarios::login(&issuer, "demo", "admin", &password("demo")).await;
+        let demo = demo["access_token"].as_str().unwrap().to_owned();
+        let platform = scenarios::login(&issuer, "platform", "admin", &password("platform")).await;
+        let super_admin = platform["access_token"].as_str().unwrap().to_owned();
+        let other = scenarios::user_in(&issuer, &super_admin, "globex", "eve", "operator").await;
+        // Consumers next: on RabbitMQ a group only gets what is published
         // after its queue exists.
         let audit = spawn(
             "audit",
@@ -277,6 +371,7 @@ impl Cluster {
             &format!("{}?schema={schema}_audit", postgres_url()),
             kind,
             &prefix,
+            Some(&issuer),
         );
         let mut cluster = Self {
             kind,
@@ -286,13 +381,18 @@ impl Cluster {
                 &format!("{}?schema={schema}_flights", postgres_url()),
                 kind,
                 &prefix,
+                Some(&issuer),
             ),
+            identity,
             passengers: None,
             audit,
             store,
             schema,
             prefix,
-            client: Client::new(),
+            client: scenarios::bearer_client(&demo),
+            demo,
+            super_admin,
+            other,
             _cleanup: None,
             _nats_cleanup: None,
             _turn: turn,
@@ -313,6 +413,14 @@ impl Cluster {
         Some(cluster)
     }
 
+    fn demo_token(&self) -> String {
+        self.demo.clone()
+    }
+
+    fn issuer(&self) -> String {
+        self.identity.base.clone()
+    }
+
     fn start_passengers(&mut self) {
         self.passengers = Some(spawn(
             "passengers",
@@ -320,6 +428,7 @@ impl Cluster {
             &format!("{}?schema={}_passengers", postgres_url(), self.schema),
             self.kind,
             &self.prefix,
+            Some(&self.issuer()),
         ));
     }
 
@@ -329,14 +438,15 @@ impl Cluster {
             self.flights.base.clone(),
             self.passengers.as_ref().unwrap().base.clone(),
             self.audit.base.clone(),
+            self.identity.base.clone(),
         )
         .await;
         scenarios::App {
             child: None,
             base,
-            client: Client::new(),
+            client: self.client.clone(),
             separate: true,
-            other: scenarios::OtherTenant::Header("globex".into()),
+            other: scenarios::OtherTenant::Token(self.other.clone()),
         }
     }
 
@@ -348,9 +458,17 @@ impl Cluster {
     /// database and prefix.
     fn restart_flights(&mut self) {
         let db = format!("{}?schema={}_flights", postgres_url(), self.schema);
+        let issuer = self.issuer();
         let old = std::mem::replace(
             &mut self.flights,
-            spawn("flights", Some(&self.store), &db, self.kind, &self.prefix),
+            spawn(
+                "flights",
+                Some(&self.store),
+                &db,
+                self.kind,
+                &self.prefix,
+                Some(&issuer),
+            ),
         );
         drop(old);
     }
@@ -634,14 +752,185 @@ async fn audit_hears_every_service(c: Cluster) {
         "{audit_metrics}"
     );
     // Another tenant sees none of it.
-    let r = c
-        .client
+    let r = Client::new()
         .get(c.audit("/api/audit"))
-        .header("x-cairn-tenant", "globex")
+        .bearer_auth(&c.other)
         .send()
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["total"], 0);
+}
+
+/// Every service checks tokens itself: none, forged or another
+/// deployment's are refused; a tenant's token never reaches another
+/// tenant's data; the super-admin's cross-tenant reads are recorded in the
+/// read tenant's audit log; and a token revoked at the identity service is
+/// refused by every service soon after (its revocation travels as an
+/// event over the broker).
+async fn every_service_checks_tokens(c: Cluster) {
+    let id = c.create_flight(5).await;
+    let anonymous = Client::new();
+    for url in [
+        c.flights("/api/flights"),
+        c.passengers(&format!("/api/passengers?flightId={id}")),
+        c.audit("/api/audit"),
+    ] {
+        let r = anonymous.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{url}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        // A header naming a tenant is no way around it.
+        let r = anonymous
+            .get(&url)
+            .header("x-cairn-tenant", "demo")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{url}");
+        // A token with its signature cut off.
+        let demo_token = c.demo_token();
+        let (unsigned, _) = demo_token.rsplit_once('.').unwrap();
+        let r = anonymous
+            .get(&url)
+            .bearer_auth(format!("{unsigned}.AAAA"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{url}");
+    }
+    // Another tenant's operator: 404, never the data; writes on it fail.
+    let other = scenarios::bearer_client(&c.other);
+    let r = other
+        .get(c.flights(&format!("/api/flights/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = other
+        .post(c.passengers("/api/passengers"))
+        .json(&json!({"flightId": id, "name": "Eve", "document": "E1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The header may name another tenant only for a super-admin's reads,
+    // and each such read is audited in the read tenant.
+    let r = other
+        .get(c.flights(&format!("/api/flights/{id}")))
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let admin = scenarios::bearer_client(&c.super_admin);
+    let r = admin
+        .get(c.flights(&format!("/api/flights/{id}")))
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = admin
+        .delete(c.flights(&format!("/api/flights/{id}")))
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "cross-tenant writes never"
+    );
+    let r = admin
+        .get(c.audit("/api/audit"))
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let reads = c
+        .eventually(c.audit("/api/audit?type=CrossTenantRead"), |a| {
+            a["total"] == 2
+        })
+        .await;
+    let mut streams: Vec<&str> = reads["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream"].as_str().unwrap())
+        .collect();
+    streams.sort_unstable();
+    assert_eq!(
+        streams,
+        ["crossread_audit-platform", "crossread_flights-platform"]
+    );
+    assert_eq!(reads["items"][0]["data"]["actorTenant"], "platform");
+
+    // Revocation: a fresh session of demo's admin works everywhere, is
+    // revoked at the identity service, and is then refused everywhere.
+    let password = c
+        .identity
+        .passwords
+        .iter()
+        .find(|(t, _)| t == "demo")
+        .unwrap()
+        .1
+        .clone();
+    let session = scenarios::login(&c.issuer(), "demo", "admin", &password).await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let urls = [
+        c.flights(&format!("/api/flights/{id}")),
+        c.passengers(&format!("/api/passengers?flightId={id}")),
+        c.audit("/api/audit"),
+    ];
+    let status = |url: String, token: String| async move {
+        Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    for url in &urls {
+        assert_eq!(status(url.clone(), token.clone()).await, StatusCode::OK);
+    }
+    let r = Client::new()
+        .post(format!(
+            "{}/realms/demo/protocol/openid-connect/revoke",
+            c.issuer()
+        ))
+        .form(&[("token", token.as_str()), ("client_id", "cairn")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for url in &urls {
+        let mut last = StatusCode::OK;
+        for _ in 0..200 {
+            last = status(url.clone(), token.clone()).await;
+            if last == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            last,
+            StatusCode::UNAUTHORIZED,
+            "{url} still takes a revoked token"
+        );
+    }
+    // Other sessions are untouched.
+    assert_eq!(
+        status(urls[0].clone(), c.demo_token()).await,
+        StatusCode::OK
+    );
+    // The revocation is in demo's audit log, heard from the identity service.
+    let revoked = c
+        .eventually(c.audit("/api/audit?type=AccessTokenRevoked"), |a| {
+            a["total"] == 1
+        })
+        .await;
+    assert_eq!(revoked["items"][0]["source"], "identity");
 }
 
 async fn lifecycle(c: Cluster) {
@@ -673,6 +962,7 @@ async fn competing_instances_share_the_work(c: Cluster) {
         &format!("{}?schema={}_audit", postgres_url(), c.schema),
         c.kind,
         &c.prefix,
+        Some(&c.issuer()),
     );
     let creates = (0..40).map(|_| c.create_flight(3));
     let ids: Vec<String> = futures_util::future::join_all(creates).await;
@@ -796,7 +1086,14 @@ async fn amqp_consumers_started_late_get_what_was_published_before() {
     };
     let store = format!("{}?schema={schema}", postgres_url());
     let db = |name: &str| format!("{}?schema={schema}_{name}", postgres_url());
-    let flights = spawn("flights", Some(&store), &db("flights"), Kind::Amqp, &prefix);
+    let flights = spawn(
+        "flights",
+        Some(&store),
+        &db("flights"),
+        Kind::Amqp,
+        &prefix,
+        None,
+    );
     let client = Client::new();
     let r = client
         .post(format!("{}/api/flights", flights.base))
@@ -836,7 +1133,7 @@ async fn amqp_consumers_started_late_get_what_was_published_before() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let audit = spawn("audit", None, &db("audit"), Kind::Amqp, &prefix);
+    let audit = spawn("audit", None, &db("audit"), Kind::Amqp, &prefix, None);
     let mut seen = Value::Null;
     for _ in 0..300 {
         seen = client
@@ -889,6 +1186,7 @@ macro_rules! on_both_brokers {
 }
 
 on_both_brokers!(
+    every_service_checks_tokens,
     lifecycle,
     deleting_a_flight_removes_its_passengers,
     bad_input_gets_a_problem,

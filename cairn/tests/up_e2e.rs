@@ -109,61 +109,6 @@ fn spawn(backend: &Backend, stderr: Stdio) -> (std::process::Child, Printed) {
     (child, printed)
 }
 
-fn bearer_client(token: &str) -> Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    Client::builder().default_headers(headers).build().unwrap()
-}
-
-/// Asks `base`'s realm `tenant` for a token with a password.
-async fn login(base: &str, tenant: &str, username: &str, password: &str) -> Value {
-    let r = Client::new()
-        .post(format!(
-            "{base}/realms/{tenant}/protocol/openid-connect/token"
-        ))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", username),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "login {tenant}/{username}");
-    r.json().await.unwrap()
-}
-
-/// As the platform's super-admin: creates tenant `tenant` and a user in it
-/// with `role`; returns that user's access token.
-async fn user_in(base: &str, admin: &str, tenant: &str, username: &str, role: &str) -> String {
-    let client = bearer_client(admin);
-    let r = client
-        .post(format!("{base}/api/admin/tenants"))
-        .json(&json!({"id": tenant, "name": tenant}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status() == StatusCode::CREATED || r.status() == StatusCode::CONFLICT,
-        "{}",
-        r.status()
-    );
-    let r = client
-        .post(format!("{base}/api/admin/tenants/{tenant}/users"))
-        .json(&json!({"username": username, "password": "a long password", "roles": [role]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    login(base, tenant, username, "a long password").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn start(backend: &Backend) -> App {
     let (child, printed) = spawn(backend, Stdio::inherit());
     let other = match &printed.platform_password {
@@ -589,4 +534,137 @@ async fn the_api_requires_a_valid_token_and_tenants_stay_apart() {
     ] {
         assert!(!logged.contains(secret), "a secret in the log:\n{logged}");
     }
+}
+
+/// Tenant groups: demo and globex form a group sharing `flights`; globex's
+/// operator then reads demo's flights (GET only, recorded in demo's audit
+/// log) but nothing else of demo's, and initech, outside the group, reads
+/// nothing. Leaving the group ends it for tokens issued afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_groups_share_what_they_mark() {
+    let (_dir, backend) = sqlite();
+    let (child, printed) = spawn(&backend, Stdio::inherit());
+    let app = App {
+        child: Some(child),
+        base: printed.base.clone(),
+        client: bearer_client(&printed.token),
+        separate: false,
+        other: OtherTenant::Header("globex".into()),
+    };
+    let base = printed.base.clone();
+    let flight = app.create_flight(5).await;
+    let id = flight["id"].as_str().unwrap().to_owned();
+    let r = app.add_passenger(&id, "G1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let platform = login(
+        &base,
+        "platform",
+        "admin",
+        printed.platform_password.as_deref().unwrap(),
+    )
+    .await;
+    let super_admin = bearer_client(platform["access_token"].as_str().unwrap());
+    // Tenants exist before the group names them.
+    user_in(
+        &base,
+        platform["access_token"].as_str().unwrap(),
+        "globex",
+        "eve",
+        "operator",
+    )
+    .await;
+    let initech = user_in(
+        &base,
+        platform["access_token"].as_str().unwrap(),
+        "initech",
+        "ivy",
+        "operator",
+    )
+    .await;
+    let r = super_admin
+        .post(format!("{base}/api/admin/groups"))
+        .json(&json!({"id": "alliance", "name": "Alliance",
+                      "tenants": ["demo", "globex"], "shared": ["flights"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    // A token issued after the group exists carries it.
+    let eve = login(&base, "globex", "eve", "a long password").await;
+    let eve = bearer_client(eve["access_token"].as_str().unwrap());
+    let as_demo = |request: reqwest::RequestBuilder| request.header("x-cairn-tenant", "demo");
+
+    let r = as_demo(eve.get(format!("{base}/api/flights/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], id.as_str());
+    let list: Value = as_demo(eve.get(format!("{base}/api/flights")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1, "{list}");
+    // Not shared: passengers, the audit log. Never a write.
+    for r in [
+        as_demo(eve.get(format!("{base}/api/passengers?flightId={id}"))),
+        as_demo(eve.get(format!("{base}/api/audit"))),
+        as_demo(eve.post(format!("{base}/api/flights"))).json(&scenarios::flight(3)),
+        as_demo(eve.delete(format!("{base}/api/flights/{id}"))),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    // Without the header, globex sees its own (empty) flights.
+    let own: Value = eve
+        .get(format!("{base}/api/flights"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["total"], 0);
+    // Outside the group: nothing.
+    let r = Client::new()
+        .get(format!("{base}/api/flights/{id}"))
+        .bearer_auth(&initech)
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Demo's audit log names each shared read.
+    let reads = app
+        .eventually("/api/audit?type=CrossTenantRead", |v| v["total"] == 2)
+        .await;
+    assert_eq!(reads["items"][0]["data"]["actorTenant"], "globex");
+    assert_eq!(reads["items"][0]["data"]["shared"], "flights");
+    assert_eq!(reads["items"][0]["stream"], "crossread-globex");
+
+    // Globex leaves the group: its next token shares nothing.
+    let r = super_admin
+        .put(format!("{base}/api/admin/groups/alliance"))
+        .json(&json!({"tenants": ["demo", "initech"], "shared": ["flights"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let eve = login(&base, "globex", "eve", "a long password").await;
+    let r = Client::new()
+        .get(format!("{base}/api/flights/{id}"))
+        .bearer_auth(eve["access_token"].as_str().unwrap())
+        .header("x-cairn-tenant", "demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

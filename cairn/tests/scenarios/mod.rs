@@ -35,6 +35,62 @@ pub enum OtherTenant {
     Token(String),
 }
 
+/// A client that sends `token` as its bearer token.
+pub fn bearer_client(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// Asks `base`'s realm `tenant` for a token with a password.
+pub async fn login(base: &str, tenant: &str, username: &str, password: &str) -> Value {
+    let r = Client::new()
+        .post(format!(
+            "{base}/realms/{tenant}/protocol/openid-connect/token"
+        ))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "login {tenant}/{username}");
+    r.json().await.unwrap()
+}
+
+/// As the platform's super-admin: creates tenant `tenant` and a user in it
+/// with `role`; returns that user's access token.
+pub async fn user_in(base: &str, admin: &str, tenant: &str, username: &str, role: &str) -> String {
+    let client = bearer_client(admin);
+    let r = client
+        .post(format!("{base}/api/admin/tenants"))
+        .json(&json!({"id": tenant, "name": tenant}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status() == StatusCode::CREATED || r.status() == StatusCode::CONFLICT,
+        "{}",
+        r.status()
+    );
+    let r = client
+        .post(format!("{base}/api/admin/tenants/{tenant}/users"))
+        .json(&json!({"username": username, "password": "a long password", "roles": [role]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    login(base, tenant, username, "a long password").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 impl Drop for App {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

@@ -2,6 +2,8 @@
 //! resource servers read them, from Cairn or from an external OIDC issuer
 //! such as a Keycloak realm (roles under `realm_access.roles`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// `aud` is a string or a list of strings.
@@ -60,6 +62,13 @@ pub struct AccessClaims {
     /// The client the token was issued to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azp: Option<String>,
+    /// Tenant groups: for each other tenant that shares a group with the
+    /// token's tenant, the resources (read models, stream categories) that
+    /// group shares. Written by Cairn's issuer when the token is issued;
+    /// honoured only from Cairn's own realms, never from an external
+    /// issuer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared: BTreeMap<String, Vec<String>>,
 }
 
 impl AccessClaims {

@@ -148,11 +148,23 @@ pub struct Principal {
     pub expires_at: i64,
     /// The client the token was issued to (`azp`), if any.
     pub client_id: Option<String>,
+    /// Tenant groups: what each other tenant of the token's groups shares
+    /// with it (see [`crate::AccessClaims::shared`]). Empty for tokens of
+    /// external issuers.
+    pub shared: BTreeMap<TenantId, BTreeSet<String>>,
 }
 
 impl Principal {
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.contains(permission)
+    }
+
+    /// Whether `tenant` shares `resource` with this token's tenant through
+    /// a tenant group.
+    pub fn shares(&self, tenant: &TenantId, resource: &str) -> bool {
+        self.shared
+            .get(tenant)
+            .is_some_and(|resources| resources.contains(resource))
     }
 
     /// The request context of a call made with this token, in its own tenant.

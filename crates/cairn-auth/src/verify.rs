@@ -55,19 +55,30 @@ impl KeySource for StaticKeys {
     }
 }
 
-/// Keys fetched over HTTP: from a fixed JWKS URL, or from the `jwks_uri` of
-/// the issuer's `/.well-known/openid-configuration` (OIDC discovery).
+/// Keys fetched over HTTP: from a fixed JWKS URL, from the `jwks_uri` of
+/// the issuer's `/.well-known/openid-configuration` (OIDC discovery), or
+/// from a Cairn identity service's realm endpoints.
 #[derive(Debug, Clone)]
 pub struct RemoteJwks {
-    url: Option<String>,
+    from: JwksFrom,
     client: reqwest::Client,
+}
+
+#[derive(Debug, Clone)]
+enum JwksFrom {
+    Url(String),
+    Discovery,
+    Realms {
+        issuer_base: String,
+        fetch_base: String,
+    },
 }
 
 impl RemoteJwks {
     /// Keys at `url`.
     pub fn url(url: impl Into<String>) -> Self {
         Self {
-            url: Some(url.into()),
+            from: JwksFrom::Url(url.into()),
             client: client(),
         }
     }
@@ -75,7 +86,22 @@ impl RemoteJwks {
     /// Keys found through OIDC discovery on the token's issuer.
     pub fn discovery() -> Self {
         Self {
-            url: None,
+            from: JwksFrom::Discovery,
+            client: client(),
+        }
+    }
+
+    /// The realms of a Cairn identity service whose tokens name
+    /// `issuer_base/realms/{tenant}` as issuer, with keys fetched from
+    /// `fetch_base/realms/{tenant}/protocol/openid-connect/certs`: the
+    /// same URL, or the service's address inside the deployment when the
+    /// public one is a gateway's.
+    pub fn realms(issuer_base: impl Into<String>, fetch_base: impl Into<String>) -> Self {
+        Self {
+            from: JwksFrom::Realms {
+                issuer_base: issuer_base.into().trim_end_matches('/').to_owned(),
+                fetch_base: fetch_base.into().trim_end_matches('/').to_owned(),
+            },
             client: client(),
         }
     }
@@ -95,9 +121,22 @@ impl KeySource for RemoteJwks {
             issuer: issuer.to_owned(),
             reason,
         };
-        let url = match &self.url {
-            Some(url) => url.clone(),
-            None => {
+        let url = match &self.from {
+            JwksFrom::Url(url) => url.clone(),
+            JwksFrom::Realms {
+                issuer_base,
+                fetch_base,
+            } => {
+                let Some(realm) = issuer
+                    .strip_prefix(issuer_base.as_str())
+                    .and_then(|rest| rest.strip_prefix("/realms/"))
+                    .filter(|realm| TenantId::new(realm).is_ok())
+                else {
+                    return Err(unavailable(format!("not a realm of {issuer_base}")));
+                };
+                format!("{fetch_base}/realms/{realm}/protocol/openid-connect/certs")
+            }
+            JwksFrom::Discovery => {
                 #[derive(serde::Deserialize)]
                 struct Discovery {
                     issuer: String,
@@ -382,6 +421,19 @@ impl Verifier {
             .inner
             .roles
             .permissions(&tenant, roles.iter().map(String::as_str));
+        // Only Cairn's issuer knows the tenant groups; a claim from an
+        // external issuer could name any tenant and is ignored.
+        let shared = match issuer.matcher {
+            IssuerMatch::Realms { .. } => claims
+                .shared
+                .iter()
+                .filter_map(|(t, resources)| {
+                    let t = TenantId::new(t).ok().filter(|t| *t != tenant)?;
+                    Some((t, resources.iter().cloned().collect()))
+                })
+                .collect(),
+            IssuerMatch::Exact { .. } => std::collections::BTreeMap::new(),
+        };
         Ok(Principal {
             tenant,
             subject: claims.sub,
@@ -392,6 +444,7 @@ impl Verifier {
             token_id: claims.jti,
             expires_at: claims.exp,
             client_id: claims.azp,
+            shared,
         })
     }
 

@@ -93,6 +93,7 @@ fn claims(tenant: &str) -> AccessClaims {
         realm_access: None,
         scope: None,
         azp: Some("cairn".into()),
+        shared: Default::default(),
     }
 }
 
@@ -322,10 +323,15 @@ async fn an_external_issuer_maps_to_its_tenant_and_keycloak_roles_count() {
     c.realm_access = Some(cairn_auth::RealmAccess {
         roles: vec!["viewer".into(), "offline_access".into()],
     });
+    // An external issuer cannot grant tenant groups' sharing.
+    c.shared
+        .insert("globex".into(), vec!["flights".into(), "audit".into()]);
     let who = verifier.verify(&key.sign(&c).unwrap()).await.unwrap();
     assert_eq!(who.tenant, acme);
     assert!(who.has_permission(permissions::FLIGHTS_READ));
     assert!(!who.has_permission(permissions::FLIGHTS_WRITE));
+    assert!(who.shared.is_empty(), "{:?}", who.shared);
+    assert!(!who.shares(&TenantId::new("globex").unwrap(), "flights"));
     // The same token naming another tenant is refused.
     c.tenant = Some("globex".into());
     assert_eq!(
@@ -349,4 +355,19 @@ async fn keys_sealed_at_rest_sign_after_reopening() {
         .verify(&reopened.sign(&claims("acme")).unwrap())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn tenant_groups_come_from_cairn_realms_only_and_never_name_the_own_tenant() {
+    let f = fixture(Duration::ZERO);
+    let mut c = claims("acme");
+    c.shared.insert("globex".into(), vec!["flights".into()]);
+    c.shared.insert("acme".into(), vec!["passengers".into()]);
+    c.shared
+        .insert("Not A Tenant".into(), vec!["flights".into()]);
+    let who = f.verifier.verify(&f.key.sign(&c).unwrap()).await.unwrap();
+    let globex = TenantId::new("globex").unwrap();
+    assert!(who.shares(&globex, "flights"));
+    assert!(!who.shares(&globex, "passengers"));
+    assert_eq!(who.shared.len(), 1, "{:?}", who.shared);
 }

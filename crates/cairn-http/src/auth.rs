@@ -8,10 +8,13 @@
 //!   `error="invalid_token"`; the reason goes to the log (at `info`,
 //!   without the token), never to the caller.
 //! - An issuer whose keys cannot be fetched: 503 `unavailable`.
-//! - `X-Cairn-Tenant` naming another tenant: allowed only to a token with
-//!   [`permissions::CROSS_TENANT_READ`] and only for reads (GET, HEAD);
-//!   the read is first recorded through the [`CrossTenantAudit`] hook (no
-//!   record, no read). Anyone else gets 403.
+//! - `X-Cairn-Tenant` naming another tenant: allowed only for reads (GET,
+//!   HEAD), and only to a token with [`permissions::CROSS_TENANT_READ`]
+//!   (a super-tenant caller: any path), or to a member of a tenant group
+//!   that shares the path's resource with it ([`AuthOptions::shared`] maps
+//!   path prefixes to resources; the token's `shared` claim says what each
+//!   other tenant shares). The read is first recorded through the
+//!   [`CrossTenantAudit`] hook (no record, no read). Anyone else gets 403.
 
 use std::{
     convert::Infallible,
@@ -51,6 +54,9 @@ pub struct CrossTenantRead {
     /// The path and query read.
     pub target: String,
     pub correlation_id: String,
+    /// The shared resource, when a tenant group allowed the read (else a
+    /// super-tenant caller read it).
+    pub shared: Option<String>,
 }
 
 /// Records cross-tenant reads (in the audit log). A read goes ahead only
@@ -69,6 +75,49 @@ pub struct AuthOptions {
     /// Where cross-tenant reads are recorded. Without it, cross-tenant reads
     /// are refused (403) even for super-tenant callers.
     pub audit: Option<Arc<dyn CrossTenantAudit>>,
+    /// The resources tenant groups may share, by path prefix
+    /// (`/api/flights` -> `flights`): a read under the prefix is allowed
+    /// across tenants when the token says the other tenant shares it.
+    pub shared: Vec<SharedRoute>,
+}
+
+impl AuthOptions {
+    /// Validation with `verifier`, cross-tenant reads recorded by `audit`.
+    pub fn new(verifier: Verifier, audit: Option<Arc<dyn CrossTenantAudit>>) -> Self {
+        Self {
+            verifier,
+            audit,
+            shared: Vec::new(),
+        }
+    }
+
+    /// Paths at `prefix` (and below it) read `resource`, which tenant
+    /// groups may share.
+    pub fn share(mut self, prefix: impl Into<String>, resource: impl Into<String>) -> Self {
+        self.shared.push(SharedRoute {
+            prefix: prefix.into().trim_end_matches('/').to_owned(),
+            resource: resource.into(),
+        });
+        self
+    }
+
+    /// The shareable resource `path` reads, if any.
+    fn resource_of(&self, path: &str) -> Option<&str> {
+        self.shared
+            .iter()
+            .find(|r| {
+                path.strip_prefix(r.prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map(|r| r.resource.as_str())
+    }
+}
+
+/// A path prefix and the shareable resource it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRoute {
+    pub prefix: String,
+    pub resource: String,
 }
 
 /// A layer that requires a valid bearer token; see the module documentation.
@@ -169,15 +218,23 @@ async fn authenticate(
     ctx.permissions = principal.permissions.clone();
     if wanted != principal.tenant {
         let reading = matches!(req.method, Method::GET | Method::HEAD);
-        let audit = match &options.audit {
-            Some(audit) if reading && principal.has_permission(permissions::CROSS_TENANT_READ) => {
-                audit
-            }
+        // A super-tenant caller reads anything; a group member what the
+        // group shares.
+        let shared = if principal.has_permission(permissions::CROSS_TENANT_READ) {
+            Some(None)
+        } else {
+            options
+                .resource_of(req.uri.path())
+                .filter(|resource| principal.shares(&wanted, resource))
+                .map(|resource| Some(resource.to_owned()))
+        };
+        let (audit, shared) = match (&options.audit, shared) {
+            (Some(audit), Some(shared)) if reading => (audit, shared),
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
                     format!(
-                        "this token acts for tenant {}; {TENANT_HEADER} may name another tenant only for reads by a super-tenant caller",
+                        "this token acts for tenant {}; {TENANT_HEADER} may name another tenant only for reads by a super-tenant caller or of what a tenant group shares",
                         principal.tenant
                     ),
                 )
@@ -200,6 +257,7 @@ async fn authenticate(
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default(),
             correlation_id: ctx.correlation_id.clone(),
+            shared,
         };
         if let Err(e) = audit.record(read).await {
             tracing::warn!(error = %e, "cannot record a cross-tenant read; refusing it");

@@ -7,6 +7,7 @@
 //! POST /realms/{tenant}/protocol/openid-connect/token        password | client_credentials | refresh_token
 //! POST /realms/{tenant}/protocol/openid-connect/revoke
 //! GET  /realms/{tenant}/protocol/openid-connect/userinfo     (bearer token)
+//! POST /realms/{tenant}/browser/{login,refresh,logout}       the web console's cookie flow, see [`crate::browser`]
 //! ```
 //! [`admin_router`] (behind bearer authentication, see
 //! [`cairn_http::bearer_auth`]):
@@ -17,9 +18,19 @@
 //! GET  /api/admin/tenants/{tenant}/users                                         tenant admin or super-admin
 //! POST /api/admin/tenants/{tenant}/clients    {"clientId","roles"}               tenant admin or super-admin
 //! POST /api/admin/tenants/{tenant}/keys       rotate the signing key             tenant admin or super-admin
+//! POST /api/admin/groups                      {"id","name","tenants","shared"}   super-admin
+//! GET  /api/admin/groups                                                         super-admin
+//! GET  /api/admin/groups/{id}                                                    super-admin
+//! PUT  /api/admin/groups/{id}                 {"tenants","shared"}               super-admin
 //! ```
+//! A tenant group lets each member read what it shares of every other
+//! member: tokens carry it in their `shared` claim, taken from the groups
+//! when the realm is loaded (see [`crate::IdentityOptions::realm_ttl`]).
 //! The token endpoints answer errors the OAuth way (`{"error",
 //! "error_description"}`, RFC 6749 §5.2); everything else in problem+json.
+//! [`IdentityOpenApi`] describes all of these routes.
+
+use std::collections::BTreeMap;
 
 use axum::{
     Extension, Json, Router,
@@ -32,13 +43,20 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use cairn_auth::{AuthError, permissions};
 use cairn_core::{ErrorCode, TenantId};
-use cairn_http::{ApiError, ApiJson, Caller, FieldError};
-use serde::Deserialize;
+use cairn_http::{ApiError, ApiJson, Caller, FieldError, problem_response};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{
+    IntoResponses, Modify,
+    openapi::{
+        RefOr,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
 
-use crate::{Identity, IdentityError, PUBLIC_CLIENT};
+use crate::{Identity, IdentityError, PUBLIC_CLIENT, TenantGroup};
 
-fn api_error(e: IdentityError) -> ApiError {
+pub(crate) fn api_error(e: IdentityError) -> ApiError {
     match e {
         IdentityError::Invalid(errors) => ApiError::validation(
             "some fields are invalid",
@@ -55,7 +73,7 @@ fn api_error(e: IdentityError) -> ApiError {
     }
 }
 
-fn tenant_param(raw: &str) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_param(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::new(raw).map_err(|_| ApiError::not_found(format!("realm {raw} does not exist")))
 }
 
@@ -81,10 +99,11 @@ pub fn realm_router(identity: Identity) -> Router {
             "/realms/{tenant}/protocol/openid-connect/userinfo",
             get(userinfo).post(userinfo),
         )
-        .with_state(identity)
+        .with_state(identity.clone())
+        .merge(crate::browser::router(identity))
 }
 
-async fn existing_realm(identity: &Identity, raw: &str) -> Result<TenantId, ApiError> {
+pub(crate) async fn existing_realm(identity: &Identity, raw: &str) -> Result<TenantId, ApiError> {
     let tenant = tenant_param(raw)?;
     if identity.realm_exists(&tenant).await.map_err(api_error)? {
         Ok(tenant)
@@ -93,6 +112,13 @@ async fn existing_realm(identity: &Identity, raw: &str) -> Result<TenantId, ApiE
     }
 }
 
+/// The realm's OpenID Connect discovery document.
+#[utoipa::path(get, path = "/realms/{tenant}/.well-known/openid-configuration", tag = "realms",
+    params(("tenant" = String, Path, description = "The realm (tenant)")),
+    responses(
+        (status = 200, description = "OpenID Provider Metadata (issuer, endpoints, grant types, EdDSA)", body = Object),
+        (status = 404, description = "No such realm", body = cairn_http::Problem, content_type = "application/problem+json"),
+    ))]
 async fn discovery(
     State(identity): State<Identity>,
     Path(raw): Path<String>,
@@ -112,11 +138,19 @@ async fn discovery(
         "id_token_signing_alg_values_supported": ["EdDSA"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tenant", "preferred_username", "roles", "realm_access"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tenant", "preferred_username", "roles", "realm_access", "shared"],
     }))
     .into_response())
 }
 
+/// The realm's signing keys (JWKS): the active Ed25519 key and recently
+/// replaced ones.
+#[utoipa::path(get, path = "/realms/{tenant}/protocol/openid-connect/certs", tag = "realms",
+    params(("tenant" = String, Path, description = "The realm (tenant)")),
+    responses(
+        (status = 200, description = "A JWK set (`kty` OKP, `crv` Ed25519, `alg` EdDSA)", body = Object),
+        (status = 404, description = "No such realm", body = cairn_http::Problem, content_type = "application/problem+json"),
+    ))]
 async fn certs(
     State(identity): State<Identity>,
     Path(raw): Path<String>,
@@ -175,6 +209,40 @@ fn oauth_failure(e: IdentityError) -> Response {
         }
         other => api_error(other).into_response(),
     }
+}
+
+/// The form of a token request (RFC 6749 §4.3, §4.4, §6), as the OpenAPI
+/// document describes it. [`token`] reads the form itself
+/// ([`oauth_request`]) so that a repeated parameter is refused.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "describes the form; never built")]
+pub(crate) struct TokenRequest {
+    /// `password`, `client_credentials` or `refresh_token`.
+    grant_type: String,
+    /// `password` grant.
+    username: Option<String>,
+    /// `password` grant.
+    password: Option<String>,
+    /// `refresh_token` grant.
+    refresh_token: Option<String>,
+    /// Default `openid`.
+    scope: Option<String>,
+    /// Default `cairn`, the public client; or HTTP Basic.
+    client_id: Option<String>,
+    /// A confidential client's secret, unless sent with HTTP Basic.
+    client_secret: Option<String>,
+}
+
+/// The form of a revocation request (RFC 7009).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "describes the form; never built")]
+pub(crate) struct RevocationRequest {
+    /// A refresh token (its whole session is revoked) or an access token.
+    token: String,
+    /// Default `cairn`, the public client; or HTTP Basic.
+    client_id: Option<String>,
+    /// A confidential client's secret, unless sent with HTTP Basic.
+    client_secret: Option<String>,
 }
 
 /// The form of a token or revocation request, and the client's credentials
@@ -263,6 +331,19 @@ fn required<'a>(request: &'a OAuthRequest, name: &str) -> Result<&'a str, Identi
         .ok_or_else(|| IdentityError::InvalidRequest(format!("{name} is required")))
 }
 
+/// The token endpoint: `password`, `client_credentials` and
+/// `refresh_token` grants. Refresh tokens rotate; a used one presented again
+/// revokes its session.
+#[utoipa::path(post, path = "/realms/{tenant}/protocol/openid-connect/token", tag = "realms",
+    params(("tenant" = String, Path, description = "The realm (tenant)")),
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`{access_token, token_type, expires_in, refresh_token?, refresh_expires_in?, scope}` (RFC 6749 §5.1)", body = Object),
+        (status = 400, description = "OAuth error `invalid_request`, `invalid_grant` or `unsupported_grant_type` (RFC 6749 §5.2)", body = Object),
+        (status = 401, description = "OAuth error `invalid_client`", body = Object),
+        (status = 404, description = "No such realm", body = cairn_http::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins (`Retry-After`)", body = Object),
+    ))]
 async fn token(
     State(identity): State<Identity>,
     Path(raw): Path<String>,
@@ -322,6 +403,17 @@ async fn token(
     }
 }
 
+/// Token revocation (RFC 7009): a refresh token revokes its session, an
+/// access token is refused until it expires; unknown tokens are ignored.
+#[utoipa::path(post, path = "/realms/{tenant}/protocol/openid-connect/revoke", tag = "realms",
+    params(("tenant" = String, Path, description = "The realm (tenant)")),
+    request_body(content = RevocationRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or not a token of this realm"),
+        (status = 400, description = "OAuth error `invalid_request`", body = Object),
+        (status = 401, description = "OAuth error `invalid_client`", body = Object),
+        (status = 404, description = "No such realm", body = cairn_http::Problem, content_type = "application/problem+json"),
+    ))]
 async fn revoke(
     State(identity): State<Identity>,
     Path(raw): Path<String>,
@@ -351,6 +443,14 @@ async fn revoke(
     }
 }
 
+/// Who the bearer token's user is, for a token of this realm.
+#[utoipa::path(method(get, post), path = "/realms/{tenant}/protocol/openid-connect/userinfo", tag = "realms",
+    params(("tenant" = String, Path, description = "The realm (tenant)")),
+    responses(
+        (status = 200, description = "`{sub, preferred_username, tenant, roles}`", body = Object),
+        (status = 401, description = "No token, or not a valid token of this realm", body = Object),
+    ),
+    security(("bearer" = [])))]
 async fn userinfo(
     State(identity): State<Identity>,
     Path(raw): Path<String>,
@@ -410,6 +510,8 @@ pub fn admin_router(identity: Identity) -> Router {
         )
         .route("/api/admin/tenants/{tenant}/clients", post(create_client))
         .route("/api/admin/tenants/{tenant}/keys", post(rotate_keys))
+        .route("/api/admin/groups", post(create_group).get(list_groups))
+        .route("/api/admin/groups/{id}", get(get_group).put(update_group))
         .with_state(identity)
 }
 
@@ -446,13 +548,56 @@ fn require_admin_of(caller: &Caller, raw: &str) -> Result<TenantId, ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The admin API's refusals of the caller, as problems: 401 and 403.
+struct CallerProblems;
+
+impl IntoResponses for CallerProblems {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            ("401", "No bearer token, or not a valid one"),
+            ("403", "The token's roles do not allow it"),
+        ]
+        .into_iter()
+        .map(|(status, description)| (status.to_owned(), problem_response(description).into()))
+        .collect()
+    }
+}
+
+/// `POST /api/admin/tenants`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTenant {
+pub(crate) struct NewTenant {
+    /// The tenant id: a-z, 0-9, `-` and `_`, starting with a letter or digit.
     id: String,
+    /// A display name, 1-200 characters.
     name: String,
 }
 
+/// A tenant and its realm.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantView {
+    id: String,
+    name: String,
+    /// The realm's issuer URL (`…/realms/{id}`).
+    issuer: String,
+}
+
+/// Every tenant, on one page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantList {
+    items: Vec<TenantView>,
+    total: usize,
+    /// Always `null`: the list is one page.
+    next: Option<String>,
+}
+
+/// Create a tenant, its realm and its first signing key.
+#[utoipa::path(post, path = "/api/admin/tenants", tag = "identity", request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = TenantView),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
 async fn create_tenant(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
@@ -472,36 +617,91 @@ async fn create_tenant(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/admin/tenants/{tenant}"))],
-        Json(json!({"id": tenant.as_str(), "name": body.name.trim(), "issuer": identity.issuer(&tenant)})),
+        Json(TenantView {
+            id: tenant.to_string(),
+            name: body.name.trim().to_owned(),
+            issuer: identity.issuer(&tenant),
+        }),
     )
         .into_response())
 }
 
+/// List every tenant (super-admin).
+#[utoipa::path(get, path = "/api/admin/tenants", tag = "identity",
+    responses((status = 200, description = "Every tenant", body = TenantList), CallerProblems),
+    security(("bearer" = [])))]
 async fn list_tenants(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<TenantList>, ApiError> {
     require_super(&caller)?;
     let items: Vec<_> = identity
         .tenants()
         .await
         .map_err(api_error)?
         .into_iter()
-        .map(|(id, name)| json!({"id": id, "name": name}))
+        .filter_map(|(id, name)| {
+            let issuer = identity.issuer(&TenantId::new(&id).ok()?);
+            Some(TenantView { id, name, issuer })
+        })
         .collect();
-    let total = items.len();
-    Ok(Json(json!({"items": items, "total": total, "next": null})).into_response())
+    Ok(Json(TenantList {
+        total: items.len(),
+        items,
+        next: None,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/admin/tenants/{tenant}/users`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+pub(crate) struct NewUser {
+    /// The login name; also the user's stream id.
     username: String,
+    /// 8 to 1024 characters; stored as an argon2id hash.
     password: String,
+    /// Any of `admin`, `operator`, `viewer` (`super-admin` in the platform
+    /// tenant only). Default none.
     #[serde(default)]
     roles: Vec<String>,
 }
 
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user of a tenant.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UserView {
+    /// The tokens' `sub`.
+    id: String,
+    username: String,
+    roles: Vec<String>,
+    tenant: String,
+}
+
+/// The users of a tenant, on one page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UserList {
+    items: Vec<UserView>,
+    total: usize,
+    /// Always `null`: the list is one page.
+    next: Option<String>,
+}
+
+/// Create a user of the tenant (its admin, or a super-admin).
+#[utoipa::path(post, path = "/api/admin/tenants/{tenant}/users", tag = "identity", request_body = NewUser,
+    params(("tenant" = String, Path, description = "The tenant")),
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
 async fn create_user(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
@@ -521,41 +721,94 @@ async fn create_user(
         .map_err(api_error)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "username": body.username, "roles": body.roles, "tenant": tenant.as_str()})),
+        Json(UserView {
+            id,
+            username: body.username,
+            roles: body.roles,
+            tenant: tenant.to_string(),
+        }),
     )
         .into_response())
 }
 
+/// List the users of the tenant (its admin, or a super-admin).
+#[utoipa::path(get, path = "/api/admin/tenants/{tenant}/users", tag = "identity",
+    params(("tenant" = String, Path, description = "The tenant")),
+    responses(
+        (status = 200, description = "The tenant's users; no password hashes", body = UserList),
+        (status = 404, description = "No such tenant, or another tenant than the caller's", body = cairn_http::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+    ),
+    security(("bearer" = [])))]
 async fn list_users(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     let tenant = require_admin_of(&caller, &raw)?;
     let items: Vec<_> = identity
         .users(&tenant)
         .await
         .map_err(api_error)?
         .into_iter()
-        .map(|(id, username, roles)| json!({"id": id, "username": username, "roles": roles}))
+        .map(|(id, username, roles)| UserView {
+            id,
+            username,
+            roles,
+            tenant: tenant.to_string(),
+        })
         .collect();
-    let total = items.len();
-    Ok(Json(json!({"items": items, "total": total, "next": null})).into_response())
+    Ok(Json(UserList {
+        total: items.len(),
+        items,
+        next: None,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/admin/tenants/{tenant}/clients`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct NewClientBody {
+pub(crate) struct NewOAuthClient {
+    /// The client id (`cairn` is reserved for the public client).
     client_id: String,
+    /// The roles of the tokens it gets with `client_credentials`. Default
+    /// none.
     #[serde(default)]
     roles: Vec<String>,
 }
 
+/// A confidential client just created. Its secret is shown here only.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClientCreated {
+    client_id: String,
+    /// Shown once; only its hash is stored.
+    client_secret: String,
+    roles: Vec<String>,
+}
+
+impl std::fmt::Debug for ClientCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCreated")
+            .field("client_id", &self.client_id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Create a confidential client of the tenant (its admin, or a super-admin).
+#[utoipa::path(post, path = "/api/admin/tenants/{tenant}/clients", tag = "identity", request_body = NewOAuthClient,
+    params(("tenant" = String, Path, description = "The tenant")),
+    responses(
+        (status = 201, description = "Created; the secret is in this answer only", body = ClientCreated),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
 async fn create_client(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
-    ApiJson(body): ApiJson<NewClientBody>,
+    ApiJson(body): ApiJson<NewOAuthClient>,
 ) -> Result<Response, ApiError> {
     let tenant = require_admin_of(&caller, &raw)?;
     let client = identity
@@ -565,11 +818,31 @@ async fn create_client(
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
-        Json(client),
+        Json(ClientCreated {
+            client_id: client.client_id,
+            client_secret: client.client_secret,
+            roles: client.roles,
+        }),
     )
         .into_response())
 }
 
+/// The signing key that replaced the previous one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyRotated {
+    /// The new key's id, in the tokens' header from now on.
+    kid: String,
+}
+
+/// Rotate the tenant's signing key; the old one stays in the JWKS for a
+/// while, so tokens it signed stay valid until they expire.
+#[utoipa::path(post, path = "/api/admin/tenants/{tenant}/keys", tag = "identity",
+    params(("tenant" = String, Path, description = "The tenant")),
+    responses(
+        (status = 201, description = "Rotated", body = KeyRotated),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
 async fn rotate_keys(
     State(identity): State<Identity>,
     Extension(caller): Extension<Caller>,
@@ -580,5 +853,374 @@ async fn rotate_keys(
         .rotate_keys(&caller.0.subject, &tenant)
         .await
         .map_err(api_error)?;
-    Ok((StatusCode::CREATED, Json(json!({"kid": kid}))).into_response())
+    Ok((StatusCode::CREATED, Json(KeyRotated { kid })).into_response())
+}
+
+/// `POST /api/admin/groups`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewGroup {
+    /// The group id, with the tenant-id rules.
+    id: String,
+    /// A display name, 1-200 characters.
+    name: String,
+    /// 1-100 existing tenants, not `platform`.
+    tenants: Vec<String>,
+    /// Up to 32 resources (`flights`, `passengers`, `audit`, …) each member
+    /// may read of the others. Default none.
+    #[serde(default)]
+    shared: Vec<String>,
+}
+
+/// `PUT /api/admin/groups/{id}`: the new members and shared resources,
+/// replacing the old ones.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupChange {
+    /// 1-100 existing tenants, not `platform`.
+    tenants: Vec<String>,
+    /// Up to 32 resources; `[]` shares nothing.
+    shared: Vec<String>,
+}
+
+/// A tenant group: each member may read (GET only) what the group shares of
+/// every other member.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct GroupView {
+    id: String,
+    name: String,
+    /// The member tenants, sorted.
+    tenants: Vec<String>,
+    /// The shared resources, sorted.
+    shared: Vec<String>,
+}
+
+impl From<TenantGroup> for GroupView {
+    fn from(group: TenantGroup) -> Self {
+        Self {
+            id: group.id,
+            name: group.name,
+            tenants: group.tenants,
+            shared: group.shared,
+        }
+    }
+}
+
+/// Every tenant group, on one page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct GroupList {
+    items: Vec<GroupView>,
+    total: usize,
+    /// Always `null`: the list is one page.
+    next: Option<String>,
+}
+
+/// Create a tenant group (super-admin). Its members' new tokens carry what
+/// it shares.
+#[utoipa::path(post, path = "/api/admin/groups", tag = "identity", request_body = NewGroup,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = GroupView),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
+async fn create_group(
+    State(identity): State<Identity>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<NewGroup>,
+) -> Result<Response, ApiError> {
+    require_super(&caller)?;
+    let group = identity
+        .create_group(
+            &caller.0.subject,
+            &body.id,
+            &body.name,
+            &body.tenants,
+            &body.shared,
+        )
+        .await
+        .map_err(api_error)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/admin/groups/{}", group.id))],
+        Json(GroupView::from(group)),
+    )
+        .into_response())
+}
+
+/// List every tenant group (super-admin).
+#[utoipa::path(get, path = "/api/admin/groups", tag = "identity",
+    responses((status = 200, description = "Every tenant group", body = GroupList), CallerProblems),
+    security(("bearer" = [])))]
+async fn list_groups(
+    State(identity): State<Identity>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<GroupList>, ApiError> {
+    require_super(&caller)?;
+    let items: Vec<GroupView> = identity
+        .groups()
+        .await
+        .map_err(api_error)?
+        .into_iter()
+        .map(GroupView::from)
+        .collect();
+    Ok(Json(GroupList {
+        total: items.len(),
+        items,
+        next: None,
+    }))
+}
+
+/// One tenant group (super-admin).
+#[utoipa::path(get, path = "/api/admin/groups/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The group")),
+    responses(
+        (status = 200, description = "The group", body = GroupView),
+        (status = 404, description = "No such group", body = cairn_http::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+    ),
+    security(("bearer" = [])))]
+async fn get_group(
+    State(identity): State<Identity>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<GroupView>, ApiError> {
+    require_super(&caller)?;
+    let group = identity.group(&id).await.map_err(api_error)?;
+    Ok(Json(group.into()))
+}
+
+/// Replace a tenant group's members and shared resources (super-admin).
+/// New tokens carry the change; tokens already issued keep what they say
+/// until they expire.
+#[utoipa::path(put, path = "/api/admin/groups/{id}", tag = "identity", request_body = GroupChange,
+    params(("id" = String, Path, description = "The group")),
+    responses(
+        (status = 200, description = "Changed", body = GroupView),
+        CallerProblems, cairn_http::ProblemResponses,
+    ),
+    security(("bearer" = [])))]
+async fn update_group(
+    State(identity): State<Identity>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<GroupChange>,
+) -> Result<Json<GroupView>, ApiError> {
+    require_super(&caller)?;
+    let group = identity
+        .update_group(&caller.0.subject, &id, &body.tenants, &body.shared)
+        .await
+        .map_err(api_error)?;
+    Ok(Json(group.into()))
+}
+
+// ---- OpenAPI ------------------------------------------------------------------
+
+/// Adds the `bearer` security scheme the admin routes name.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some(
+                            "An access token from a realm's token endpoint (or a trusted issuer)",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The OpenAPI description of the identity routes: the realms' OIDC
+/// endpoints, the browser sign-in and the admin API.
+#[derive(utoipa::OpenApi, Debug)]
+#[openapi(
+    paths(
+        discovery, certs, token, revoke, userinfo,
+        crate::browser::login, crate::browser::refresh, crate::browser::logout,
+        create_tenant, list_tenants, create_user, list_users, create_client, rotate_keys,
+        create_group, list_groups, get_group, update_group,
+    ),
+    components(schemas(
+        TokenRequest, RevocationRequest,
+        crate::browser::BrowserLogin, crate::browser::BrowserToken,
+        NewTenant, TenantView, TenantList, NewUser, UserView, UserList,
+        NewOAuthClient, ClientCreated, KeyRotated,
+        NewGroup, GroupChange, GroupView, GroupList,
+    )),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "realms", description = "OIDC realms, one per tenant, in Keycloak's shape; token errors are OAuth JSON"),
+        (name = "browser", description = "The web console's sign-in: refresh token in an HttpOnly cookie, CSRF header required"),
+        (name = "identity", description = "Admin API: tenants and tenant groups (super-admin), users, clients and signing keys"),
+    )
+)]
+pub struct IdentityOpenApi;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use utoipa::OpenApi as _;
+
+    fn document() -> Value {
+        serde_json::to_value(cairn_http::openapi_document(
+            "test",
+            "0",
+            [IdentityOpenApi::openapi()],
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_admin_routes_are_documented_with_their_request_bodies() {
+        let doc = document();
+        /// Path, method, body schema, its properties, the required ones.
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: [Case; 6] = [
+            (
+                "/api/admin/tenants",
+                "post",
+                "NewTenant",
+                &["id", "name"],
+                &["id", "name"],
+            ),
+            (
+                "/api/admin/tenants/{tenant}/users",
+                "post",
+                "NewUser",
+                &["username", "password", "roles"],
+                &["username", "password"],
+            ),
+            (
+                "/api/admin/tenants/{tenant}/clients",
+                "post",
+                "NewOAuthClient",
+                &["clientId", "roles"],
+                &["clientId"],
+            ),
+            (
+                "/realms/{tenant}/browser/login",
+                "post",
+                "BrowserLogin",
+                &["username", "password"],
+                &["username", "password"],
+            ),
+            (
+                "/api/admin/groups",
+                "post",
+                "NewGroup",
+                &["id", "name", "tenants", "shared"],
+                &["id", "name", "tenants"],
+            ),
+            (
+                "/api/admin/groups/{id}",
+                "put",
+                "GroupChange",
+                &["tenants", "shared"],
+                &["tenants", "shared"],
+            ),
+        ];
+        for (path, method, schema, properties, required) in cases {
+            let op = &doc["paths"][path][method];
+            assert_eq!(
+                op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+                format!("#/components/schemas/{schema}"),
+                "{method} {path}: {op}"
+            );
+            let body = &doc["components"]["schemas"][schema];
+            for p in properties {
+                assert!(body["properties"][p].is_object(), "{schema}.{p}: {body}");
+            }
+            let mut listed: Vec<&str> = body["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            listed.sort_unstable();
+            let mut required = required.to_vec();
+            required.sort_unstable();
+            assert_eq!(listed, required, "{schema}");
+        }
+    }
+
+    #[test]
+    fn every_identity_route_is_in_the_document() {
+        let doc = document();
+        let admin = [
+            ("/api/admin/tenants", "post", "201"),
+            ("/api/admin/tenants", "get", "200"),
+            ("/api/admin/tenants/{tenant}/users", "post", "201"),
+            ("/api/admin/tenants/{tenant}/users", "get", "200"),
+            ("/api/admin/tenants/{tenant}/clients", "post", "201"),
+            ("/api/admin/tenants/{tenant}/keys", "post", "201"),
+            ("/api/admin/groups", "post", "201"),
+            ("/api/admin/groups", "get", "200"),
+            ("/api/admin/groups/{id}", "get", "200"),
+            ("/api/admin/groups/{id}", "put", "200"),
+        ];
+        for (path, method, ok) in admin {
+            let op = &doc["paths"][path][method];
+            assert!(op["responses"][ok].is_object(), "{method} {path}: {op}");
+            for refused in ["401", "403"] {
+                assert_eq!(
+                    op["responses"][refused]["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{method} {path} {refused}"
+                );
+            }
+            assert!(op["security"][0]["bearer"].is_array(), "{method} {path}");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for action in ["login", "refresh", "logout"] {
+            let op = &doc["paths"][format!("/realms/{{tenant}}/browser/{action}")]["post"];
+            assert_eq!(op["tags"][0], "browser", "{action}");
+            assert!(op["responses"]["403"].is_object(), "{action}");
+        }
+        assert!(
+            doc["paths"]["/realms/{tenant}/protocol/openid-connect/token"]["post"]["requestBody"]
+                ["content"]["application/x-www-form-urlencoded"]
+                .is_object()
+        );
+        for path in [
+            "/realms/{tenant}/.well-known/openid-configuration",
+            "/realms/{tenant}/protocol/openid-connect/certs",
+            "/realms/{tenant}/protocol/openid-connect/userinfo",
+        ] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let user = NewUser {
+            username: "eve".into(),
+            password: "correct horse".into(),
+            roles: vec![],
+        };
+        assert!(!format!("{user:?}").contains("horse"));
+        let client = ClientCreated {
+            client_id: "billing".into(),
+            client_secret: "s3cret".into(),
+            roles: vec![],
+        };
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
 }

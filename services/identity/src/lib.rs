@@ -1,23 +1,33 @@
-//! Cairn's identity service: tenants, users, OAuth clients and per-tenant
-//! signing keys, all event-sourced on Cairn's own store, and an OIDC issuer
-//! per tenant with Keycloak's paths (`/realms/{tenant}/…`), so OIDC clients
-//! need no special case.
+//! Cairn's identity service: tenants, users, OAuth clients, per-tenant
+//! signing keys and tenant groups, all event-sourced on Cairn's own store,
+//! and an OIDC issuer per tenant with Keycloak's paths
+//! (`/realms/{tenant}/…`), so OIDC clients need no special case. A token
+//! names, in its `shared` claim, what the tenant groups of its tenant let
+//! it read of the other members.
 //!
-//! - [`domain`]: the aggregates (tenant, realm keys, user, client).
+//! - [`domain`]: the aggregates (tenant, realm keys, user, client, group).
 //! - [`Identity`]: the application: bootstrap, admin operations, the token
 //!   grants, revocation, and the in-process [`cairn_auth::KeySource`] and
 //!   [`cairn_auth::Revocations`] that resource servers in the same process
 //!   use.
-//! - [`http`]: the routes.
+//! - [`http`]: the routes, and [`IdentityOpenApi`], their OpenAPI
+//!   description.
+//! - [`browser`]: the web console's sign-in, with the refresh token in an
+//!   `HttpOnly` cookie.
+//! - [`revocations`]: revoked access tokens as public events, and the set
+//!   every other service keeps of them.
 
+pub mod browser;
 pub mod domain;
 pub mod http;
+pub mod revocations;
 mod service;
 mod tokens;
 
+pub use http::IdentityOpenApi;
 pub use service::{
     BootstrapUser, Identity, IdentityError, IdentityOptions, LocalKeys, LocalRevocations,
-    NewClient, TokenResponse,
+    NewClient, TenantGroup, TokenResponse,
 };
 pub use tokens::create_tables;
 
@@ -26,5 +36,6 @@ pub const PLATFORM_TENANT: &str = "platform";
 /// The public client every tenant has: password and refresh grants, no secret.
 pub const PUBLIC_CLIENT: &str = "cairn";
 /// Stream categories whose events carry credentials (sealed keys, password
-/// and secret hashes). The audit log records these events without data.
+/// and secret hashes). The audit log records these events without data;
+/// everything else (tenants, groups) it records whole.
 pub const CREDENTIAL_CATEGORIES: [&str; 3] = ["user", "client", "realmkeys"];

@@ -1,9 +1,9 @@
 //! The identity application: see the crate documentation.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -13,26 +13,28 @@ use cairn_auth::{
     RealmAccess, Revocations, RoleMap, SigningKey, TrustedIssuer, Verifier, VerifierOptions,
     now_secs, roles,
 };
-use cairn_core::{ErrorCode, RequestContext, TenantId, ValidationError};
+use cairn_core::{
+    ErrorCode, EventId, Metadata, NewEvent, RequestContext, StreamId, TenantId, ValidationError,
+};
 use cairn_domain::{AggregateStore, CommandError};
 use cairn_projection::ReadDb;
-use cairn_store::EventStore;
+use cairn_store::{EventStore, ExpectedVersion};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::{
     PLATFORM_TENANT, PUBLIC_CLIENT,
     domain::{
-        Client, ClientCommand, IdentityRule, RealmKeys, RealmKeysCommand, Tenant, TenantCommand,
-        User, UserCommand, validate_client_id, validate_username,
+        Client, ClientCommand, Group, GroupCommand, IdentityRule, RealmKeys, RealmKeysCommand,
+        Tenant, TenantCommand, User, UserCommand, group_sets, validate_client_id,
+        validate_group_id, validate_username,
     },
+    revocations::{AccessTokenRevoked, RevokedTokens},
     tokens::{self, Presented, RefreshRecord},
 };
 
 /// The id of the realm-keys aggregate in every tenant.
 const KEYS_ID: &str = "signing";
-/// How long a loaded realm (tenant and keys) is trusted before reloading.
-const REALM_TTL: Duration = Duration::from_secs(30);
 
 /// How the identity service issues.
 #[derive(Debug, Clone)]
@@ -53,6 +55,11 @@ pub struct IdentityOptions {
     /// minutes. Default 30 s.
     pub lockout: Duration,
     pub roles: RoleMap,
+    /// How long a loaded realm (its signing keys and what its tenant groups
+    /// share with it) is used before it is loaded again. A change of a
+    /// group made elsewhere reaches new tokens within this time. Default
+    /// 30 s.
+    pub realm_ttl: Duration,
 }
 
 impl IdentityOptions {
@@ -66,6 +73,7 @@ impl IdentityOptions {
             max_failed_logins: 5,
             lockout: Duration::from_secs(30),
             roles: RoleMap::default(),
+            realm_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -174,12 +182,9 @@ struct Realm {
     history: cairn_auth::KeyHistory,
     active: SigningKey,
     loaded: Instant,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Failures {
-    count: u32,
-    locked_until: Option<Instant>,
+    /// What the tenant's groups share with it, per other tenant: the
+    /// `shared` claim of its tokens.
+    shared: BTreeMap<String, Vec<String>>,
 }
 
 /// The identity service; a cheap-to-clone handle.
@@ -193,12 +198,13 @@ struct Inner {
     keys: AggregateStore<RealmKeys>,
     users: AggregateStore<User>,
     clients: AggregateStore<Client>,
+    groups: AggregateStore<Group>,
     db: ReadDb,
     master: MasterKey,
     options: IdentityOptions,
     realms: RwLock<HashMap<TenantId, Arc<Realm>>>,
-    revoked: RwLock<HashSet<(String, String)>>,
-    failures: Mutex<HashMap<(TenantId, String), Failures>>,
+    revoked: RevokedTokens,
+    store: Arc<dyn EventStore>,
 }
 
 impl fmt::Debug for Identity {
@@ -227,7 +233,7 @@ impl Identity {
         options: IdentityOptions,
     ) -> Result<Self, IdentityError> {
         tokens::create_tables(&db).await.map_err(store_error)?;
-        let revoked = tokens::revoked_access(&db, now_secs())
+        let revoked = RevokedTokens::open(db.clone(), crate::revocations::DEFAULT_POLL)
             .await
             .map_err(store_error)?;
         Ok(Self {
@@ -235,13 +241,14 @@ impl Identity {
                 tenants: AggregateStore::new(store.clone()),
                 keys: AggregateStore::new(store.clone()),
                 users: AggregateStore::new(store.clone()),
-                clients: AggregateStore::new(store),
+                clients: AggregateStore::new(store.clone()),
+                groups: AggregateStore::new(store.clone()),
+                store,
                 db,
                 master,
                 options,
                 realms: RwLock::new(HashMap::new()),
-                revoked: RwLock::new(revoked.into_iter().collect()),
-                failures: Mutex::new(HashMap::new()),
+                revoked,
             }),
         })
     }
@@ -461,11 +468,12 @@ impl Identity {
         }
     }
 
-    /// The tenant's keys, loaded (and cached for a while); `None` for a
-    /// tenant that does not exist.
+    /// The tenant's keys and what its groups share with it, loaded (and
+    /// cached for [`IdentityOptions::realm_ttl`]); `None` for a tenant that
+    /// does not exist.
     async fn realm(&self, tenant: &TenantId) -> Result<Option<Arc<Realm>>, IdentityError> {
         if let Some(realm) = self.inner.realms.read().expect("lock").get(tenant)
-            && realm.loaded.elapsed() < REALM_TTL
+            && realm.loaded.elapsed() < self.inner.options.realm_ttl
         {
             return Ok(Some(realm.clone()));
         }
@@ -489,10 +497,12 @@ impl Identity {
         };
         let active = SigningKey::open(history.active().expect("checked"), &self.inner.master)
             .map_err(|e| IdentityError::Unavailable(format!("signing key of {tenant}: {e}")))?;
+        let shared = self.shared_with(tenant).await?;
         let realm = Arc::new(Realm {
             history,
             active,
             loaded: Instant::now(),
+            shared,
         });
         self.inner
             .realms
@@ -685,46 +695,47 @@ impl Identity {
         })
     }
 
-    fn check_lock(&self, tenant: &TenantId, username: &str) -> Result<(), IdentityError> {
-        let failures = self.inner.failures.lock().expect("lock");
-        if let Some(f) = failures.get(&(tenant.clone(), username.to_owned()))
-            && let Some(until) = f.locked_until
-        {
-            let now = Instant::now();
-            if until > now {
-                return Err(IdentityError::Locked((until - now).as_secs().max(1)));
-            }
+    /// Refuses a login while the user is locked.
+    async fn check_lock(&self, tenant: &TenantId, username: &str) -> Result<(), IdentityError> {
+        let until = tokens::locked_until(&self.inner.db, tenant.as_str(), username)
+            .await
+            .map_err(store_error)?;
+        let now = now_millis();
+        match until {
+            Some(until) if until > now => Err(IdentityError::Locked(
+                ((until - now) as u64).div_ceil(1000).max(1),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    fn record_failure(&self, tenant: &TenantId, username: &str) {
+    /// Counts a failed login; from the `max_failed_logins`-th in a row on,
+    /// locks the user, twice as long each time, up to 15 minutes.
+    async fn record_failure(&self, tenant: &TenantId, username: &str) -> Result<(), IdentityError> {
         let options = &self.inner.options;
-        let mut failures = self.inner.failures.lock().expect("lock");
-        let f = failures
-            .entry((tenant.clone(), username.to_owned()))
-            .or_default();
-        f.count += 1;
-        if f.count >= options.max_failed_logins {
-            let doublings = (f.count - options.max_failed_logins).min(10);
+        let count = tokens::count_failure(&self.inner.db, tenant.as_str(), username)
+            .await
+            .map_err(store_error)?;
+        if count >= options.max_failed_logins {
+            let doublings = (count - options.max_failed_logins).min(10);
             let lock = (options.lockout * 2u32.pow(doublings)).min(Duration::from_secs(900));
-            f.locked_until = Some(Instant::now() + lock);
+            tokens::lock(
+                &self.inner.db,
+                tenant.as_str(),
+                username,
+                now_millis() + lock.as_millis() as i64,
+            )
+            .await
+            .map_err(store_error)?;
             tracing::warn!(
                 tenant = %tenant,
                 username,
-                failures = f.count,
+                failures = count,
                 lock_seconds = lock.as_secs(),
                 "login locked after repeated failures"
             );
         }
-    }
-
-    fn clear_failures(&self, tenant: &TenantId, username: &str) {
-        self.inner
-            .failures
-            .lock()
-            .expect("lock")
-            .remove(&(tenant.clone(), username.to_owned()));
+        Ok(())
     }
 
     /// Checks the client of a grant: the public client needs no secret; a
@@ -770,7 +781,7 @@ impl Identity {
         let realm = self.realm_or_404(tenant).await?;
         self.authenticate_client(tenant, client_id, client_secret)
             .await?;
-        self.check_lock(tenant, username)?;
+        self.check_lock(tenant, username).await?;
         let user = if validate_username(username).is_ok() {
             self.inner
                 .users
@@ -785,12 +796,14 @@ impl Identity {
             .verify_secret(password, user.as_ref().map(|u| u.password_hash.clone()))
             .await;
         let Some(user) = user.filter(|_| ok) else {
-            self.record_failure(tenant, username);
+            self.record_failure(tenant, username).await?;
             return Err(IdentityError::InvalidGrant(
                 "invalid user credentials".into(),
             ));
         };
-        self.clear_failures(tenant, username);
+        tokens::clear_failures(&self.inner.db, tenant.as_str(), username)
+            .await
+            .map_err(store_error)?;
         let family = uuid::Uuid::now_v7().to_string();
         self.issue(&realm, tenant, &user, client_id, scope, Some(family))
             .await
@@ -855,6 +868,7 @@ impl Identity {
             }),
             scope: Some(scope.to_owned()),
             azp: Some(client_id.to_owned()),
+            shared: realm.shared.clone(),
         };
         realm.active.sign(&claims).map_err(store_error)
     }
@@ -1005,16 +1019,218 @@ impl Identity {
             && principal.tenant == *tenant
             && let Some(jti) = principal.token_id
         {
-            tokens::revoke_access(&self.inner.db, tenant.as_str(), &jti, principal.expires_at)
+            // The event first: it is what tells every other service, and
+            // the table here is written again by a retry if this fails.
+            let stream = StreamId::for_aggregate(crate::revocations::CATEGORY, &jti)
+                .map_err(|e| IdentityError::Invalid(vec![e]))?;
+            let event = NewEvent::new(
+                crate::revocations::ACCESS_TOKEN_REVOKED,
+                serde_json::to_value(AccessTokenRevoked {
+                    jti: jti.clone(),
+                    expires_at: principal.expires_at,
+                })
+                .map_err(store_error)?,
+            )
+            .with_id(EventId::new())
+            .with_metadata(Metadata {
+                actor: Some(principal.subject.clone()),
+                ..Metadata::default()
+            });
+            self.inner
+                .store
+                .append(tenant, &stream, ExpectedVersion::Any, vec![event])
                 .await
                 .map_err(store_error)?;
             self.inner
                 .revoked
-                .write()
-                .expect("lock")
-                .insert((tenant.to_string(), jti));
+                .insert(tenant, &jti, principal.expires_at)
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
+    }
+}
+
+/// A tenant group: each member tenant may read what the group shares of
+/// every other member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantGroup {
+    pub id: String,
+    pub name: String,
+    /// The member tenants, sorted.
+    pub tenants: Vec<String>,
+    /// The shared resources (read models, stream categories), sorted.
+    pub shared: Vec<String>,
+}
+
+impl TenantGroup {
+    fn of(group: Group) -> Option<Self> {
+        Some(Self {
+            id: group.id?,
+            name: group.name,
+            tenants: group.tenants,
+            shared: group.shared,
+        })
+    }
+}
+
+/// Tenant groups. The groups live in the platform tenant; what they share
+/// reaches tokens through the realms: loading a realm derives its tenant's
+/// `shared` claim from every group the tenant belongs to.
+impl Identity {
+    /// Creates a tenant group of existing tenants.
+    pub async fn create_group(
+        &self,
+        actor: &str,
+        id: &str,
+        name: &str,
+        tenants: &[String],
+        shared: &[String],
+    ) -> Result<TenantGroup, IdentityError> {
+        let name = name.trim();
+        let mut errors = Vec::new();
+        if let Err(e) = validate_group_id(id) {
+            errors.push(e);
+        }
+        if name.is_empty() || name.len() > 200 {
+            errors.push(ValidationError::new("name", "must be 1-200 characters"));
+        }
+        let sets = match group_sets(tenants, shared) {
+            Ok(sets) => Some(sets),
+            Err(more) => {
+                errors.extend(more);
+                None
+            }
+        };
+        let Some((tenants, shared)) = sets.filter(|_| errors.is_empty()) else {
+            return Err(IdentityError::Invalid(errors));
+        };
+        self.require_members(&tenants).await?;
+        let done = self
+            .inner
+            .groups
+            .execute(
+                &system(&platform()).with_actor(actor),
+                id,
+                None,
+                &GroupCommand::Create {
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                    tenants,
+                    shared,
+                },
+            )
+            .await
+            .map_err(command_error)?;
+        self.forget_realms();
+        TenantGroup::of(done.state).ok_or_else(|| store_error("a created group has no id"))
+    }
+
+    /// Replaces the members and the shared resources of a group.
+    pub async fn update_group(
+        &self,
+        actor: &str,
+        id: &str,
+        tenants: &[String],
+        shared: &[String],
+    ) -> Result<TenantGroup, IdentityError> {
+        let missing = || IdentityError::NotFound(format!("group {id} does not exist"));
+        validate_group_id(id).map_err(|_| missing())?;
+        let (tenants, shared) = group_sets(tenants, shared).map_err(IdentityError::Invalid)?;
+        self.require_members(&tenants).await?;
+        let done = self
+            .inner
+            .groups
+            .execute(
+                &system(&platform()).with_actor(actor),
+                id,
+                None,
+                &GroupCommand::Update { tenants, shared },
+            )
+            .await
+            .map_err(|e| match command_error(e) {
+                IdentityError::NotFound(_) => missing(),
+                other => other,
+            })?;
+        self.forget_realms();
+        TenantGroup::of(done.state).ok_or_else(missing)
+    }
+
+    /// Every tenant group.
+    pub async fn groups(&self) -> Result<Vec<TenantGroup>, IdentityError> {
+        let mut out = Vec::new();
+        for id in self.ids_of::<Group>(&platform()).await? {
+            out.extend(self.load_group(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// One tenant group.
+    pub async fn group(&self, id: &str) -> Result<TenantGroup, IdentityError> {
+        let missing = || IdentityError::NotFound(format!("group {id} does not exist"));
+        validate_group_id(id).map_err(|_| missing())?;
+        self.load_group(id).await?.ok_or_else(missing)
+    }
+
+    async fn load_group(&self, id: &str) -> Result<Option<TenantGroup>, IdentityError> {
+        Ok(self
+            .inner
+            .groups
+            .load(&system(&platform()), id)
+            .await
+            .map_err(command_error)?
+            .and_then(|l| TenantGroup::of(l.state)))
+    }
+
+    /// Refuses, naming each, members that are not existing tenants.
+    async fn require_members(&self, tenants: &[String]) -> Result<(), IdentityError> {
+        let mut errors = Vec::new();
+        for tenant in tenants {
+            let id = TenantId::new(tenant).map_err(|e| IdentityError::Invalid(vec![e]))?;
+            if !self.tenant_exists(&id).await? {
+                errors.push(ValidationError::new(
+                    "tenants",
+                    format!("tenant {tenant} does not exist"),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(IdentityError::Invalid(errors))
+        }
+    }
+
+    /// The `shared` claim of `tenant`'s tokens: for each other member of
+    /// each of its groups, the resources that group shares; never the
+    /// tenant itself.
+    async fn shared_with(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<String, Vec<String>>, IdentityError> {
+        let mut shared: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for group in self.groups().await? {
+            if group.shared.is_empty() || !group.tenants.iter().any(|t| t == tenant.as_str()) {
+                continue;
+            }
+            for member in group.tenants.iter().filter(|t| *t != tenant.as_str()) {
+                shared
+                    .entry(member.clone())
+                    .or_default()
+                    .extend(group.shared.iter().cloned());
+            }
+        }
+        Ok(shared
+            .into_iter()
+            .map(|(member, resources)| (member, resources.into_iter().collect()))
+            .collect())
+    }
+
+    /// Drops every loaded realm, so that tokens issued here from now on
+    /// carry the groups as they are; other processes see a change once
+    /// their realms expire ([`IdentityOptions::realm_ttl`]).
+    fn forget_realms(&self) {
+        self.inner.realms.write().expect("lock").clear();
     }
 }
 
@@ -1043,6 +1259,14 @@ impl KeySource for LocalKeys {
     }
 }
 
+/// Milliseconds since the Unix epoch: lock times are shared by every
+/// instance through the database, so they are wall-clock times.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Revoked access tokens, read in process.
 #[derive(Debug, Clone)]
 pub struct LocalRevocations(pub Identity);
@@ -1050,12 +1274,6 @@ pub struct LocalRevocations(pub Identity);
 #[async_trait]
 impl Revocations for LocalRevocations {
     async fn is_revoked(&self, tenant: &TenantId, token_id: &str) -> Result<bool, AuthError> {
-        Ok(self
-            .0
-            .inner
-            .revoked
-            .read()
-            .expect("lock")
-            .contains(&(tenant.to_string(), token_id.to_owned())))
+        self.0.inner.revoked.is_revoked(tenant, token_id).await
     }
 }

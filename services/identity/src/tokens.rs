@@ -1,4 +1,4 @@
-//! Refresh tokens and revoked access tokens, in the identity service's
+//! Refresh tokens, in the identity service's
 //! database (SQLite or PostgreSQL, portable SQL).
 //!
 //! A refresh token is 32 random bytes; only its SHA-256 is stored. Each
@@ -24,11 +24,12 @@ pub async fn create_tables(db: &ReadDb) -> Result<(), sqlx::Error> {
             state TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS identity_refresh_tokens_family
             ON identity_refresh_tokens (tenant_id, family)",
-        "CREATE TABLE IF NOT EXISTS identity_revoked_tokens (
+        "CREATE TABLE IF NOT EXISTS identity_login_failures (
             tenant_id TEXT NOT NULL,
-            jti TEXT NOT NULL,
-            expires_at BIGINT NOT NULL,
-            PRIMARY KEY (tenant_id, jti))",
+            username TEXT NOT NULL,
+            failures BIGINT NOT NULL,
+            locked_until BIGINT,
+            PRIMARY KEY (tenant_id, username))",
     ] {
         sqlx::query(sql).execute(db.pool()).await?;
     }
@@ -174,38 +175,77 @@ pub(crate) async fn revoke(
     Ok(true)
 }
 
-/// Records a revoked access token until it would have expired anyway.
-pub(crate) async fn revoke_access(
+/// The key a login attempt is counted under: the name as given, cut to a
+/// bounded length (names that do not exist count too, so an attacker
+/// cannot tell them apart by the lockout).
+fn login_key(username: &str) -> String {
+    username.chars().take(256).collect()
+}
+
+/// Until when (ms since the epoch) `username` is locked, if ever.
+pub(crate) async fn locked_until(
     db: &ReadDb,
     tenant: &str,
-    jti: &str,
-    expires_at: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO identity_revoked_tokens (tenant_id, jti, expires_at) VALUES ($1, $2, $3)
-         ON CONFLICT (tenant_id, jti) DO NOTHING",
+    username: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let until: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT locked_until FROM identity_login_failures WHERE tenant_id = $1 AND username = $2",
     )
     .bind(tenant)
-    .bind(jti)
-    .bind(expires_at)
+    .bind(login_key(username))
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(until.flatten())
+}
+
+/// Counts one more failed login in a row; returns the count.
+pub(crate) async fn count_failure(
+    db: &ReadDb,
+    tenant: &str,
+    username: &str,
+) -> Result<u32, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "INSERT INTO identity_login_failures (tenant_id, username, failures, locked_until)
+         VALUES ($1, $2, 1, NULL)
+         ON CONFLICT (tenant_id, username)
+         DO UPDATE SET failures = identity_login_failures.failures + 1
+         RETURNING failures",
+    )
+    .bind(tenant)
+    .bind(login_key(username))
+    .fetch_one(db.pool())
+    .await?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// Locks `username` until `until` (ms since the epoch).
+pub(crate) async fn lock(
+    db: &ReadDb,
+    tenant: &str,
+    username: &str,
+    until: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE identity_login_failures SET locked_until = $3 WHERE tenant_id = $1 AND username = $2",
+    )
+    .bind(tenant)
+    .bind(login_key(username))
+    .bind(until)
     .execute(db.pool())
     .await?;
     Ok(())
 }
 
-/// Every revoked access token not yet expired.
-pub(crate) async fn revoked_access(
+/// Forgets the failed logins of `username` (it just logged in).
+pub(crate) async fn clear_failures(
     db: &ReadDb,
-    now: i64,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query("DELETE FROM identity_revoked_tokens WHERE expires_at < $1")
-        .bind(now)
+    tenant: &str,
+    username: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM identity_login_failures WHERE tenant_id = $1 AND username = $2")
+        .bind(tenant)
+        .bind(login_key(username))
         .execute(db.pool())
         .await?;
-    let rows = sqlx::query("SELECT tenant_id, jti FROM identity_revoked_tokens")
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+    Ok(())
 }

@@ -56,10 +56,7 @@ async fn start_with(tune: impl FnOnce(&mut IdentityOptions)) -> Server {
             .to_string()
     };
     let http_options = HttpOptions {
-        auth: Some(AuthOptions {
-            verifier: identity.verifier(Vec::new()),
-            audit: None,
-        }),
+        auth: Some(AuthOptions::new(identity.verifier(Vec::new()), None)),
         ..HttpOptions::default()
     };
     let router = app(

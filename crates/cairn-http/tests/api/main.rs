@@ -5,6 +5,7 @@
 
 mod common;
 mod errors;
+mod groups;
 mod health;
 mod idempotency;
 mod metrics;

@@ -1,0 +1,240 @@
+//! Revoked access tokens, known to every process that verifies tokens.
+//!
+//! An access token is a signed statement valid until it expires; revoking
+//! one means telling every resource server to refuse its `jti`. The
+//! identity service records each revocation as an `AccessTokenRevoked`
+//! event in the token's tenant (stream `revocation-{jti}`), which its relay
+//! publishes like any public event (the log is the outbox). Every other
+//! service consumes them into its own database, in the consumer's
+//! transaction, so a revocation survives restarts and redeliveries have no
+//! second effect.
+//!
+//! Instances of a service compete for its consumer's messages, so one
+//! instance writes each revocation; every instance reads the table again
+//! each [`RevokedTokens::open`] interval (a second by default) into the
+//! set it checks tokens against. Rows are dropped once the token has
+//! expired: the verifier refuses it then anyway.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use cairn_auth::{AuthError, Revocations, now_secs};
+use cairn_core::TenantId;
+use cairn_messaging::{
+    Broker, Consumer, EventHandler, HandlerError, IntegrationEvent, MessagingError, PublicEvents,
+};
+use cairn_projection::ReadDb;
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Transaction};
+
+/// The identity service's name on the broker.
+pub const SERVICE: &str = "identity";
+/// The stream category of revocations (`revocation-{jti}`).
+pub const CATEGORY: &str = "revocation";
+/// The event type of a revoked access token.
+pub const ACCESS_TOKEN_REVOKED: &str = "AccessTokenRevoked";
+/// How often the revoked set is read again from the database.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+/// The data of an `AccessTokenRevoked` event (its tenant is the event's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessTokenRevoked {
+    /// The token's `jti`.
+    pub jti: String,
+    /// When the token expires (seconds since the epoch): after that the
+    /// revocation can be forgotten.
+    pub expires_at: i64,
+}
+
+/// The identity service's public events: revocations only. Tenants,
+/// users, clients and keys stay inside it (they carry credentials).
+pub fn public_events() -> Result<PublicEvents, MessagingError> {
+    PublicEvents::new(SERVICE, [CATEGORY], [ACCESS_TOKEN_REVOKED])
+}
+
+/// The consumer group through which `service` hears revocations.
+pub fn group(service: &str) -> String {
+    format!("{service}-revocations")
+}
+
+/// Creates the revocation table if missing (tenant-protected on
+/// PostgreSQL like every table with a `tenant_id`).
+pub async fn create_table(db: &ReadDb) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS identity_revoked_tokens (
+            tenant_id TEXT NOT NULL,
+            jti TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, jti))",
+    )
+    .execute(db.pool())
+    .await?;
+    let mut conn = db.pool().acquire().await?;
+    cairn_projection::protect_tenant_tables(&mut conn).await
+}
+
+type Set = RwLock<HashSet<(String, String)>>;
+
+/// The revoked, unexpired access tokens of every tenant, kept from a
+/// database table and read again periodically; a [`Revocations`] for the
+/// verifier. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RevokedTokens {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: ReadDb,
+    set: Set,
+    poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(poller) = &self.poller {
+            poller.abort();
+        }
+    }
+}
+
+impl RevokedTokens {
+    /// Opens the table in `db` (creating it), reads it, and reads it again
+    /// every `poll` (never, for `Duration::ZERO`) while a clone is alive.
+    pub async fn open(db: ReadDb, poll: Duration) -> Result<Self, sqlx::Error> {
+        create_table(&db).await?;
+        let set = RwLock::new(load(&db).await?);
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let poller = (!poll.is_zero()).then(|| tokio::spawn(refresh(weak.clone(), poll)));
+            Inner { db, set, poller }
+        });
+        Ok(Self { inner })
+    }
+
+    /// Records a revocation here and now (the identity service itself,
+    /// which must refuse the token at once).
+    pub async fn insert(
+        &self,
+        tenant: &TenantId,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        record(&mut tx, tenant.as_str(), jti, expires_at).await?;
+        tx.commit().await?;
+        self.inner
+            .set
+            .write()
+            .expect("lock")
+            .insert((tenant.to_string(), jti.to_owned()));
+        Ok(())
+    }
+
+    /// Reads the table again now.
+    pub async fn reload(&self) -> Result<(), sqlx::Error> {
+        let fresh = load(&self.inner.db).await?;
+        *self.inner.set.write().expect("lock") = fresh;
+        Ok(())
+    }
+
+    /// The consumer that writes `identity`'s revocations into this
+    /// table, as `service`'s group.
+    pub fn consumer(&self, service: &str, broker: Arc<dyn Broker>) -> Consumer {
+        Consumer::new(group(service), SERVICE, self.inner.db.clone(), broker)
+            .on(ACCESS_TOKEN_REVOKED, RecordRevocation)
+    }
+
+    fn contains(&self, tenant: &TenantId, jti: &str) -> bool {
+        self.inner
+            .set
+            .read()
+            .expect("lock")
+            .contains(&(tenant.to_string(), jti.to_owned()))
+    }
+}
+
+#[async_trait]
+impl Revocations for RevokedTokens {
+    async fn is_revoked(&self, tenant: &TenantId, token_id: &str) -> Result<bool, AuthError> {
+        Ok(self.contains(tenant, token_id))
+    }
+}
+
+async fn refresh(weak: Weak<Inner>, poll: Duration) {
+    loop {
+        tokio::time::sleep(poll).await;
+        let Some(inner) = weak.upgrade() else { return };
+        match load(&inner.db).await {
+            Ok(fresh) => *inner.set.write().expect("lock") = fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the revoked tokens; keeping the last set")
+            }
+        }
+    }
+}
+
+/// Drops expired rows, then reads the rest.
+async fn load(db: &ReadDb) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let now = now_secs();
+    sqlx::query("DELETE FROM identity_revoked_tokens WHERE expires_at < $1")
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, jti FROM identity_revoked_tokens WHERE expires_at >= $1")
+            .bind(now)
+            .fetch_all(db.pool())
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn record(
+    tx: &mut Transaction<'static, Any>,
+    tenant: &str,
+    jti: &str,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO identity_revoked_tokens (tenant_id, jti, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, jti) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(jti)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes an `AccessTokenRevoked` into the table, in the consumer's
+/// transaction.
+#[derive(Debug, Clone, Copy)]
+struct RecordRevocation;
+
+#[async_trait]
+impl EventHandler for RecordRevocation {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        let revoked: AccessTokenRevoked = serde_json::from_value(event.data.clone())
+            .map_err(|e| HandlerError::Reject(format!("not an AccessTokenRevoked: {e}")))?;
+        if revoked.jti.is_empty() || revoked.jti.len() > 256 {
+            return Err(HandlerError::Reject("jti must be 1-256 characters".into()));
+        }
+        record(
+            tx,
+            event.tenantid.as_str(),
+            &revoked.jti,
+            revoked.expires_at,
+        )
+        .await
+        .map_err(|e| HandlerError::Retry(e.to_string()))
+    }
+}

@@ -1,0 +1,134 @@
+//! Revocation across processes: the identity service records a revoked
+//! access token as an event; its relay publishes it; another service's
+//! consumer writes it into that service's database, and every verifier
+//! reading that database refuses the token. Here over the in-memory
+//! broker (the end-to-end tests of `cairn run` do it over NATS and
+//! RabbitMQ).
+
+use std::{sync::Arc, time::Duration};
+
+use cairn_auth::{
+    MasterKey, PasswordHasher, RoleMap, StaticKeys, TrustedIssuer, Verifier, VerifierOptions,
+};
+use cairn_core::TenantId;
+use cairn_identity::{
+    Identity, IdentityOptions,
+    revocations::{self, RevokedTokens},
+};
+use cairn_messaging::{Broker, ConsumerSpec, MemoryBroker, Relay, RelayOptions};
+use cairn_projection::ReadDb;
+use cairn_store::{AllFilter, EventStore, MemoryStore};
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let mut options = IdentityOptions::new("http://id.test");
+    options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
+    let identity_db = ReadDb::ephemeral().await.unwrap();
+    let identity = Identity::open(
+        store.clone(),
+        identity_db.clone(),
+        MasterKey::generate().unwrap(),
+        options,
+    )
+    .await
+    .unwrap();
+    identity.bootstrap(&["demo"]).await.unwrap();
+    let demo = TenantId::new("demo").unwrap();
+
+    let broker = MemoryBroker::new();
+    let broker: Arc<dyn Broker> = Arc::new(broker);
+    // The other service's group exists before anything is published.
+    broker
+        .declare(&ConsumerSpec::new(
+            revocations::group("flights"),
+            "identity",
+        ))
+        .await
+        .unwrap();
+    let relay = Relay::start(
+        revocations::public_events().unwrap(),
+        store.clone(),
+        identity_db,
+        broker.clone(),
+        RelayOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // The other service: its own database, its revoked set (no polling
+    // here: the test reloads), and a verifier with the realm's keys.
+    let flights_db = ReadDb::ephemeral().await.unwrap();
+    let revoked = RevokedTokens::open(flights_db.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let consumer = revoked
+        .consumer("flights", broker.clone())
+        .start()
+        .await
+        .unwrap();
+    let keys = identity.jwks(&demo).await.unwrap();
+    let verifier = Verifier::with_options(
+        vec![TrustedIssuer::cairn(
+            "http://id.test",
+            Arc::new(StaticKeys(keys)),
+        )],
+        RoleMap::default(),
+        VerifierOptions::default(),
+        Some(Arc::new(revoked.clone())),
+    );
+
+    let token = identity.token_for(&demo, "admin", 300).await.unwrap();
+    let kept = identity.token_for(&demo, "admin", 300).await.unwrap();
+    assert!(verifier.verify(&token).await.is_ok());
+    identity
+        .revoke(&demo, cairn_identity::PUBLIC_CLIENT, None, &token)
+        .await
+        .unwrap();
+    // The identity service refuses it at once.
+    assert!(identity.verifier(Vec::new()).verify(&token).await.is_err());
+    // The event is in the log, in the token's tenant.
+    let all = store
+        .read_all(0, &AllFilter::all_tenants(), 1000)
+        .await
+        .unwrap();
+    let event = all
+        .iter()
+        .find(|e| e.event_type == revocations::ACCESS_TOKEN_REVOKED)
+        .expect("an AccessTokenRevoked event");
+    assert_eq!(event.tenant, demo);
+    assert!(event.stream.as_str().starts_with("revocation-"));
+    assert!(event.data["expiresAt"].as_i64().unwrap() > 0);
+    assert!(
+        !event.data.to_string().contains(&token),
+        "the token itself is never recorded"
+    );
+
+    assert!(
+        consumer
+            .wait_until(Duration::from_secs(10), |s| s.handled >= 1)
+            .await,
+        "the revocation reached the other service"
+    );
+    revoked.reload().await.unwrap();
+    assert!(verifier.verify(&token).await.is_err(), "refused there too");
+    assert!(verifier.verify(&kept).await.is_ok(), "other tokens are not");
+
+    // A restart of the other service still knows it: the set is read from
+    // its database.
+    let reopened = RevokedTokens::open(flights_db, Duration::ZERO)
+        .await
+        .unwrap();
+    use cairn_auth::Revocations as _;
+    let jti = event.data["jti"].as_str().unwrap();
+    assert!(reopened.is_revoked(&demo, jti).await.unwrap());
+    assert!(
+        !reopened
+            .is_revoked(&TenantId::new("globex").unwrap(), jti)
+            .await
+            .unwrap(),
+        "a revocation belongs to its tenant"
+    );
+    consumer.shutdown().await;
+    relay.shutdown().await;
+}
