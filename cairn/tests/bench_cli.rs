@@ -24,11 +24,12 @@ use sqlx::Connection;
 
 /// The throughput metrics every run reports, each with its baseline on SQL
 /// backends; the append ones also report `_p50` and `_p99` latencies.
-const THROUGHPUT: [(&str, &str); 4] = [
-    ("append_1_writer", "raw_insert_1_per_tx"),
-    ("append_64_writers", "raw_insert_1_per_tx"),
-    ("append_batch_100", "raw_insert_100_per_tx"),
-    ("catchup_read", "raw_select_scan"),
+const THROUGHPUT: [(&str, &str, &str); 5] = [
+    ("append_1_writer", "raw_insert_1_per_tx", "events/s"),
+    ("append_64_writers", "raw_insert_1_per_tx", "events/s"),
+    ("append_batch_100", "raw_insert_100_per_tx", "events/s"),
+    ("catchup_read", "raw_select_scan", "events/s"),
+    ("stream_read", "raw_select_stream", "reads/s"),
 ];
 
 /// A fresh, empty directory for one test.
@@ -91,9 +92,9 @@ fn check_metrics(metrics: &[Value], with_baseline: bool) {
         }
         assert!(m["value"].as_f64().is_some_and(|v| v > 0.0), "{m}");
     }
-    for (name, baseline) in THROUGHPUT {
+    for (name, baseline, unit) in THROUGHPUT {
         let m = metric(metrics, name);
-        assert_eq!(m["unit"], "events/s", "{m}");
+        assert_eq!(m["unit"], unit, "{m}");
         if with_baseline {
             assert_eq!(m["baseline"], baseline, "{m}");
             assert!(m["baseline_value"].as_f64().is_some_and(|v| v > 0.0), "{m}");

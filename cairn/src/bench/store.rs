@@ -15,6 +15,12 @@
 //!    in full mode), and the baseline table as many rows as the log.
 //! 5. `catchup_read`: `subscribe_all` from 0 until the head, then
 //!    `raw_select_scan` (baseline): one `SELECT ... ORDER BY position`.
+//! 6. Untimed: streams of 10 events on both sides; then
+//!    `raw_select_stream` (baseline: one `SELECT ... WHERE tenant_id = ?
+//!    AND stream_id = ? ORDER BY version` per read), then `stream_read`:
+//!    `read_stream` of a whole stream, one task, one stream after another.
+//!    On PostgreSQL this is the path of every tenant read: a transaction
+//!    scoped to the tenant, under row-level security.
 //!
 //! Latency is measured per `append` call (so per batch for
 //! `append_batch_100`), recorded in microseconds, printed in milliseconds.
@@ -29,7 +35,7 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use cairn_core::{NewEvent, StreamId, TenantId};
-use cairn_store::{AllFilter, EventStore, ExpectedVersion, MemoryStore};
+use cairn_store::{AllFilter, EventStore, ExpectedVersion, MemoryStore, ReadStream};
 use cairn_store_postgres::{PostgresOptions, PostgresStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::Args;
@@ -47,12 +53,14 @@ use crate::store_url::{StoreUrl, split_schema};
 pub(crate) const LONG_ABOUT: &str = "\
 Event store throughput and latency beside raw SQL on the same database.
 
-Runs four workloads through the EventStore interface: append_1_writer,
-append_64_writers, append_batch_100 and catchup_read (subscribe to $all from 0
-until the head), and, on SQLite and PostgreSQL, three baselines on the same
-database: raw_insert_1_per_tx, raw_insert_100_per_tx and raw_select_scan, into
-and from a table of the same shape as Cairn's events table
-(bench_baseline_events). Ratios are Cairn / baseline.
+Runs five workloads through the EventStore interface: append_1_writer,
+append_64_writers, append_batch_100, catchup_read (subscribe to $all from 0
+until the head) and stream_read (read_stream of 10-event streams, one after
+another; on PostgreSQL scoped to the tenant under row-level security), and,
+on SQLite and PostgreSQL, four baselines on the same database:
+raw_insert_1_per_tx, raw_insert_100_per_tx, raw_select_scan and
+raw_select_stream, into and from a table of the same shape as Cairn's events
+table (bench_baseline_events). Ratios are Cairn / baseline.
 
 Store URLs:
   memory:            no baseline.
@@ -91,6 +99,8 @@ pub(crate) struct StoreArgs {
 const WRITERS: usize = 64;
 /// Events per append in the batch workload.
 const BATCH: usize = 100;
+/// Events in each stream `stream_read` reads.
+const STREAM_EVENTS: usize = 10;
 /// The longest the catch-up read may take before the bench gives up rather
 /// than hang on a subscription that never reaches the head.
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(900);
@@ -109,6 +119,10 @@ struct Sizes {
     /// Untimed single-event appends (and baseline inserts) before the first
     /// timed workload.
     warmup: u64,
+    /// Streams of [`STREAM_EVENTS`] events written for `stream_read`.
+    read_streams: u64,
+    /// Timed `read_stream` calls (and baseline selects).
+    reads: u64,
 }
 
 impl Sizes {
@@ -126,6 +140,8 @@ impl Sizes {
                 batches: 50,
                 catchup_min: 0,
                 warmup: 20,
+                read_streams: 20,
+                reads: 500,
             },
             (_, true) => Self {
                 single: 200,
@@ -133,6 +149,8 @@ impl Sizes {
                 batches: 10,
                 catchup_min: 0,
                 warmup: 20,
+                read_streams: 20,
+                reads: 200,
             },
             (StoreUrl::Memory, false) => Self {
                 single: 200_000,
@@ -140,6 +158,8 @@ impl Sizes {
                 batches: 5_000,
                 catchup_min: 100_000,
                 warmup: 500,
+                read_streams: 1_000,
+                reads: 200_000,
             },
             (StoreUrl::Sqlite(_), false) => Self {
                 single: 40_000,
@@ -147,6 +167,8 @@ impl Sizes {
                 batches: 6_000,
                 catchup_min: 100_000,
                 warmup: 500,
+                read_streams: 1_000,
+                reads: 50_000,
             },
             (StoreUrl::Postgres(_), false) => Self {
                 single: 6_000,
@@ -154,6 +176,8 @@ impl Sizes {
                 batches: 400,
                 catchup_min: 100_000,
                 warmup: 500,
+                read_streams: 1_000,
+                reads: 20_000,
             },
         }
     }
@@ -458,7 +482,91 @@ async fn suite(target: Target, tenant: &TenantId, sizes: Sizes) -> anyhow::Resul
         Metric::new("catchup_read", rate(read.rows, read.elapsed), "events/s")
             .against(scan.map(|t: Timed| ("raw_select_scan", rate(t.rows, t.elapsed)))),
     );
+
+    // 6. Whole short streams, one read at a time.
+    if sizes.read_streams > 0 && sizes.reads > 0 {
+        eprintln!(
+            "bench: writing {} streams of {STREAM_EVENTS} events to read",
+            sizes.read_streams
+        );
+        let names: Vec<String> = (0..sizes.read_streams)
+            .map(|i| format!("order-r{i}"))
+            .collect();
+        let mut seq = 0u64;
+        for name in &names {
+            let events: Vec<NewEvent> = (0..STREAM_EVENTS)
+                .map(|_| {
+                    seq += 1;
+                    order_event(seq)
+                })
+                .collect();
+            store
+                .append(tenant, &stream(name)?, ExpectedVersion::NoStream, events)
+                .await
+                .with_context(|| format!("appending to {name}"))?;
+        }
+        let raw = match &mut baseline {
+            Some(b) => {
+                for name in &names {
+                    b.insert_1_per_tx(name, STREAM_EVENTS as u64).await?;
+                }
+                progress("raw_select_stream", sizes.reads);
+                Some(b.select_streams(&names, sizes.reads).await?)
+            }
+            None => None,
+        };
+        progress("stream_read", sizes.reads);
+        let (timed, latency) = read_streams(&store, tenant, &names, sizes.reads).await?;
+        metrics.push(
+            Metric::new("stream_read", rate(timed.rows, timed.elapsed), "reads/s")
+                .against(raw.map(|t: Timed| ("raw_select_stream", rate(t.rows, t.elapsed)))),
+        );
+        metrics.push(Metric::new(
+            "stream_read_p50",
+            quantile_ms(&latency, 0.50),
+            "ms",
+        ));
+        metrics.push(Metric::new(
+            "stream_read_p99",
+            quantile_ms(&latency, 0.99),
+            "ms",
+        ));
+    }
     Ok(metrics)
+}
+
+/// `reads` whole-stream reads, one task, cycling through `names`; each must
+/// return the stream's [`STREAM_EVENTS`] events.
+async fn read_streams(
+    store: &Arc<dyn EventStore>,
+    tenant: &TenantId,
+    names: &[String],
+    reads: u64,
+) -> anyhow::Result<(Timed, Histogram<u64>)> {
+    let ids = names
+        .iter()
+        .map(|n| stream(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut latency = latency_histogram();
+    let start = Instant::now();
+    for i in 0..reads {
+        let id = &ids[(i % ids.len() as u64) as usize];
+        let t = Instant::now();
+        let events = store
+            .read_stream(tenant, id, ReadStream::all())
+            .await
+            .with_context(|| format!("reading {}", id.as_str()))?;
+        record(&mut latency, t.elapsed());
+        if events.len() != STREAM_EVENTS {
+            bail!(
+                "{} read {} events instead of {STREAM_EVENTS}",
+                id.as_str(),
+                events.len()
+            );
+        }
+        std::hint::black_box(events);
+    }
+    Ok((Timed::since(start, reads), latency))
 }
 
 fn progress(name: &str, events: u64) {
@@ -619,6 +727,8 @@ mod tests {
             batches: 3,
             catchup_min: 1_000,
             warmup: 5,
+            read_streams: 4,
+            reads: 20,
         };
         let target = Target {
             store: Arc::new(MemoryStore::new()),
@@ -641,6 +751,9 @@ mod tests {
                 "append_batch_100_p50",
                 "append_batch_100_p99",
                 "catchup_read",
+                "stream_read",
+                "stream_read_p50",
+                "stream_read_p99",
             ]
         );
         assert!(metrics.iter().all(|m| m.value > 0.0 && m.ratio.is_none()));

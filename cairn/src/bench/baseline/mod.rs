@@ -9,6 +9,9 @@
 //! - `raw_insert_100_per_tx`: one 100-row INSERT per transaction.
 //! - `raw_select_scan`: one `SELECT ... ORDER BY position` over the table,
 //!   every row decoded into owned Rust values, JSON payload parsed.
+//! - `raw_select_stream`: one `SELECT ... WHERE tenant_id = ? AND
+//!   stream_id = ? ORDER BY version` per read (autocommit), decoded the
+//!   same way.
 //!
 //! Rows are built from the same [`order_event`] as Cairn's appends, so the
 //! cost of making the data is the same on both sides.
@@ -146,6 +149,11 @@ impl RowSource {
         Row::from_event(position, &self.tenant, stream, version, order_event(seq))
     }
 
+    /// The tenant every row belongs to.
+    pub(crate) fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
     /// Rows made so far.
     pub(crate) fn made(&self) -> u64 {
         u64::try_from(self.next_position - 1).unwrap_or(0)
@@ -229,6 +237,19 @@ impl Baseline {
         match self {
             Self::Sqlite(b) => b.select_scan().await,
             Self::Postgres(b) => b.select_scan().await,
+        }
+    }
+
+    /// `reads` selects of one whole stream each, cycling through
+    /// `streams`, every row decoded; `rows` of the result counts reads.
+    pub(crate) async fn select_streams(
+        &mut self,
+        streams: &[String],
+        reads: u64,
+    ) -> anyhow::Result<Timed> {
+        match self {
+            Self::Sqlite(b) => b.select_streams(streams, reads).await,
+            Self::Postgres(b) => b.select_streams(streams, reads).await,
         }
     }
 }

@@ -135,27 +135,58 @@ impl PgBaseline {
         let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
         let mut count = 0u64;
         while let Some(r) = rows.try_next().await.context("baseline scan")? {
-            let row = Row {
-                position: r.try_get(0)?,
-                tenant_id: r.try_get(1)?,
-                stream_id: r.try_get(2)?,
-                category: r.try_get(3)?,
-                version: r.try_get(4)?,
-                event_id: r.try_get::<Uuid, _>(5)?,
-                event_type: r.try_get(6)?,
-                schema_version: r.try_get(7)?,
-                data: r.try_get::<Value, _>(8)?,
-                correlation_id: r.try_get(9)?,
-                causation_id: r.try_get(10)?,
-                traceparent: r.try_get(11)?,
-                actor: r.try_get(12)?,
-                recorded_at: r.try_get::<DateTime<Utc>, _>(13)?,
-            };
-            black_box(row);
+            black_box(decode(&r)?);
             count += 1;
         }
         Ok(Timed::since(start, count))
     }
+
+    pub(crate) async fn select_streams(
+        &mut self,
+        streams: &[String],
+        reads: u64,
+    ) -> anyhow::Result<Timed> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = $1 AND stream_id = $2 ORDER BY version"
+        );
+        let tenant = self.source.tenant().as_str().to_owned();
+        let start = Instant::now();
+        for i in 0..reads {
+            let stream = &streams[(i % streams.len() as u64) as usize];
+            let rows = sqlx::query(&sql)
+                .bind(&tenant)
+                .bind(stream)
+                .fetch_all(&mut self.conn)
+                .await
+                .context("baseline stream select")?;
+            let decoded = rows
+                .iter()
+                .map(decode)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            black_box(decoded);
+        }
+        Ok(Timed::since(start, reads))
+    }
+}
+
+/// A selected row, decoded into owned values with its JSON parsed.
+fn decode(r: &sqlx::postgres::PgRow) -> anyhow::Result<Row> {
+    Ok(Row {
+        position: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        stream_id: r.try_get(2)?,
+        category: r.try_get(3)?,
+        version: r.try_get(4)?,
+        event_id: r.try_get::<Uuid, _>(5)?,
+        event_type: r.try_get(6)?,
+        schema_version: r.try_get(7)?,
+        data: r.try_get::<Value, _>(8)?,
+        correlation_id: r.try_get(9)?,
+        causation_id: r.try_get(10)?,
+        traceparent: r.try_get(11)?,
+        actor: r.try_get(12)?,
+        recorded_at: r.try_get::<DateTime<Utc>, _>(13)?,
+    })
 }
 
 /// Drops `schemas` (the store's and the baseline's) with a connection of

@@ -198,33 +198,63 @@ impl SqliteBaseline {
             let mut rows = stmt.query([])?;
             let mut count = 0u64;
             while let Some(r) = rows.next().context("baseline scan")? {
-                let id: Vec<u8> = r.get(5)?;
-                let data: String = r.get(8)?;
-                let micros: i64 = r.get(13)?;
-                let row = Row {
-                    position: r.get(0)?,
-                    tenant_id: r.get(1)?,
-                    stream_id: r.get(2)?,
-                    category: r.get(3)?,
-                    version: r.get(4)?,
-                    event_id: Uuid::from_slice(&id)?,
-                    event_type: r.get(6)?,
-                    schema_version: r.get(7)?,
-                    data: serde_json::from_str(&data)?,
-                    correlation_id: r.get(9)?,
-                    causation_id: r.get(10)?,
-                    traceparent: r.get(11)?,
-                    actor: r.get(12)?,
-                    recorded_at: DateTime::from_timestamp_micros(micros)
-                        .context("recorded_at out of range")?,
-                };
-                black_box(row);
+                black_box(decode(r)?);
                 count += 1;
             }
             Ok(Timed::since(start, count))
         })
         .await
     }
+
+    pub(crate) async fn select_streams(
+        &mut self,
+        streams: &[String],
+        reads: u64,
+    ) -> anyhow::Result<Timed> {
+        let streams = streams.to_vec();
+        self.blocking(move |inner| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = ?1 AND stream_id = ?2 ORDER BY version"
+            );
+            let tenant = inner.source.tenant().as_str().to_owned();
+            let mut stmt = inner.conn.prepare(&sql)?;
+            let start = Instant::now();
+            for i in 0..reads {
+                let stream = &streams[(i % streams.len() as u64) as usize];
+                let mut rows = stmt.query(rusqlite::params![tenant, stream])?;
+                let mut decoded = Vec::new();
+                while let Some(r) = rows.next().context("baseline stream select")? {
+                    decoded.push(decode(r)?);
+                }
+                black_box(decoded);
+            }
+            Ok(Timed::since(start, reads))
+        })
+        .await
+    }
+}
+
+/// A selected row, decoded into owned values with its JSON parsed.
+fn decode(r: &rusqlite::Row<'_>) -> anyhow::Result<Row> {
+    let id: Vec<u8> = r.get(5)?;
+    let data: String = r.get(8)?;
+    let micros: i64 = r.get(13)?;
+    Ok(Row {
+        position: r.get(0)?,
+        tenant_id: r.get(1)?,
+        stream_id: r.get(2)?,
+        category: r.get(3)?,
+        version: r.get(4)?,
+        event_id: Uuid::from_slice(&id)?,
+        event_type: r.get(6)?,
+        schema_version: r.get(7)?,
+        data: serde_json::from_str(&data)?,
+        correlation_id: r.get(9)?,
+        causation_id: r.get(10)?,
+        traceparent: r.get(11)?,
+        actor: r.get(12)?,
+        recorded_at: DateTime::from_timestamp_micros(micros).context("recorded_at out of range")?,
+    })
 }
 
 #[cfg(test)]
