@@ -7,6 +7,7 @@ mod auth;
 mod bench;
 mod dlq;
 mod events;
+mod gateway;
 mod identity_cli;
 mod run;
 mod store_url;
@@ -37,7 +38,8 @@ enum Command {
     /// Measure throughput and latency beside a baseline on the same machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Run one service on its own, talking to the others through a broker.
+    /// Run one service on its own, talking to the others through a broker,
+    /// or the gateway in front of them.
     Run(run::RunArgs),
     /// List, show, replay or drop the dead letters of a service's consumers.
     #[command(subcommand)]

@@ -1,6 +1,8 @@
 //! `cairn run <service>`: one service of the reference system as its own
 //! process, on its own event store, database and HTTP address, talking to
-//! the others through a broker (NATS JetStream or RabbitMQ).
+//! the others through a broker (NATS JetStream or RabbitMQ); or the gateway
+//! in front of them (`cairn run gateway`, wired in `crate::gateway`), which
+//! needs no store, database or broker.
 //!
 //! What each service runs:
 //! - its aggregates and command/query handlers on local buses, with the
@@ -18,12 +20,13 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use axum::{Json, Router, routing::get};
-use cairn_auth::{RemoteJwks, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
+use cairn_auth::{RemoteJwks, Revocations, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
 use cairn_core::TenantId;
 use cairn_domain::{CommandBus, QueryBus};
 use cairn_flightops_contracts::{
     CloseBoarding, GetFlightForBooking, RemoveFlightPassengers, ReopenBoarding,
 };
+use cairn_gateway::{DEFAULT_UPSTREAM_TIMEOUT, Route, Url};
 use cairn_http::{
     AuthOptions, CrossTenantAudit, Health, HttpOptions, IdempotencyOptions, IdempotencyStore,
     TenantHeaderOptions, app, openapi_document, openapi_router, serve, shutdown_signal,
@@ -60,6 +63,8 @@ pub(crate) enum ServiceName {
     Passengers,
     Audit,
     Identity,
+    /// The gateway in front of the others (no store, database or broker).
+    Gateway,
 }
 
 impl ServiceName {
@@ -69,6 +74,7 @@ impl ServiceName {
             ServiceName::Passengers => "passengers",
             ServiceName::Audit => "audit",
             ServiceName::Identity => "identity",
+            ServiceName::Gateway => "gateway",
         }
     }
 }
@@ -79,7 +85,10 @@ pub(crate) struct RunArgs {
     /// The service to run.
     service: ServiceName,
     /// A TOML file with any of: store, db, broker, listen, prefix,
-    /// default_tenant, request_timeout_ms.
+    /// default_tenant, request_timeout_ms, issuer, identity_url,
+    /// trust_issuer, insecure_tenant_header, public_url, master_key_file;
+    /// for the gateway `[[route]]` tables (prefix, upstreams) and
+    /// upstream_timeout_ms.
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Event store: postgres://…[?schema=S] or sqlite://PATH.
@@ -117,6 +126,16 @@ pub(crate) struct RunArgs {
     /// With --insecure-tenant-header: the tenant of requests that name none.
     #[arg(long, env = "CAIRN_DEFAULT_TENANT")]
     default_tenant: Option<String>,
+    /// The gateway only: send paths under PREFIX to these upstreams in
+    /// turn, as `PREFIX=http://HOST:PORT[,http://HOST:PORT…]`; the longest
+    /// matching prefix wins. Repeatable; replaces a `[[route]]` of the
+    /// same prefix.
+    #[arg(long = "route", value_name = "PREFIX=URL[,URL…]")]
+    route: Vec<String>,
+    /// The gateway only: how long an upstream has to send its response
+    /// head before the caller gets 504 (default 30000).
+    #[arg(long, env = "CAIRN_UPSTREAM_TIMEOUT_MS")]
+    upstream_timeout_ms: Option<u64>,
     #[command(flatten)]
     identity: IdentityArgs,
 }
@@ -139,11 +158,23 @@ struct FileConfig {
     insecure_tenant_header: Option<bool>,
     public_url: Option<String>,
     master_key_file: Option<PathBuf>,
+    #[serde(default)]
+    route: Vec<FileRoute>,
+    upstream_timeout_ms: Option<u64>,
 }
 
-/// How requests get their tenant.
+/// A `[[route]]` of the settings file (the gateway's).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    upstreams: Vec<String>,
+}
+
+/// How requests get their tenant (for the gateway: whether it checks
+/// tokens at the edge).
 #[derive(Debug)]
-enum Access {
+pub(crate) enum Access {
     /// From a verified token: Cairn's realms under `issuer` (keys fetched
     /// from `identity_url`, else from `issuer`) and the `trust` specs.
     Tokens {
@@ -157,20 +188,26 @@ enum Access {
 
 /// Settings after layering.
 #[derive(Debug)]
-struct Settings {
-    service: ServiceName,
-    /// Absent only for Audit, which keeps no events of its own.
+pub(crate) struct Settings {
+    pub(crate) service: ServiceName,
+    /// Absent for Audit, which keeps no events of its own, and the gateway.
     store: Option<String>,
-    db: String,
-    broker: String,
-    listen: String,
+    /// Absent only for the gateway.
+    db: Option<String>,
+    /// Absent only for the gateway.
+    broker: Option<String>,
+    pub(crate) listen: String,
     prefix: String,
-    access: Access,
+    pub(crate) access: Access,
     request_timeout: Duration,
     /// The identity service's public URL (default: its listen address).
     public_url: Option<String>,
     /// The identity service's master key file (else `CAIRN_MASTER_KEY`).
     master_key_file: Option<PathBuf>,
+    /// The gateway's routes (empty for the services).
+    pub(crate) routes: Vec<Route>,
+    /// How long the gateway waits for an upstream's response head.
+    pub(crate) upstream_timeout: Duration,
 }
 
 impl RunArgs {
@@ -185,18 +222,38 @@ impl RunArgs {
             None => FileConfig::default(),
         };
         let service = self.service;
-        let store = self.store.or(file.store);
-        if store.is_none() && service != ServiceName::Audit {
-            bail!("no event store: pass --store or set `store` in --config");
+        let gateway = service == ServiceName::Gateway;
+        let routes = routes(file.route, self.route)?;
+        if gateway && routes.is_empty() {
+            bail!("no routes: pass --route PREFIX=URL[,URL…] or add [[route]] tables to --config");
         }
-        let broker = self
-            .broker
-            .or(file.broker)
-            .context("no broker: pass --broker nats://… or amqp://…, or set `broker`")?;
-        let db = match (self.db.or(file.db), &store) {
-            (Some(db), _) => db,
-            (None, Some(store)) => default_db(store, service.as_str())?,
-            (None, None) => bail!("no database: pass --db (or --store to put it beside)"),
+        if !gateway && !routes.is_empty() {
+            bail!("routes are the gateway's: `cairn run gateway --route …`");
+        }
+        let upstream_timeout = match self.upstream_timeout_ms.or(file.upstream_timeout_ms) {
+            Some(0) => bail!("--upstream-timeout-ms must be at least 1"),
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_UPSTREAM_TIMEOUT,
+        };
+        // The gateway keeps nothing: a store, database or broker it is
+        // given (a deployment's shared CAIRN_* variables) is not its.
+        let (store, db, broker) = if gateway {
+            (None, None, None)
+        } else {
+            let store = self.store.or(file.store);
+            if store.is_none() && service != ServiceName::Audit {
+                bail!("no event store: pass --store or set `store` in --config");
+            }
+            let broker = self
+                .broker
+                .or(file.broker)
+                .context("no broker: pass --broker nats://… or amqp://…, or set `broker`")?;
+            let db = match (self.db.or(file.db), &store) {
+                (Some(db), _) => db,
+                (None, Some(store)) => default_db(store, service.as_str())?,
+                (None, None) => bail!("no database: pass --db (or --store to put it beside)"),
+            };
+            (store, Some(db), Some(broker))
         };
         let prefix = self
             .prefix
@@ -215,6 +272,11 @@ impl RunArgs {
             }
             if issuer.is_some() || !trust.is_empty() {
                 bail!("--insecure-tenant-header takes no issuer: tokens would be ignored");
+            }
+            if gateway && (self.default_tenant.is_some() || file.default_tenant.is_some()) {
+                bail!(
+                    "the gateway forwards X-Cairn-Tenant as it comes: a default tenant is the services' setting"
+                );
             }
             let default_tenant = self
                 .default_tenant
@@ -256,8 +318,29 @@ impl RunArgs {
             request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(5_000)),
             public_url: self.identity.public_url.or(file.public_url),
             master_key_file: self.identity.master_key_file.or(file.master_key_file),
+            routes,
+            upstream_timeout,
         })
     }
+}
+
+/// The file's `[[route]]` tables, then the `--route` flags (a flag replaces
+/// the file's route of the same prefix).
+fn routes(file: Vec<FileRoute>, flags: Vec<String>) -> anyhow::Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    for FileRoute { prefix, upstreams } in file {
+        let upstreams = upstreams
+            .iter()
+            .map(|u| Url::parse(u).with_context(|| format!("[[route]] {prefix}: upstream `{u}`")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        routes.push(Route::new(&prefix, upstreams).context("[[route]]")?);
+    }
+    for spec in flags {
+        let route: Route = spec.parse().context("--route")?;
+        routes.retain(|r| r.prefix != route.prefix);
+        routes.push(route);
+    }
+    Ok(routes)
 }
 
 /// The service database beside the store.
@@ -281,7 +364,7 @@ struct Link {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Link> {
-    let url = &settings.broker;
+    let url = settings.broker.as_deref().context("no broker")?;
     if url.starts_with("nats://") {
         let nats = NatsBroker::connect(url, NatsOptions::with_prefix(&settings.prefix))
             .await
@@ -392,6 +475,9 @@ fn store_cross_reads(
 /// Runs one service until SIGINT or SIGTERM.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
+    if settings.service == ServiceName::Gateway {
+        return crate::gateway::run(settings).await;
+    }
     let name = settings.service.as_str();
     // Before anything starts, so nothing it counts is lost.
     let metrics = Metrics::install();
@@ -399,7 +485,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => Some(open_store(url).await?),
         None => None,
     };
-    let db = ReadDb::open(&settings.db)
+    let db_url = settings.db.as_deref().context("no database")?;
+    let db = ReadDb::open(db_url)
         .await
         .context("opening the service database")?;
     let link = connect(&settings).await?;
@@ -431,7 +518,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             identity(&settings, store, &db, &link, public_url).await?
         }
         (ServiceName::Audit, _) => audit(&db, &link).await?,
-        (_, None) => bail!("no event store"),
+        (ServiceName::Gateway, _) | (_, None) => bail!("no event store"),
     };
     let auth = match &settings.access {
         Access::Header { .. } => None,
@@ -456,7 +543,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                             .await
                             .context("consuming revocations")?,
                     );
-                    remote_verifier(issuer, identity_url, trusted, revoked)
+                    remote_verifier(issuer, identity_url, trusted, Some(Arc::new(revoked)))
                 }
             };
             Some(auth::shareable(AuthOptions::new(
@@ -520,7 +607,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(store) = &settings.store {
         println!("  event store:  {}", StoreUrl::parse(store)?.redacted());
     }
-    println!("  database:     {}", redact(&settings.db));
+    println!("  database:     {}", redact(db_url));
     println!("  broker:       {}", link.what);
     match &settings.access {
         Access::Header { default_tenant } => {
@@ -574,14 +661,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The verifier of a service on its own: Cairn's realms under `issuer`
-/// (keys over HTTP) and the other trusted issuers, refusing what the
-/// identity service revoked.
-fn remote_verifier(
+/// The verifier of a service or the gateway on its own: Cairn's realms
+/// under `issuer` (keys over HTTP, from `identity_url` when given) and the
+/// other trusted issuers, refusing what `revoked` lists (the gateway keeps
+/// no such list: the services do).
+pub(crate) fn remote_verifier(
     issuer: &Option<String>,
     identity_url: &Option<String>,
     mut trusted: Vec<TrustedIssuer>,
-    revoked: RevokedTokens,
+    revoked: Option<Arc<dyn Revocations>>,
 ) -> Verifier {
     if let Some(issuer) = issuer {
         let fetch = identity_url.clone().unwrap_or_else(|| issuer.clone());
@@ -597,7 +685,7 @@ fn remote_verifier(
         trusted,
         RoleMap::default(),
         VerifierOptions::default(),
-        Some(Arc::new(revoked)),
+        revoked,
     )
 }
 
@@ -874,7 +962,7 @@ mod tests {
             "127.0.0.1:9001",
         ])
         .unwrap();
-        assert_eq!(s.broker, "amqp://flag", "a flag wins");
+        assert_eq!(s.broker.as_deref(), Some("amqp://flag"), "a flag wins");
         assert_eq!(s.listen, "127.0.0.1:9001");
         assert_eq!(s.store.as_deref(), Some("postgres://u@db/x?schema=ops"));
         assert_eq!(s.prefix, "prod");
@@ -886,7 +974,8 @@ mod tests {
         }
         assert_eq!(s.request_timeout, Duration::from_millis(1500));
         assert_eq!(
-            s.db, "postgres://u@db/x?schema=flights_read",
+            s.db.as_deref(),
+            Some("postgres://u@db/x?schema=flights_read"),
             "the service database defaults to a schema beside the store"
         );
     }
@@ -935,7 +1024,7 @@ mod tests {
             "http://id",
         ])
         .unwrap();
-        assert_eq!(s.db, "sqlite://data/ops.db.passengers.db");
+        assert_eq!(s.db.as_deref(), Some("sqlite://data/ops.db.passengers.db"));
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.prefix, "cairn");
     }
@@ -997,10 +1086,128 @@ mod tests {
             "nats://x",
         ])
         .unwrap();
-        assert_eq!(identity.db, "sqlite://x.db.identity.db");
+        assert_eq!(identity.db.as_deref(), Some("sqlite://x.db.identity.db"));
         assert!(matches!(
             identity.access,
             Access::Tokens { issuer: None, .. }
         ));
+    }
+
+    #[test]
+    fn the_gateway_needs_routes_and_an_issuer_but_no_store_or_broker() {
+        let (_dir, path) = config(
+            r#"
+            upstream_timeout_ms = 1500
+            issuer = "http://identity:8084"
+
+            [[route]]
+            prefix = "/api/flights"
+            upstreams = ["http://flights-1:8081", "http://flights-2:8081"]
+
+            [[route]]
+            prefix = "/realms"
+            upstreams = ["http://identity:8084"]
+            "#,
+        );
+        let s = settings(&[
+            "gateway",
+            "--config",
+            &path,
+            "--route",
+            "/realms=http://identity-2:8084",
+            "--route",
+            "/api/passengers=http://passengers:8082",
+            // A deployment's shared variables are no business of the gateway.
+            "--broker",
+            "nats://x",
+        ])
+        .unwrap();
+        let routes: Vec<String> = s.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            routes,
+            [
+                "/api/flights=http://flights-1:8081,http://flights-2:8081",
+                "/realms=http://identity-2:8084",
+                "/api/passengers=http://passengers:8082",
+            ],
+            "a flag replaces the file's route of its prefix"
+        );
+        assert_eq!(s.upstream_timeout, Duration::from_millis(1500));
+        assert_eq!((s.store, s.db, s.broker), (None, None, None));
+        assert!(matches!(
+            s.access,
+            Access::Tokens {
+                issuer: Some(_),
+                ..
+            }
+        ));
+
+        let s = settings(&[
+            "gateway",
+            "--route",
+            "/=http://a",
+            "--insecure-tenant-header",
+        ])
+        .unwrap();
+        assert!(matches!(s.access, Access::Header { .. }), "no edge check");
+        assert_eq!(s.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
+
+        let fails = |args: &[&str], says: &str| {
+            let err = format!("{:#}", settings(args).unwrap_err());
+            assert!(err.contains(says), "{args:?}: {err}");
+        };
+        fails(&["gateway", "--issuer", "http://id"], "no routes");
+        fails(&["gateway", "--route", "/api=http://a"], "no token issuer");
+        fails(
+            &[
+                "gateway",
+                "--route",
+                "/api=https://a",
+                "--issuer",
+                "http://id",
+            ],
+            "TLS",
+        );
+        fails(
+            &["gateway", "--route", "/api", "--issuer", "http://id"],
+            "PREFIX=URL",
+        );
+        fails(
+            &[
+                "gateway",
+                "--route",
+                "/api=http://a",
+                "--issuer",
+                "http://id",
+                "--upstream-timeout-ms",
+                "0",
+            ],
+            "at least 1",
+        );
+        fails(
+            &[
+                "gateway",
+                "--route",
+                "/api=http://a",
+                "--insecure-tenant-header",
+                "--default-tenant",
+                "acme",
+            ],
+            "forwards X-Cairn-Tenant",
+        );
+        fails(
+            &[
+                "flights",
+                "--store",
+                "sqlite://x.db",
+                "--broker",
+                "nats://x",
+                "--issuer",
+                "http://id",
+                "--route",
+                "/api=http://a",
+            ],
+            "routes are the gateway's",
+        );
     }
 }

@@ -1,17 +1,18 @@
 //! End-to-end: Flights, Passengers and Audit as separate `cairn run`
 //! processes (Flights and Passengers on one PostgreSQL event store, each
 //! service with its own database schema), talking over NATS JetStream and,
-//! again, over RabbitMQ, behind a router that sends each path to its
-//! service. Every scenario of `scenarios/` (the ones `cairn up` passes) runs
-//! here too, plus what only separate processes show. Each test owns its
+//! again, over RabbitMQ, behind `cairn run gateway`, which sends each path
+//! to its service and checks tokens at the edge. Every scenario of
+//! `scenarios/` (the ones `cairn up` passes) runs here too, through the
+//! gateway, plus what only separate processes show. Each test owns its
 //! schemas and a broker prefix, so tests never see each other's messages.
 
 mod scenarios;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use reqwest::{Client, Response, StatusCode};
@@ -132,6 +133,9 @@ struct Cluster {
     flights: Proc,
     passengers: Option<Proc>,
     audit: Proc,
+    /// `cairn run gateway` in front of the processes the cluster started
+    /// with (a service started again later has another address).
+    gateway: Proc,
     /// Acts as demo's admin.
     client: Client,
     /// The platform's super-admin's token.
@@ -147,65 +151,20 @@ struct Cluster {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// Serves the whole API on one address, sending `/api/flights…` to
-/// Flights, `/api/passengers…` to Passengers, `/api/audit…` to Audit and
-/// `/realms/…` and `/api/admin/…` to Identity. It checks no tokens: each
-/// service does.
-async fn router(flights: String, passengers: String, audit: String, identity: String) -> String {
-    use axum::{body::Body, extract::Request, response::Response as AxumResponse};
-    let client = Client::new();
-    let forward = move |req: Request| {
-        let (client, flights, passengers, audit, identity) = (
-            client.clone(),
-            flights.clone(),
-            passengers.clone(),
-            audit.clone(),
-            identity.clone(),
-        );
-        async move {
-            let path = req.uri().path().to_owned();
-            let target = if path.starts_with("/api/passengers") {
-                passengers
-            } else if path.starts_with("/api/audit") {
-                audit
-            } else if path.starts_with("/realms/") || path.starts_with("/api/admin/") {
-                identity
-            } else {
-                flights
-            };
-            let url = format!(
-                "{target}{}",
-                req.uri().path_and_query().map_or("/", |p| p.as_str())
-            );
-            let method = req.method().clone();
-            let mut headers = req.headers().clone();
-            for h in ["host", "content-length", "transfer-encoding", "connection"] {
-                headers.remove(h);
-            }
-            let body = axum::body::to_bytes(req.into_body(), 16 << 20)
-                .await
-                .unwrap();
-            let r = client
-                .request(method, url)
-                .headers(headers)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let mut out = AxumResponse::builder().status(r.status());
-            for (name, value) in r.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
-                    out = out.header(name, value);
-                }
-            }
-            out.body(Body::from(r.bytes().await.unwrap())).unwrap()
-        }
-    };
-    let app = axum::Router::new().fallback(forward);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+/// Each part of the API to the process that serves it.
+fn routes(
+    flights: &Proc,
+    passengers: &Proc,
+    audit: &Proc,
+    identity: &Proc,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("/api/flights", flights.base.clone()),
+        ("/api/passengers", passengers.base.clone()),
+        ("/api/audit", audit.base.clone()),
+        ("/realms", identity.base.clone()),
+        ("/api/admin", identity.base.clone()),
+    ]
 }
 
 fn postgres_url() -> String {
@@ -266,39 +225,9 @@ fn spawn(
         }
         None => {}
     }
-    for var in [
-        "CAIRN_CONFIG",
-        "CAIRN_STORE",
-        "CAIRN_DB",
-        "CAIRN_BROKER",
-        "CAIRN_ISSUER",
-        "CAIRN_IDENTITY_URL",
-        "CAIRN_PUBLIC_URL",
-        "CAIRN_MASTER_KEY_FILE",
-        "CAIRN_DEFAULT_TENANT",
-    ] {
-        cmd.env_remove(var);
-    }
-    let mut child = cmd
-        .args(["--broker", &broker_url(kind), "--prefix", prefix])
-        .env("CAIRN_MASTER_KEY", TEST_MASTER_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cairn binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let marker = format!("cairn run {service}: listening on ");
-    let base = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("cairn run {service} exited before listening"))
-            .unwrap();
-        if let Some(rest) = line.strip_prefix(&marker) {
-            break rest.trim().to_owned();
-        }
-    };
+    cmd.args(["--broker", &broker_url(kind), "--prefix", prefix])
+        .env("CAIRN_MASTER_KEY", TEST_MASTER_KEY);
+    let (child, base, mut lines) = start(cmd, service);
     // The identity service's first start prints the admins' passwords.
     let mut passwords = Vec::new();
     if service == "identity" {
@@ -324,6 +253,72 @@ fn spawn(
         child,
         base,
         passwords,
+    }
+}
+
+/// Starts `cmd` (a `cairn run <service>`) without the environment's
+/// `CAIRN_*` settings and waits until it says where it listens.
+fn start(
+    mut cmd: Command,
+    service: &str,
+) -> (Child, String, std::io::Lines<BufReader<ChildStdout>>) {
+    for var in [
+        "CAIRN_CONFIG",
+        "CAIRN_STORE",
+        "CAIRN_DB",
+        "CAIRN_BROKER",
+        "CAIRN_ISSUER",
+        "CAIRN_IDENTITY_URL",
+        "CAIRN_PUBLIC_URL",
+        "CAIRN_MASTER_KEY_FILE",
+        "CAIRN_DEFAULT_TENANT",
+        "CAIRN_UPSTREAM_TIMEOUT_MS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cairn binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let marker = format!("cairn run {service}: listening on ");
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("cairn run {service} exited before listening"))
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(&marker) {
+            break rest.trim().to_owned();
+        }
+    };
+    (child, base, lines)
+}
+
+/// `cairn run gateway` with `routes` (prefix, upstream), checking the
+/// tokens of `issuer`'s realms at the edge.
+fn spawn_gateway(routes: &[(&str, String)], issuer: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args([
+        "run",
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--issuer",
+        issuer,
+    ])
+    .args(extra);
+    for (prefix, upstream) in routes {
+        cmd.arg("--route").arg(format!("{prefix}={upstream}"));
+    }
+    let (child, base, lines) = start(cmd, "gateway");
+    std::thread::spawn(move || for _ in lines {});
+    Proc {
+        child,
+        base,
+        passwords: Vec::new(),
     }
 }
 
@@ -373,19 +368,34 @@ impl Cluster {
             &prefix,
             Some(&issuer),
         );
+        let flights = spawn(
+            "flights",
+            Some(&store),
+            &format!("{}?schema={schema}_flights", postgres_url()),
+            kind,
+            &prefix,
+            Some(&issuer),
+        );
+        let passengers = spawn(
+            "passengers",
+            Some(&store),
+            &format!("{}?schema={schema}_passengers", postgres_url()),
+            kind,
+            &prefix,
+            Some(&issuer),
+        );
+        let gateway = spawn_gateway(
+            &routes(&flights, &passengers, &audit, &identity),
+            &issuer,
+            &[],
+        );
         let mut cluster = Self {
             kind,
-            flights: spawn(
-                "flights",
-                Some(&store),
-                &format!("{}?schema={schema}_flights", postgres_url()),
-                kind,
-                &prefix,
-                Some(&issuer),
-            ),
+            flights,
             identity,
-            passengers: None,
+            passengers: Some(passengers),
             audit,
+            gateway,
             store,
             schema,
             prefix,
@@ -409,8 +419,17 @@ impl Cluster {
                 });
             }
         }
-        cluster.start_passengers();
         Some(cluster)
+    }
+
+    /// The gateway's routes to this cluster's processes.
+    fn routes(&self) -> Vec<(&'static str, String)> {
+        routes(
+            &self.flights,
+            self.passengers.as_ref().expect("passengers running"),
+            &self.audit,
+            &self.identity,
+        )
     }
 
     fn demo_token(&self) -> String {
@@ -432,18 +451,11 @@ impl Cluster {
         ));
     }
 
-    /// The whole API behind a router, for the shared scenarios.
+    /// The whole API behind the gateway, for the shared scenarios.
     async fn app(&self) -> scenarios::App {
-        let base = router(
-            self.flights.base.clone(),
-            self.passengers.as_ref().unwrap().base.clone(),
-            self.audit.base.clone(),
-            self.identity.base.clone(),
-        )
-        .await;
         scenarios::App {
             child: None,
-            base,
+            base: self.gateway.base.clone(),
             client: self.client.clone(),
             separate: true,
             other: scenarios::OtherTenant::Token(self.other.clone()),
@@ -1065,6 +1077,70 @@ async fn a_departure_cut_short_by_a_crash_is_undone(mut c: Cluster) {
     assert_eq!(flight["status"], "scheduled");
 }
 
+/// The gateway checks tokens itself: with Passengers frozen (SIGSTOP), a
+/// request without a valid token still gets its 401 at once, from the
+/// gateway; a valid one is forwarded and, with nobody answering, ends as a
+/// 504 after the gateway's upstream timeout; once Passengers runs again
+/// the same request passes.
+async fn the_gateway_refuses_requests_without_a_token_itself(c: Cluster) {
+    let id = c.create_flight(5).await;
+    let gateway = spawn_gateway(&c.routes(), &c.issuer(), &["--upstream-timeout-ms", "1000"]);
+    let url = format!("{}/api/passengers?flightId={id}", gateway.base);
+    let anonymous = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Forwarded while Passengers runs: the route works.
+    let r = c.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    c.freeze_passengers(true);
+    let started = Instant::now();
+    let r = anonymous.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="cairn""#);
+    problem(r, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    let demo_token = c.demo_token();
+    let (unsigned, _) = demo_token.rsplit_once('.').unwrap();
+    let r = anonymous
+        .get(&url)
+        .bearer_auth(format!("{unsigned}.AAAA"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the gateway answered without waiting for Passengers: {:?}",
+        started.elapsed()
+    );
+    let r = anonymous
+        .get(&url)
+        .bearer_auth(&demo_token)
+        .send()
+        .await
+        .unwrap();
+    let unanswered = problem(r, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    c.freeze_passengers(false);
+    assert!(unanswered["detail"].is_string());
+
+    let r = c.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = anonymous
+        .get(format!("{}/metrics", gateway.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for status in ["200", "401", "504"] {
+        let series = format!(
+            r#"cairn_http_requests_total{{method="GET",route="/api/passengers",status="{status}"}}"#
+        );
+        assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
+}
+
 /// On RabbitMQ a queue keeps only what is published after it exists: a
 /// service declares the groups that read its events before it publishes,
 /// so a consumer started later still gets everything.
@@ -1157,6 +1233,13 @@ async fn amqp_consumers_started_late_get_what_was_published_before() {
 async fn nats_a_departure_cut_short_by_a_crash_is_undone() {
     if let Some(c) = Cluster::start(Kind::Nats).await {
         a_departure_cut_short_by_a_crash_is_undone(c).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_the_gateway_refuses_requests_without_a_token_itself() {
+    if let Some(c) = Cluster::start(Kind::Nats).await {
+        the_gateway_refuses_requests_without_a_token_itself(c).await;
     }
 }
 

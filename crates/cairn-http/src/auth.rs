@@ -27,7 +27,7 @@ use std::{
 
 use axum::{
     extract::Request,
-    http::{HeaderValue, Method, header, request::Parts},
+    http::{HeaderMap, HeaderValue, Method, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use cairn_auth::{AuthError, Principal, Rejection, Verifier, permissions};
@@ -190,10 +190,11 @@ async fn authenticate(
     options: &AuthOptions,
     req: &Parts,
 ) -> Result<(RequestContext, Principal), Response> {
-    let token = bearer_token(req).map_err(|r| unauthenticated(r, req))?;
+    let refuse = |r| unauthenticated(r, &req.method, req.uri.path());
+    let token = bearer_token(&req.headers).map_err(refuse)?;
     let principal = match options.verifier.verify(token).await {
         Ok(p) => p,
-        Err(AuthError::Rejected(r)) => return Err(unauthenticated(r, req)),
+        Err(AuthError::Rejected(r)) => return Err(refuse(r)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot validate an access token");
             return Err(ApiError::new(
@@ -272,9 +273,10 @@ async fn authenticate(
     Ok((ctx, principal))
 }
 
-fn bearer_token(req: &Parts) -> Result<&str, Rejection> {
-    let value = req
-        .headers
+/// The bearer token of a request's headers: [`Rejection::Missing`] without
+/// an `Authorization` header, [`Rejection::Malformed`] for another scheme.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Rejection> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(Rejection::Missing)?
         .to_str()
@@ -286,7 +288,10 @@ fn bearer_token(req: &Parts) -> Result<&str, Rejection> {
     Ok(token.trim())
 }
 
-fn unauthenticated(reason: Rejection, req: &Parts) -> Response {
+/// The one answer to a refused token (401 with a `WWW-Authenticate`
+/// challenge), whatever the reason; the reason goes to the log (at
+/// `info`, with the method and path, never the token).
+pub fn unauthenticated(reason: Rejection, method: &Method, path: &str) -> Response {
     let (detail, challenge) = if reason == Rejection::Missing {
         (
             "an access token is required (Authorization: Bearer …)",
@@ -295,8 +300,8 @@ fn unauthenticated(reason: Rejection, req: &Parts) -> Response {
     } else {
         tracing::info!(
             reason = reason.as_str(),
-            method = %req.method,
-            path = req.uri.path(),
+            %method,
+            path,
             "access token refused"
         );
         (

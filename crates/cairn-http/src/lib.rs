@@ -38,7 +38,7 @@ mod server;
 
 pub use auth::{
     AuthOptions, BearerAuth, BearerAuthLayer, Caller, CrossTenantAudit, CrossTenantRead,
-    SharedRoute, bearer_auth,
+    SharedRoute, bearer_auth, bearer_token, unauthenticated,
 };
 pub use context::{
     CORRELATION_ID_HEADER, Context, RequestContextLayer, RequestContextService, TENANT_HEADER,

@@ -1,0 +1,44 @@
+//! Tokens at the edge: with a [`Verifier`], a request for a path outside
+//! the public prefixes needs a valid bearer token before anything is
+//! forwarded. The answers are the services' own (`cairn-http`'s bearer
+//! layer): 401 `unauthenticated` with `WWW-Authenticate: Bearer
+//! realm="cairn"` when there is no token, the same with
+//! `error="invalid_token"` for a refused one (the reason goes to the log,
+//! never to the caller), 503 `unavailable` when an issuer's keys cannot be
+//! fetched.
+//!
+//! The check is only a first wall. The token travels on untouched and each
+//! service verifies it again, and decides what `X-Cairn-Tenant` may name
+//! (which is why `cairn-http`'s layer, which also judges cross-tenant reads
+//! and builds the request context, is not used here). Revocation is also
+//! the services' business: the gateway keeps no list of revoked tokens.
+
+use axum::{
+    http::{HeaderMap, Method},
+    response::{IntoResponse, Response},
+};
+use cairn_auth::{AuthError, Verifier};
+use cairn_core::ErrorCode;
+use cairn_http::{ApiError, bearer_token, unauthenticated};
+
+/// Checks the bearer token of a request for `path`.
+pub(crate) async fn check_token(
+    verifier: &Verifier,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let token = bearer_token(headers).map_err(|r| unauthenticated(r, method, path))?;
+    match verifier.verify(token).await {
+        Ok(_) => Ok(()),
+        Err(AuthError::Rejected(r)) => Err(unauthenticated(r, method, path)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot validate an access token");
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "access tokens cannot be validated right now",
+            )
+            .into_response())
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! The gateway in front of real upstream servers on loopback: routing,
+//! round robin, streaming, headers, failures as problems, and tokens at
+//! the edge.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, Request, State},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use cairn_auth::{
+    AUDIENCE, AccessClaims, Audience, JwkSet, RoleMap, SigningKey, StaticKeys, TrustedIssuer,
+    Verifier, now_secs,
+};
+use cairn_gateway::{Gateway, GatewayOptions, Route};
+use cairn_telemetry::Metrics;
+use futures_util::StreamExt as _;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::Notify,
+};
+use tower::ServiceExt as _;
+
+const ISSUER: &str = "http://id.test";
+
+/// An upstream server that says who it is and what it received.
+#[derive(Clone)]
+struct Up {
+    name: &'static str,
+    base: String,
+    /// Requests that reached a handler (health probes not counted).
+    hits: Arc<AtomicUsize>,
+    /// `/drip` sends its second chunk once this is notified.
+    release: Arc<Notify>,
+    /// `/upload` notifies this when the first chunk of its body arrives.
+    got_first: Arc<Notify>,
+}
+
+impl Up {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn upstream(name: &'static str) -> Up {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Up {
+        name,
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        hits: Arc::default(),
+        release: Arc::default(),
+        got_first: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/health/live", get(|| async { "live" }))
+        .route("/echo", post(echo))
+        .route("/upload", post(upload))
+        .route("/drip", get(drip))
+        .route("/slow", get(slow))
+        .route("/hops", get(hops))
+        .fallback(describe)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(up.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    up
+}
+
+async fn describe(State(up): State<Up>, req: Request) -> Json<Value> {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let mut headers = BTreeMap::new();
+    for name in req.headers().keys() {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .collect();
+        headers.insert(name.to_string(), values.join(", "));
+    }
+    Json(json!({
+        "upstream": up.name,
+        "method": req.method().as_str(),
+        "target": req.uri().to_string(),
+        "headers": headers,
+    }))
+}
+
+async fn echo(State(up): State<Up>, body: Bytes) -> Bytes {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    body
+}
+
+async fn upload(State(up): State<Up>, req: Request) -> String {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let mut body = req.into_body().into_data_stream();
+    let mut total = 0;
+    let mut first = true;
+    while let Some(chunk) = body.next().await {
+        total += chunk.unwrap().len();
+        if first {
+            up.got_first.notify_one();
+            first = false;
+        }
+    }
+    format!("received {total} bytes")
+}
+
+async fn drip(State(up): State<Up>) -> Body {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let release = up.release.clone();
+    let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("first")) });
+    let second = futures_util::stream::once(async move {
+        release.notified().await;
+        Ok(Bytes::from("second"))
+    });
+    Body::from_stream(first.chain(second))
+}
+
+async fn slow(State(up): State<Up>) -> &'static str {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+async fn hops(State(up): State<Up>) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    (
+        [
+            ("connection", "x-upstream-hop"),
+            ("x-upstream-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("x-upstream-plain", "kept"),
+        ],
+        "hops",
+    )
+        .into_response()
+}
+
+fn route(prefix: &str, upstreams: &[&Up]) -> Route {
+    Route::new(
+        prefix,
+        upstreams.iter().map(|u| u.base.parse().unwrap()).collect(),
+    )
+    .unwrap()
+}
+
+/// A gateway serving on loopback; returns its base URL.
+async fn serve(options: GatewayOptions) -> String {
+    let gateway = Gateway::new(options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cairn_http::serve(
+        listener,
+        gateway.router(),
+        std::future::pending(),
+    ));
+    base
+}
+
+async fn body(r: reqwest::Response) -> Value {
+    r.json().await.unwrap()
+}
+
+async fn problem(r: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+/// Writes `request` on a fresh connection and reads until the gateway
+/// closes it (requests say `Connection: close`): status, head, body.
+async fn raw(base: &str, request: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_response(stream).await
+}
+
+async fn read_response(mut stream: TcpStream) -> (u16, String, Vec<u8>) {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8(out[..split].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), out[split + 4..].to_vec())
+}
+
+struct Issuer {
+    key: SigningKey,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        Self {
+            key: SigningKey::generate(now_secs()).unwrap(),
+        }
+    }
+
+    fn verifier(&self) -> Verifier {
+        Verifier::new(
+            vec![TrustedIssuer::cairn(
+                ISSUER,
+                Arc::new(StaticKeys(JwkSet {
+                    keys: vec![self.key.public_jwk()],
+                })),
+            )],
+            RoleMap::default(),
+        )
+    }
+
+    fn token(&self, tenant: &str) -> String {
+        let now = now_secs();
+        self.key
+            .sign(&AccessClaims {
+                iss: format!("{ISSUER}/realms/{tenant}"),
+                sub: format!("{tenant}-user"),
+                aud: Some(Audience::One(AUDIENCE.into())),
+                exp: now + 300,
+                nbf: Some(now),
+                iat: Some(now),
+                jti: None,
+                tenant: Some(tenant.into()),
+                preferred_username: None,
+                roles: vec!["operator".into()],
+                realm_access: None,
+                scope: None,
+                azp: None,
+                shared: BTreeMap::new(),
+            })
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn each_path_goes_to_the_longest_matching_prefix() {
+    let (api, flights, root) = (
+        upstream("api").await,
+        upstream("flights").await,
+        upstream("root").await,
+    );
+    let gw = serve(GatewayOptions::new(vec![
+        route("/api", &[&api]),
+        route("/api/flights", &[&flights]),
+    ]))
+    .await;
+    let client = Client::new();
+    let get = |path: &str| client.get(format!("{gw}{path}")).send();
+    let r = body(get("/api/flights/7?limit=2&x=%20y").await.unwrap()).await;
+    assert_eq!(r["upstream"], "flights");
+    assert_eq!(
+        r["target"], "/api/flights/7?limit=2&x=%20y",
+        "path and query unchanged"
+    );
+    assert_eq!(
+        body(get("/api/flights").await.unwrap()).await["upstream"],
+        "flights"
+    );
+    assert_eq!(
+        body(get("/api/flightsx").await.unwrap()).await["upstream"],
+        "api"
+    );
+    assert_eq!(body(get("/api").await.unwrap()).await["upstream"], "api");
+    let r = client
+        .delete(format!("{gw}/api/flights/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["method"], "DELETE");
+
+    // No route: a problem, and no upstream hears of it.
+    let before = api.hits() + flights.hits();
+    problem(
+        get("/apix").await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    problem(get("/").await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(api.hits() + flights.hits(), before);
+
+    // `/` catches what nothing longer does.
+    let gw = serve(GatewayOptions::new(vec![
+        route("/", &[&root]),
+        route("/api", &[&api]),
+    ]))
+    .await;
+    let r = body(client.get(format!("{gw}/other")).send().await.unwrap()).await;
+    assert_eq!(r["upstream"], "root");
+    let r = body(client.get(format!("{gw}/api/x")).send().await.unwrap()).await;
+    assert_eq!(r["upstream"], "api");
+}
+
+#[tokio::test]
+async fn a_route_takes_its_upstreams_in_turn() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let gw = serve(GatewayOptions::new(vec![route("/api", &[&a, &b])])).await;
+    let client = Client::new();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let r = body(client.get(format!("{gw}/api/x")).send().await.unwrap()).await;
+        seen.push(r["upstream"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
+    assert_eq!((a.hits(), b.hits()), (3, 3));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_both_ways() {
+    let up = upstream("echo").await;
+    let gw = serve(GatewayOptions::new(vec![route("/", &[&up])])).await;
+    let sent: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = Client::new()
+        .post(format!("{gw}/echo"))
+        .body(sent.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.len(), sent.len());
+    assert!(got[..] == sent[..], "the body came back changed");
+}
+
+#[tokio::test]
+async fn bodies_are_forwarded_as_they_arrive_not_buffered() {
+    let up = upstream("stream").await;
+    let gw = serve(GatewayOptions::new(vec![route("/", &[&up])])).await;
+
+    // Response: the upstream sends its second chunk only after the client
+    // has received the first through the gateway.
+    let mut r = Client::new()
+        .get(format!("{gw}/drip"))
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("the first chunk arrives before the response is complete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "first");
+    up.release.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"second");
+
+    // Request: the client sends the rest of its body only after the
+    // upstream has received the first chunk through the gateway.
+    let mut stream = TcpStream::connect(gw.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let chunk = "x".repeat(1000);
+    stream
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n",
+                chunk.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), up.got_first.notified())
+        .await
+        .expect("the first chunk reaches the upstream before the body is complete");
+    stream
+        .write_all(format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()).as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(stream).await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains("received 2000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stay_behind_and_forwarding_headers_are_set() {
+    let up = upstream("headers").await;
+    let gw = serve(GatewayOptions::new(vec![route("/", &[&up])])).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, head, answer) = raw(
+        &gw,
+        &format!(
+            "GET /api/x?q=1 HTTP/1.1\r\n\
+             Host: public.example\r\n\
+             Connection: close, X-Hop\r\n\
+             X-Hop: secret\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Proxy-Authorization: Basic eDp5\r\n\
+             TE: trailers\r\n\
+             Trailer: x-checksum\r\n\
+             Upgrade: websocket\r\n\
+             X-Forwarded-For: 203.0.113.9\r\n\
+             Authorization: Bearer opaque\r\n\
+             traceparent: {traceparent}\r\n\
+             X-Cairn-Tenant: demo\r\n\
+             X-Correlation-Id: corr-7\r\n\
+             \r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("x-correlation-id: corr-7"), "{head}");
+    let seen: Value = serde_json::from_slice(&answer).unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(!headers.contains_key(gone), "{gone} was forwarded: {seen}");
+    }
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "public.example");
+    assert_eq!(headers["host"], up.base.trim_start_matches("http://"));
+    assert_eq!(headers["authorization"], "Bearer opaque");
+    assert_eq!(headers["traceparent"], traceparent);
+    assert_eq!(headers["x-cairn-tenant"], "demo");
+    assert_eq!(headers["x-correlation-id"], "corr-7");
+    assert_eq!(seen["target"], "/api/x?q=1");
+
+    // Without a correlation id, the upstream and the caller get the same
+    // fresh one.
+    let r = Client::new()
+        .get(format!("{gw}/api/x"))
+        .send()
+        .await
+        .unwrap();
+    let given = r.headers()["x-correlation-id"].to_str().unwrap().to_owned();
+    let seen = body(r).await;
+    assert_eq!(seen["headers"]["x-correlation-id"], given.as_str());
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    // The response side too.
+    let r = Client::new()
+        .get(format!("{gw}/hops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for gone in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!r.headers().contains_key(gone), "{gone} came back");
+    }
+    assert_eq!(r.headers()["x-upstream-plain"], "kept");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502() {
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let gw = serve(GatewayOptions::new(vec![
+        Route::new("/api", vec![closed.parse().unwrap()]).unwrap(),
+    ]))
+    .await;
+    let r = Client::new()
+        .get(format!("{gw}/api/flights"))
+        .header("x-correlation-id", "dead-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-correlation-id"], "dead-1");
+    let body = problem(r, StatusCode::BAD_GATEWAY, "unavailable").await;
+    assert!(
+        !body["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "a 5xx says nothing of the inside: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_504_after_the_timeout() {
+    let up = upstream("slow").await;
+    let mut options = GatewayOptions::new(vec![route("/", &[&up])]);
+    options.upstream_timeout = Duration::from_millis(300);
+    let gw = serve(options).await;
+    let started = Instant::now();
+    let r = Client::new()
+        .get(format!("{gw}/slow"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let up = upstream("limit").await;
+    let mut options = GatewayOptions::new(vec![route("/", &[&up])]);
+    options.body_limit_bytes = 1024;
+    let gateway = Gateway::new(options.clone()).unwrap();
+    let gw = serve(options).await;
+
+    // Declared too large: refused before anything is forwarded.
+    let (status, head, body) = raw(
+        &gw,
+        "POST /echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 413, "{head}");
+    assert!(head.contains("content-type: application/problem+json"));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+    assert_eq!(up.hits(), 0);
+
+    // Exactly the limit passes.
+    let r = Client::new()
+        .post(format!("{gw}/echo"))
+        .body(vec![7u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().len(), 1024);
+
+    // A streamed body without a length is cut off where it passes the
+    // limit; the caller gets 413, not the upstream's failure.
+    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 512])));
+    let request = axum::http::Request::post("/echo")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let response = gateway.router().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn without_a_valid_token_nothing_reaches_an_upstream() {
+    let issuer = Issuer::new();
+    let up = upstream("guarded").await;
+    let mut options = GatewayOptions::new(vec![route("/api", &[&up])]);
+    options.verifier = Some(issuer.verifier());
+    let gw = serve(options).await;
+    let client = Client::new();
+
+    let r = client
+        .get(format!("{gw}/api/flights"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="cairn""#);
+    problem(r, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    let token = issuer.token("demo");
+    let (unsigned, _) = token.rsplit_once('.').unwrap();
+    for bad in [
+        format!("Bearer {unsigned}.AAAA"),
+        format!("Basic {token}"),
+        "Bearer".to_owned(),
+        format!("Bearer {}", Issuer::new().token("demo")),
+    ] {
+        let r = client
+            .post(format!("{gw}/api/flights"))
+            .header("authorization", &bad)
+            .header("x-cairn-tenant", "demo")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        if bad.starts_with("Bearer ") {
+            assert_eq!(
+                r.headers()["www-authenticate"],
+                r#"Bearer realm="cairn", error="invalid_token""#
+            );
+        }
+    }
+    // An unknown path is no way to learn what is routed.
+    let r = client.get(format!("{gw}/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(up.hits(), 0, "no refused request reached the upstream");
+
+    // A valid token passes, untouched; another tenant's header goes along
+    // for the service to judge.
+    let r = client
+        .get(format!("{gw}/api/flights"))
+        .bearer_auth(&token)
+        .header("x-cairn-tenant", "globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = body(r).await;
+    assert_eq!(seen["headers"]["authorization"], format!("Bearer {token}"));
+    assert_eq!(seen["headers"]["x-cairn-tenant"], "globex");
+    assert_eq!(up.hits(), 1);
+    // With a token, an unknown path is 404.
+    let r = client
+        .get(format!("{gw}/nothing"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn public_paths_need_no_token() {
+    let issuer = Issuer::new();
+    let (identity, root) = (upstream("identity").await, upstream("root").await);
+    let mut options =
+        GatewayOptions::new(vec![route("/realms", &[&identity]), route("/", &[&root])]);
+    options.verifier = Some(issuer.verifier());
+    let gw = serve(options).await;
+    let client = Client::new();
+    let get = |path: &str| client.get(format!("{gw}{path}")).send();
+    let r = get("/realms/demo/.well-known/openid-configuration")
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["upstream"], "identity");
+    let r = client
+        .post(format!("{gw}/realms/demo/protocol/openid-connect/token"))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["upstream"], "identity");
+    assert_eq!(
+        body(get("/openapi.json").await.unwrap()).await["upstream"],
+        "root"
+    );
+    assert_eq!(get("/health/live").await.unwrap().status(), StatusCode::OK);
+    // Public on a segment boundary only.
+    assert_eq!(
+        get("/realmsx").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get("/api/flights").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // No climbing out of a public prefix (sent raw: a URL library would
+    // resolve the dots before sending).
+    for path in ["/realms/../api/flights", "/realms/%2E%2e/api/flights"] {
+        let (status, head, _) = raw(
+            &gw,
+            &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {head}");
+    }
+    assert_eq!(root.hits(), 1, "only /openapi.json reached the root route");
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_the_gateways_own() {
+    let metrics = Metrics::install();
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut options = GatewayOptions::new(vec![
+        route("/api/flights", &[&a]),
+        // One of two upstreams down: still ready.
+        Route::new(
+            "/api/passengers",
+            vec![closed.parse().unwrap(), b.base.parse().unwrap()],
+        )
+        .unwrap(),
+    ]);
+    options.metrics = Some(metrics);
+    let gw = serve(options.clone()).await;
+    let client = Client::new();
+    let r = client
+        .get(format!("{gw}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["status"], "live");
+    let r = client
+        .get(format!("{gw}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ready = body(r).await;
+    assert_eq!(ready["checks"]["/api/flights"]["status"], "up", "{ready}");
+    assert_eq!(
+        ready["checks"]["/api/passengers"]["status"], "up",
+        "{ready}"
+    );
+    assert_eq!(a.hits() + b.hits(), 0, "health probes are not requests");
+
+    // A route none of whose upstreams answers makes the gateway unready.
+    options
+        .routes
+        .push(Route::new("/api/audit", vec![closed.parse().unwrap()]).unwrap());
+    let unready = serve(options).await;
+    let r = client
+        .get(format!("{unready}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report = body(r).await;
+    assert_eq!(report["checks"]["/api/audit"]["status"], "down", "{report}");
+
+    // RED metrics by route prefix, never by path.
+    let r = client
+        .get(format!("{gw}/api/flights/0190b3f0-secret-id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    client.get(format!("{gw}/unrouted/x")).send().await.unwrap();
+    let text = client
+        .get(format!("{gw}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"cairn_http_requests_total{method="GET",route="/api/flights",status="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cairn_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/health/ready""#), "{text}");
+    assert!(!text.contains("secret-id"), "{text}");
+    assert!(!text.contains("/unrouted"), "{text}");
+}
