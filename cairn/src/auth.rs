@@ -60,6 +60,34 @@ pub(crate) fn master_key(
     }
 }
 
+/// The tenant made on first start besides the platform tenant, for trying
+/// things out.
+pub(crate) const DEMO_TENANT: &str = "demo";
+
+/// Opens the identity service issuing as `public_url`, and makes the
+/// platform and demo tenants on first start (their admins' passwords are
+/// returned once).
+pub(crate) async fn open_identity(
+    store: Arc<dyn EventStore>,
+    db: cairn_projection::ReadDb,
+    master: MasterKey,
+    public_url: &str,
+) -> anyhow::Result<(cairn_identity::Identity, Vec<cairn_identity::BootstrapUser>)> {
+    let identity = cairn_identity::Identity::open(
+        store,
+        db,
+        master,
+        cairn_identity::IdentityOptions::new(public_url),
+    )
+    .await
+    .context("opening the identity service")?;
+    let created = identity
+        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
+        .await
+        .context("creating the first tenants")?;
+    Ok((identity, created))
+}
+
 /// Parses the `--trust-issuer` specs.
 pub(crate) fn trusted_issuers(specs: &[String]) -> anyhow::Result<Vec<TrustedIssuer>> {
     specs.iter().map(|s| trusted_issuer(s)).collect()

@@ -32,7 +32,7 @@ use cairn_http::{
     TenantHeaderOptions, app, openapi_document, openapi_router, serve, shutdown_signal,
 };
 use cairn_identity::{
-    BootstrapUser, Identity, IdentityOptions,
+    BootstrapUser, Identity,
     revocations::{self, RevokedTokens},
 };
 use cairn_messaging::{
@@ -51,10 +51,6 @@ use crate::{
     auth::{self, IdentityArgs},
     store_url::{StoreUrl, open_store, split_schema},
 };
-
-/// The tenant the identity service makes on first start besides the
-/// platform tenant.
-const DEMO_TENANT: &str = "demo";
 
 /// The services `cairn run` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -880,18 +876,8 @@ async fn identity(
         );
     }
     let (master, _) = auth::master_key(&args, None)?;
-    let identity = Identity::open(
-        store.clone(),
-        db.clone(),
-        master,
-        IdentityOptions::new(&public_url),
-    )
-    .await
-    .context("opening the identity service")?;
-    let created = identity
-        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
-        .await
-        .context("creating the first tenants")?;
+    let (identity, created) =
+        auth::open_identity(store.clone(), db.clone(), master, &public_url).await?;
     let mut public = revocations::public_events()?;
     let cross_reads = store_cross_reads(revocations::SERVICE, &store, &mut public);
     let relay = start_relay(public, store.clone(), db, link).await?;

@@ -39,7 +39,6 @@ use cairn_http::{
     AuthOptions, Health, HttpOptions, IdempotencyOptions, IdempotencyStore, app, openapi_document,
     openapi_router, serve, shutdown_signal,
 };
-use cairn_identity::{Identity, IdentityOptions};
 use cairn_passengers::{
     app::Passengers,
     http::{PassengersApi, PassengersOpenApi},
@@ -54,9 +53,6 @@ use crate::{
     auth::{self, IdentityArgs},
     store_url::{StoreUrl, open_store, split_schema},
 };
-
-/// The tenant made on first start for trying things out.
-const DEMO_TENANT: &str = "demo";
 
 /// Options of `cairn up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -110,20 +106,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let identity = Identity::open(
-        store.clone(),
-        read_db.clone(),
-        master,
-        IdentityOptions::new(&public_url),
-    )
-    .await
-    .context("opening the identity service")?;
-    let created = identity
-        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
-        .await
-        .context("creating the first tenants")?;
+    let (identity, created) =
+        auth::open_identity(store.clone(), read_db.clone(), master, &public_url).await?;
     let dev_token = if args.dev {
-        let demo = TenantId::new(DEMO_TENANT).expect("valid tenant");
+        let demo = TenantId::new(auth::DEMO_TENANT).expect("valid tenant");
         Some(
             identity
                 .token_for(&demo, "admin", 12 * 3600)

@@ -197,7 +197,9 @@ mod tests {
         let holding = a.begin().await.unwrap();
         let busy = b.begin().await.unwrap_err();
         assert!(is_transient(&busy), "{busy}");
-        drop(holding);
+        // Rolled back and awaited: a dropped transaction is rolled back
+        // later, and b (which never waits) could still find the lock.
+        holding.rollback().await.unwrap();
 
         sqlx::query("INSERT INTO t (k) VALUES ('x')")
             .execute(b.pool())
