@@ -698,11 +698,16 @@ pub async fn tombstone(store: StoreHandle) {
         .unwrap_err();
     assert!(matches!(err, StoreError::StreamDeleted { .. }), "{err:?}");
     assert_eq!(err.code(), cairn_core::ErrorCode::StreamDeleted);
-    let err = store
-        .read_stream(&t, &s, ReadStream::all())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::StreamDeleted { .. }), "{err:?}");
+    // Every read of it says so, whichever way and however short.
+    for read in [
+        ReadStream::all(),
+        ReadStream::backward(),
+        ReadStream::all().limit(0),
+        ReadStream::forward_from(50),
+    ] {
+        let err = store.read_stream(&t, &s, read).await.unwrap_err();
+        assert!(matches!(err, StoreError::StreamDeleted { .. }), "{err:?}");
+    }
     let err = store
         .delete_stream(&t, &s, ExpectedVersion::Any)
         .await
