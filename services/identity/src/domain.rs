@@ -432,6 +432,9 @@ pub struct Group {
     pub name: String,
     pub tenants: Vec<String>,
     pub shared: Vec<String>,
+    /// Dissolved groups share nothing; their id is not used again.
+    #[serde(default)]
+    pub dissolved: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -447,6 +450,8 @@ pub enum GroupCommand {
         tenants: Vec<String>,
         shared: Vec<String>,
     },
+    /// Ends the group: its members no longer share anything through it.
+    Dissolve,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,6 +467,7 @@ pub enum GroupEvent {
         tenants: Vec<String>,
         shared: Vec<String>,
     },
+    GroupDissolved,
 }
 
 impl DomainEvent for GroupEvent {}
@@ -491,7 +497,7 @@ impl Aggregate for Group {
                 }])
             }
             GroupCommand::Update { tenants, shared } => {
-                if self.id.is_none() {
+                if self.id.is_none() || self.dissolved {
                     return Err(IdentityRule::Missing("group".into()));
                 }
                 if *tenants == self.tenants && *shared == self.shared {
@@ -501,6 +507,12 @@ impl Aggregate for Group {
                     tenants: tenants.clone(),
                     shared: shared.clone(),
                 }])
+            }
+            GroupCommand::Dissolve => {
+                if self.id.is_none() || self.dissolved {
+                    return Err(IdentityRule::Missing("group".into()));
+                }
+                Ok(vec![GroupEvent::GroupDissolved])
             }
         }
     }
@@ -522,6 +534,7 @@ impl Aggregate for Group {
                 self.tenants = tenants.clone();
                 self.shared = shared.clone();
             }
+            GroupEvent::GroupDissolved => self.dissolved = true,
         }
     }
 }

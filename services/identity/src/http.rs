@@ -22,6 +22,7 @@
 //! GET  /api/admin/groups                                                         super-admin
 //! GET  /api/admin/groups/{id}                                                    super-admin
 //! PUT  /api/admin/groups/{id}                 {"tenants","shared"}               super-admin
+//! DELETE /api/admin/groups/{id}                                                  super-admin
 //! ```
 //! A tenant group lets each member read what it shares of every other
 //! member: tokens carry it in their `shared` claim, taken from the groups
@@ -511,7 +512,10 @@ pub fn admin_router(identity: Identity) -> Router {
         .route("/api/admin/tenants/{tenant}/clients", post(create_client))
         .route("/api/admin/tenants/{tenant}/keys", post(rotate_keys))
         .route("/api/admin/groups", post(create_group).get(list_groups))
-        .route("/api/admin/groups/{id}", get(get_group).put(update_group))
+        .route(
+            "/api/admin/groups/{id}",
+            get(get_group).put(update_group).delete(dissolve_group),
+        )
         .with_state(identity)
 }
 
@@ -1013,6 +1017,29 @@ async fn update_group(
     Ok(Json(group.into()))
 }
 
+/// Dissolve a tenant group (super-admin): its members stop sharing
+/// through it; the id is not used again.
+#[utoipa::path(delete, path = "/api/admin/groups/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The group")),
+    responses(
+        (status = 204, description = "Dissolved"),
+        (status = 404, description = "No such group", body = cairn_http::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+    ),
+    security(("bearer" = [])))]
+async fn dissolve_group(
+    State(identity): State<Identity>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_super(&caller)?;
+    identity
+        .dissolve_group(&caller.0.subject, &id)
+        .await
+        .map_err(api_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- OpenAPI ------------------------------------------------------------------
 
 /// Adds the `bearer` security scheme the admin routes name.
@@ -1046,7 +1073,7 @@ impl Modify for BearerScheme {
         discovery, certs, token, revoke, userinfo,
         crate::browser::login, crate::browser::refresh, crate::browser::logout,
         create_tenant, list_tenants, create_user, list_users, create_client, rotate_keys,
-        create_group, list_groups, get_group, update_group,
+        create_group, list_groups, get_group, update_group, dissolve_group,
     ),
     components(schemas(
         TokenRequest, RevocationRequest,

@@ -1065,6 +1065,9 @@ pub struct TenantGroup {
 
 impl TenantGroup {
     fn of(group: Group) -> Option<Self> {
+        if group.dissolved {
+            return None;
+        }
         Some(Self {
             id: group.id?,
             name: group.name,
@@ -1154,6 +1157,29 @@ impl Identity {
             })?;
         self.forget_realms();
         TenantGroup::of(done.state).ok_or_else(missing)
+    }
+
+    /// Dissolves a group: its members stop sharing through it (new tokens
+    /// at once here, within `realm_ttl` elsewhere; tokens already issued
+    /// keep their claim until they expire). Its id is not used again.
+    pub async fn dissolve_group(&self, actor: &str, id: &str) -> Result<(), IdentityError> {
+        let missing = || IdentityError::NotFound(format!("group {id} does not exist"));
+        validate_group_id(id).map_err(|_| missing())?;
+        self.inner
+            .groups
+            .execute(
+                &system(&platform()).with_actor(actor),
+                id,
+                None,
+                &GroupCommand::Dissolve,
+            )
+            .await
+            .map_err(|e| match command_error(e) {
+                IdentityError::NotFound(_) => missing(),
+                other => other,
+            })?;
+        self.forget_realms();
+        Ok(())
     }
 
     /// Every tenant group.

@@ -101,6 +101,7 @@ impl Server {
         let request = match method {
             "POST" => self.client.post(self.url(path)).json(&body),
             "PUT" => self.client.put(self.url(path)).json(&body),
+            "DELETE" => self.client.delete(self.url(path)),
             _ => self.client.get(self.url(path)),
         };
         let request = match token {
@@ -522,4 +523,92 @@ async fn bad_group_calls_are_refused_and_nothing_is_half_written() {
     let (acme, _) = s.eve_of("acme").await;
     assert!(acme.shares(&tenant("globex"), "flights"));
     assert!(!acme.shares(&tenant("demo"), "flights"));
+}
+
+#[tokio::test]
+async fn a_dissolved_group_shares_nothing_and_its_id_is_not_used_again() {
+    let s = start_with(|o| o.realm_ttl = std::time::Duration::ZERO).await;
+    let root = s.three_tenants().await;
+    let (status, body) = s
+        .admin(
+            &root,
+            "POST",
+            "/api/admin/groups",
+            json!({"id": "alliance", "name": "Alliance", "tenants": ["acme", "globex"], "shared": ["flights"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (acme, _) = s.eve_of("acme").await;
+    assert!(acme.shares(&tenant("globex"), "flights"));
+
+    // A tenant's admin may not dissolve it; nobody unauthenticated either.
+    let acme_admin = {
+        let (status, body) = s
+            .admin(
+                &root,
+                "POST",
+                "/api/admin/tenants/acme/users",
+                json!({"username": "ada", "password": "correct horse", "roles": ["admin"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        s.login("acme", "ada", "correct horse").await
+    };
+    let (status, _) = s
+        .admin(
+            &acme_admin,
+            "DELETE",
+            "/api/admin/groups/alliance",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = s
+        .call(None, "DELETE", "/api/admin/groups/alliance", Value::Null)
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, body) = s
+        .admin(&root, "DELETE", "/api/admin/groups/alliance", Value::Null)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // Gone from the API and from new tokens.
+    let (status, _) = s
+        .admin(&root, "GET", "/api/admin/groups/alliance", Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (_, list) = s
+        .admin(&root, "GET", "/api/admin/groups", Value::Null)
+        .await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    let (acme, token) = s.eve_of("acme").await;
+    assert!(acme.shared.is_empty(), "{:?}", acme.shared);
+    assert_eq!(shared_claim(&token), Value::Null);
+    // Twice, or changed after: 404. Made again under the same id: 409.
+    let (status, _) = s
+        .admin(&root, "DELETE", "/api/admin/groups/alliance", Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .admin(
+            &root,
+            "PUT",
+            "/api/admin/groups/alliance",
+            json!({"tenants": ["acme", "globex"], "shared": ["flights"]}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .admin(
+            &root,
+            "POST",
+            "/api/admin/groups",
+            json!({"id": "alliance", "name": "Again", "tenants": ["acme"], "shared": []}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = s
+        .admin(&root, "DELETE", "/api/admin/groups/never", Value::Null)
+        .await;
+    assert_eq!(status, 404);
 }
