@@ -175,9 +175,7 @@ impl Feeder {
                 }
             };
             let prev = self.prev(&event.tenant, &event.stream, event.version).await;
-            let body = Bytes::from(
-                IntegrationEvent::from_recorded(&self.public.service, &event, prev).to_json(),
-            );
+            let body = Bytes::from(self.public.integration_event(&event, prev).to_json());
             {
                 let mut state = self.state.lock().expect("progress lock");
                 state.in_flight.insert(event.position);

@@ -30,6 +30,10 @@ pub struct PublicEvents {
     pub categories: Vec<String>,
     /// The event types it publishes (`FlightScheduled`, ...).
     pub types: Vec<String>,
+    /// Categories whose events leave without their data (it carries
+    /// secrets): `data` is `{"redacted":true}`, the rest as recorded, so
+    /// subscribers still learn what happened, where, when and by whom.
+    pub redacted: Vec<String>,
 }
 
 impl PublicEvents {
@@ -42,6 +46,7 @@ impl PublicEvents {
             service: service.into(),
             categories: categories.into_iter().map(Into::into).collect(),
             types: types.into_iter().map(Into::into).collect(),
+            redacted: Vec::new(),
         };
         crate::validate_service(&public.service)?;
         for t in &public.types {
@@ -53,6 +58,28 @@ impl PublicEvents {
             ));
         }
         Ok(public)
+    }
+
+    /// Publishes the events of `categories` without their data.
+    pub fn with_redacted<S: Into<String>>(
+        mut self,
+        categories: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.redacted = categories.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `event` as it leaves the service: redacted if its category says so.
+    pub fn integration_event(&self, event: &RecordedEvent, prev: Option<u64>) -> IntegrationEvent {
+        let mut out = IntegrationEvent::from_recorded(&self.service, event, prev);
+        if self
+            .redacted
+            .iter()
+            .any(|c| c.as_str() == event.stream.category().as_str())
+        {
+            out.data = serde_json::json!({"redacted": true});
+        }
+        out
     }
 
     pub(crate) fn filter(&self) -> AllFilter {
@@ -301,11 +328,7 @@ impl Worker {
                 .get(&key)
                 .copied()
                 .filter(|v| *v < event.version);
-            out.push(IntegrationEvent::from_recorded(
-                &self.public.service,
-                event,
-                prev,
-            ));
+            out.push(self.public.integration_event(event, prev));
             let entry = self.last_versions.entry(key).or_insert(event.version);
             *entry = (*entry).max(event.version);
         }

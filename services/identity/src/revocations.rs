@@ -4,7 +4,8 @@
 //! one means telling every resource server to refuse its `jti`. The
 //! identity service records each revocation as an `AccessTokenRevoked`
 //! event in the token's tenant (stream `revocation-{jti}`), which its relay
-//! publishes like any public event (the log is the outbox). Every other
+//! publishes like any public event (the log is the outbox; see
+//! [`public_events`] for the rest of what it publishes). Every other
 //! service consumes them into its own database, in the consumer's
 //! transaction, so a revocation survives restarts and redeliveries have no
 //! second effect.
@@ -51,10 +52,28 @@ pub struct AccessTokenRevoked {
     pub expires_at: i64,
 }
 
-/// The identity service's public events: revocations only. Tenants,
-/// users, clients and keys stay inside it (they carry credentials).
+/// The identity service's public events: revocations, which every other
+/// service acts on, and what happened to tenants, users, clients, signing
+/// keys and tenant groups, for the audit log. Events of the credential
+/// categories ([`crate::CREDENTIAL_CATEGORIES`]: users, clients, signing
+/// keys) leave without their data.
 pub fn public_events() -> Result<PublicEvents, MessagingError> {
-    PublicEvents::new(SERVICE, [CATEGORY], [ACCESS_TOKEN_REVOKED])
+    Ok(PublicEvents::new(
+        SERVICE,
+        [CATEGORY, "tenant", "user", "client", "realmkeys", "group"],
+        [
+            ACCESS_TOKEN_REVOKED,
+            "TenantCreated",
+            "SigningKeyAdded",
+            "UserCreated",
+            "PasswordChanged",
+            "ClientCreated",
+            "GroupCreated",
+            "GroupChanged",
+            "GroupDissolved",
+        ],
+    )?
+    .with_redacted(crate::CREDENTIAL_CATEGORIES))
 }
 
 /// The consumer group through which `service` hears revocations.

@@ -132,3 +132,76 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
     consumer.shutdown().await;
     relay.shutdown().await;
 }
+
+/// What the identity service publishes: its tenants, users, clients,
+/// signing keys, groups and revocations, the credential categories without
+/// their data, so no password hash or sealed key ever reaches a broker.
+#[tokio::test]
+async fn credentials_never_leave_the_identity_service() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let mut options = IdentityOptions::new("http://id.test");
+    options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
+    let identity = Identity::open(
+        store.clone(),
+        ReadDb::ephemeral().await.unwrap(),
+        MasterKey::generate().unwrap(),
+        options,
+    )
+    .await
+    .unwrap();
+    identity.bootstrap(&["platform", "demo"]).await.unwrap();
+    let demo = TenantId::new("demo").unwrap();
+    identity
+        .create_client("test", &demo, "billing", &["viewer".to_owned()])
+        .await
+        .unwrap();
+    let public = revocations::public_events().unwrap();
+    let all = store
+        .read_all(0, &AllFilter::all_tenants(), 1000)
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for event in &all {
+        let category = event.stream.category().as_str().to_owned();
+        if public.categories.contains(&category) && public.types.contains(&event.event_type) {
+            published.push((category, public.integration_event(event, None)));
+        }
+    }
+    let types: Vec<&str> = published
+        .iter()
+        .map(|(_, e)| e.event_type.as_str())
+        .collect();
+    for expected in [
+        "TenantCreated",
+        "SigningKeyAdded",
+        "UserCreated",
+        "ClientCreated",
+    ] {
+        assert!(
+            types.contains(&expected),
+            "{expected} not published: {types:?}"
+        );
+    }
+    for (category, event) in &published {
+        if cairn_identity::CREDENTIAL_CATEGORIES.contains(&category.as_str()) {
+            assert_eq!(
+                event.data,
+                serde_json::json!({"redacted": true}),
+                "{category}"
+            );
+        } else {
+            assert_ne!(
+                event.data,
+                serde_json::json!({"redacted": true}),
+                "{category}"
+            );
+        }
+        let text = String::from_utf8(event.to_json()).unwrap();
+        for secret in ["argon2", "sealed", "passwordHash", "secretHash"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    // The data stays in the store itself.
+    let user = all.iter().find(|e| e.event_type == "UserCreated").unwrap();
+    assert!(user.data.to_string().contains("argon2"), "{}", user.data);
+}
