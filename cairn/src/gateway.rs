@@ -1,39 +1,70 @@
 //! `cairn run gateway`: the gateway (`cairn-gateway`) as its own process,
-//! one address in front of the services run apart. It keeps no store,
-//! database or broker; its settings are its routes, its upstream timeout
-//! and how it checks tokens at the edge, layered like every `cairn run`
+//! one address in front of the services run apart. It keeps no store (and
+//! a database and broker only for revocations, below); its settings are
+//! its routes, its upstream timeout and how it checks tokens at the edge,
+//! layered like every `cairn run`
 //! (`--config` file, `CAIRN_*` variables, flags; see `crate::run`).
 //!
 //! Tokens are checked as the services check them (`--issuer` with realm
-//! keys over HTTP, `--identity-url`, `--trust-issuer`), without the list of
-//! revoked tokens, which the services keep; `--insecure-tenant-header`
-//! turns the edge check off and leaves it to the services.
+//! keys over HTTP, `--identity-url`, `--trust-issuer`). Given `--db` and
+//! `--broker` as well, the gateway also keeps the list of revoked tokens
+//! (its own consumer group, `gateway-revocations`, into that database) and
+//! refuses them at the edge; without them the services alone do.
+//! `--insecure-tenant-header` turns the edge check off and leaves it to
+//! the services.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use cairn_auth::Revocations;
 use cairn_gateway::{Gateway, GatewayOptions};
 use cairn_http::{serve, shutdown_signal};
+use cairn_identity::revocations::{self, RevokedTokens};
+use cairn_projection::ReadDb;
 use cairn_telemetry::Metrics;
 
 use crate::{
     auth,
-    run::{Access, Settings, remote_verifier},
+    run::{Access, Settings, connect, remote_verifier},
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::install();
+    let mut revocations = None;
     let verifier = match &settings.access {
         Access::Header { .. } => None,
         Access::Tokens {
             issuer,
             identity_url,
             trust,
-        } => Some(remote_verifier(
-            issuer,
-            identity_url,
-            auth::trusted_issuers(trust)?,
-            None,
-        )),
+        } => {
+            let revoked = match &settings.db {
+                Some(db) if settings.broker.is_some() => {
+                    let db = ReadDb::open(db)
+                        .await
+                        .context("opening the gateway's database")?;
+                    let link = connect(&settings).await?;
+                    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
+                        .await
+                        .context("opening the revoked-token list")?;
+                    let consumer = revoked
+                        .consumer("gateway", link.broker.clone())
+                        .start()
+                        .await
+                        .context("consuming revocations")?;
+                    revocations = Some((consumer, db, link.what.clone()));
+                    Some(Arc::new(revoked) as Arc<dyn Revocations>)
+                }
+                _ => None,
+            };
+            Some(remote_verifier(
+                issuer,
+                identity_url,
+                auth::trusted_issuers(trust)?,
+                revoked,
+            ))
+        }
     };
     let mut options = GatewayOptions::new(settings.routes.clone());
     options.upstream_timeout = settings.upstream_timeout;
@@ -75,6 +106,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         "  upstreams:    {} ms to answer",
         settings.upstream_timeout.as_millis()
     );
+    match &revocations {
+        Some((_, _, broker)) => println!("  revocations:  heard on {broker}, refused at the edge"),
+        None if matches!(settings.access, Access::Tokens { .. }) => {
+            println!("  revocations:  left to the services (no --db and --broker)");
+        }
+        None => {}
+    }
 
     let draining = gateway.health().clone();
     serve(listener, gateway.router(), async move {
@@ -83,6 +121,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")?;
+    if let Some((consumer, db, _)) = revocations {
+        consumer.shutdown().await;
+        db.close().await;
+    }
     println!("cairn run gateway: stopped");
     Ok(())
 }

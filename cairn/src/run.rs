@@ -188,10 +188,10 @@ pub(crate) struct Settings {
     pub(crate) service: ServiceName,
     /// Absent for Audit, which keeps no events of its own, and the gateway.
     store: Option<String>,
-    /// Absent only for the gateway.
-    db: Option<String>,
-    /// Absent only for the gateway.
-    broker: Option<String>,
+    /// Absent for the gateway unless it keeps the revoked tokens.
+    pub(crate) db: Option<String>,
+    /// Absent for the gateway unless it keeps the revoked tokens.
+    pub(crate) broker: Option<String>,
     pub(crate) listen: String,
     prefix: String,
     pub(crate) access: Access,
@@ -231,10 +231,14 @@ impl RunArgs {
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_UPSTREAM_TIMEOUT,
         };
-        // The gateway keeps nothing: a store, database or broker it is
-        // given (a deployment's shared CAIRN_* variables) is not its.
+        // The gateway keeps no events. Given a database and a broker both,
+        // it also keeps the list of revoked tokens; otherwise the services
+        // alone refuse them.
         let (store, db, broker) = if gateway {
-            (None, None, None)
+            match (self.db.or(file.db), self.broker.or(file.broker)) {
+                (Some(db), Some(broker)) => (None, Some(db), Some(broker)),
+                _ => (None, None, None),
+            }
         } else {
             let store = self.store.or(file.store);
             if store.is_none() && service != ServiceName::Audit {
@@ -353,13 +357,13 @@ fn default_db(store: &str, service: &str) -> anyhow::Result<String> {
 }
 
 /// A broker handle as both contracts.
-struct Link {
-    broker: Arc<dyn Broker>,
+pub(crate) struct Link {
+    pub(crate) broker: Arc<dyn Broker>,
     transport: Arc<dyn RequestTransport>,
-    what: String,
+    pub(crate) what: String,
 }
 
-async fn connect(settings: &Settings) -> anyhow::Result<Link> {
+pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Link> {
     let url = settings.broker.as_deref().context("no broker")?;
     if url.starts_with("nats://") {
         let nats = NatsBroker::connect(url, NatsOptions::with_prefix(&settings.prefix))

@@ -384,10 +384,19 @@ impl Cluster {
             &prefix,
             Some(&issuer),
         );
+        // The gateway also hears revocations, into a database of its own.
+        let gateway_db = format!("{}?schema={schema}_gateway", postgres_url());
         let gateway = spawn_gateway(
             &routes(&flights, &passengers, &audit, &identity),
             &issuer,
-            &[],
+            &[
+                "--db",
+                &gateway_db,
+                "--broker",
+                &broker_url(kind),
+                "--prefix",
+                &prefix,
+            ],
         );
         let mut cluster = Self {
             kind,
@@ -918,6 +927,8 @@ async fn every_service_checks_tokens(c: Cluster) {
         c.flights(&format!("/api/flights/{id}")),
         c.passengers(&format!("/api/passengers?flightId={id}")),
         c.audit("/api/audit"),
+        // Through the gateway, which refuses it at the edge as well.
+        format!("{}/api/flights/{id}", c.gateway.base),
     ];
     let status = |url: String, token: String| async move {
         Client::new()
@@ -961,6 +972,25 @@ async fn every_service_checks_tokens(c: Cluster) {
         status(urls[0].clone(), c.demo_token()).await,
         StatusCode::OK
     );
+    // The gateway refuses the revoked token itself: with Passengers frozen
+    // the answer is still an immediate 401, not a wait for an upstream.
+    // (Its list may lag the services' by a poll: ask until it answers.)
+    c.freeze_passengers(true);
+    let mut at_the_edge = None;
+    for _ in 0..20 {
+        let r = Client::new()
+            .get(format!("{}/api/passengers?flightId={id}", c.gateway.base))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            at_the_edge = Some(r.status());
+            break;
+        }
+    }
+    c.freeze_passengers(false);
+    assert_eq!(at_the_edge, Some(StatusCode::UNAUTHORIZED));
     // The revocation is in demo's audit log, heard from the identity service.
     let revoked = c
         .eventually(c.audit("/api/audit?type=AccessTokenRevoked"), |a| {

@@ -10,8 +10,10 @@
 //! The check is only a first wall. The token travels on untouched and each
 //! service verifies it again, and decides what `X-Cairn-Tenant` may name
 //! (which is why `cairn-http`'s layer, which also judges cross-tenant reads
-//! and builds the request context, is not used here). Revocation is also
-//! the services' business: the gateway keeps no list of revoked tokens.
+//! and builds the request context, is not used here). Revoked tokens are
+//! refused here when the verifier was given a revocation list (`cairn run
+//! gateway` with a database and a broker); the services refuse them
+//! either way.
 
 use axum::{
     http::{HeaderMap, Method},
