@@ -19,13 +19,12 @@ use anyhow::Context as _;
 use cairn_auth::Revocations;
 use cairn_gateway::{Gateway, GatewayOptions};
 use cairn_http::{serve, shutdown_signal};
-use cairn_identity::revocations::{self, RevokedTokens};
 use cairn_projection::ReadDb;
 use cairn_telemetry::Metrics;
 
 use crate::{
     auth,
-    run::{Access, Settings, connect, remote_verifier},
+    run::{Access, Settings, connect, hear_revocations, remote_verifier},
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -45,14 +44,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                         .await
                         .context("opening the gateway's database")?;
                     let link = connect(&settings).await?;
-                    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
-                        .await
-                        .context("opening the revoked-token list")?;
-                    let consumer = revoked
-                        .consumer("gateway", link.broker.clone())
-                        .start()
-                        .await
-                        .context("consuming revocations")?;
+                    let (revoked, consumer) = hear_revocations("gateway", &db, &link).await?;
                     revocations = Some((consumer, db, link.what.clone()));
                     Some(Arc::new(revoked) as Arc<dyn Revocations>)
                 }

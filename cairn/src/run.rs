@@ -531,18 +531,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             let verifier = match &running.identity {
                 Some((identity, _)) => identity.verifier(trusted),
                 None => {
-                    // Revocations reach this service as the identity
-                    // service's events.
-                    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
-                        .await
-                        .context("opening the revoked-token list")?;
-                    running.consumers.push(
-                        revoked
-                            .consumer(name, link.broker.clone())
-                            .start()
-                            .await
-                            .context("consuming revocations")?,
-                    );
+                    let (revoked, consumer) = hear_revocations(name, &db, &link).await?;
+                    running.consumers.push(consumer);
                     remote_verifier(issuer, identity_url, trusted, Some(Arc::new(revoked)))
                 }
             };
@@ -661,10 +651,28 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The revoked-token list of `service`, kept in `db` from the identity
+/// service's events, which the returned consumer writes there.
+pub(crate) async fn hear_revocations(
+    service: &str,
+    db: &ReadDb,
+    link: &Link,
+) -> anyhow::Result<(RevokedTokens, ConsumerHandle)> {
+    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
+        .await
+        .context("opening the revoked-token list")?;
+    let consumer = revoked
+        .consumer(service, link.broker.clone())
+        .start()
+        .await
+        .context("consuming revocations")?;
+    Ok((revoked, consumer))
+}
+
 /// The verifier of a service or the gateway on its own: Cairn's realms
 /// under `issuer` (keys over HTTP, from `identity_url` when given) and the
-/// other trusted issuers, refusing what `revoked` lists (the gateway keeps
-/// no such list: the services do).
+/// other trusted issuers, refusing what `revoked` lists (every service
+/// keeps one; the gateway when it has a database and a broker).
 pub(crate) fn remote_verifier(
     issuer: &Option<String>,
     identity_url: &Option<String>,

@@ -338,6 +338,33 @@ enum Outcome {
 }
 
 impl Core {
+    /// Acks an event handled or found a duplicate; puts one that waits for
+    /// its stream's predecessor back for a moment. Counts either way.
+    async fn settle(&self, delivery: Delivery, event: EventId, outcome: BatchOutcome) {
+        match outcome {
+            BatchOutcome::Handled => {
+                self.forget_wait(event);
+                let _ = delivery.acker.ack().await;
+                self.status.send_modify(|s| s.handled += 1);
+                self.count("handled");
+            }
+            BatchOutcome::Duplicate => {
+                self.forget_wait(event);
+                let _ = delivery.acker.ack().await;
+                self.status.send_modify(|s| s.duplicates += 1);
+                self.count("duplicate");
+            }
+            BatchOutcome::OutOfOrder => {
+                let _ = delivery
+                    .acker
+                    .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
+                    .await;
+                self.status.send_modify(|s| s.waited_for_order += 1);
+                self.count("waited_for_order");
+            }
+        }
+    }
+
     async fn receive(
         self: Arc<Self>,
         broker: Arc<dyn Broker>,
@@ -445,28 +472,7 @@ impl Core {
                         "group" => self.group.clone()
                     )
                     .record(elapsed);
-                    match outcome {
-                        BatchOutcome::Handled => {
-                            self.forget_wait(event.id);
-                            let _ = delivery.acker.ack().await;
-                            self.status.send_modify(|s| s.handled += 1);
-                            self.count("handled");
-                        }
-                        BatchOutcome::Duplicate => {
-                            self.forget_wait(event.id);
-                            let _ = delivery.acker.ack().await;
-                            self.status.send_modify(|s| s.duplicates += 1);
-                            self.count("duplicate");
-                        }
-                        BatchOutcome::OutOfOrder => {
-                            let _ = delivery
-                                .acker
-                                .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
-                                .await;
-                            self.status.send_modify(|s| s.waited_for_order += 1);
-                            self.count("waited_for_order");
-                        }
-                    }
+                    self.settle(delivery, event.id, outcome).await;
                 }
             }
             Err(_) => {
@@ -686,25 +692,14 @@ impl Core {
         metrics::histogram!("cairn_consumer_handle_duration_seconds", "group" => self.group.clone())
             .record(started.elapsed().as_secs_f64());
         match outcome {
-            Outcome::Handled => {
-                self.forget_wait(event.id);
-                let _ = delivery.acker.ack().await;
-                self.status.send_modify(|s| s.handled += 1);
-                self.count("handled");
-            }
+            Outcome::Handled => self.settle(delivery, event.id, BatchOutcome::Handled).await,
             Outcome::Duplicate => {
-                self.forget_wait(event.id);
-                let _ = delivery.acker.ack().await;
-                self.status.send_modify(|s| s.duplicates += 1);
-                self.count("duplicate");
+                self.settle(delivery, event.id, BatchOutcome::Duplicate)
+                    .await
             }
             Outcome::OutOfOrder => {
-                let _ = delivery
-                    .acker
-                    .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
-                    .await;
-                self.status.send_modify(|s| s.waited_for_order += 1);
-                self.count("waited_for_order");
+                self.settle(delivery, event.id, BatchOutcome::OutOfOrder)
+                    .await
             }
             Outcome::Failed(error) => {
                 self.note_error(error.to_string());

@@ -40,6 +40,8 @@ pub const CATEGORY: &str = "revocation";
 pub const ACCESS_TOKEN_REVOKED: &str = "AccessTokenRevoked";
 /// How often the revoked set is read again from the database.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// How often expired revocations are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The data of an `AccessTokenRevoked` event (its tenant is the event's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +129,7 @@ impl RevokedTokens {
     /// every `poll` (never, for `Duration::ZERO`) while a clone is alive.
     pub async fn open(db: ReadDb, poll: Duration) -> Result<Self, sqlx::Error> {
         create_table(&db).await?;
+        prune(&db).await?;
         let set = RwLock::new(load(&db).await?);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let poller = (!poll.is_zero()).then(|| tokio::spawn(refresh(weak.clone(), poll)));
@@ -185,9 +188,19 @@ impl Revocations for RevokedTokens {
 }
 
 async fn refresh(weak: Weak<Inner>, poll: Duration) {
+    let mut since_prune = Duration::ZERO;
     loop {
         tokio::time::sleep(poll).await;
         let Some(inner) = weak.upgrade() else { return };
+        // Expired rows are dropped now and then, not at every read: the
+        // read skips them anyway.
+        since_prune += poll;
+        if since_prune >= PRUNE_EVERY {
+            since_prune = Duration::ZERO;
+            if let Err(e) = prune(&inner.db).await {
+                tracing::warn!(error = %e, "cannot drop expired revocations");
+            }
+        }
         match load(&inner.db).await {
             Ok(fresh) => *inner.set.write().expect("lock") = fresh,
             Err(e) => {
@@ -197,13 +210,18 @@ async fn refresh(weak: Weak<Inner>, poll: Duration) {
     }
 }
 
-/// Drops expired rows, then reads the rest.
-async fn load(db: &ReadDb) -> Result<HashSet<(String, String)>, sqlx::Error> {
-    let now = now_secs();
+/// Drops the rows of tokens that have expired.
+async fn prune(db: &ReadDb) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM identity_revoked_tokens WHERE expires_at < $1")
-        .bind(now)
+        .bind(now_secs())
         .execute(db.pool())
         .await?;
+    Ok(())
+}
+
+/// The revoked tokens that have not expired yet.
+async fn load(db: &ReadDb) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let now = now_secs();
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT tenant_id, jti FROM identity_revoked_tokens WHERE expires_at >= $1")
             .bind(now)
