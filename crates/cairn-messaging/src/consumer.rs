@@ -109,9 +109,10 @@ pub struct ConsumerOptions {
     /// handled out of order. Default 60 s.
     pub order_wait: Duration,
     /// Streams handled concurrently by this instance (events of one stream
-    /// are always handled one at a time). Default 16.
+    /// are always handled one at a time). Default 8.
     pub lanes: usize,
-    /// Unacked messages this instance holds. Default 64.
+    /// Unacked messages this instance holds (on NATS: the whole group).
+    /// Default 512: enough that each lane finds a batch waiting.
     pub prefetch: u16,
     /// Redelivery delay for a message this instance took and never settled
     /// (it died). Default 30 s.
@@ -132,8 +133,8 @@ impl Default for ConsumerOptions {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             order_wait: Duration::from_secs(60),
-            lanes: 16,
-            prefetch: 64,
+            lanes: 8,
+            prefetch: 512,
             ack_wait: Duration::from_secs(30),
             replay_poll: Duration::from_secs(1),
             max_batch: 64,
@@ -314,6 +315,7 @@ struct Core {
 }
 
 /// What a batch did with one of its deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchOutcome {
     Handled,
     Duplicate,
@@ -341,26 +343,50 @@ impl Core {
     /// Acks an event handled or found a duplicate; puts one that waits for
     /// its stream's predecessor back for a moment. Counts either way.
     async fn settle(&self, delivery: Delivery, event: EventId, outcome: BatchOutcome) {
+        self.give_back(delivery, event, outcome).await;
+        self.tally(&[outcome]);
+    }
+
+    /// The broker side of [`Self::settle`], without counting.
+    async fn give_back(&self, delivery: Delivery, event: EventId, outcome: BatchOutcome) {
         match outcome {
-            BatchOutcome::Handled => {
+            BatchOutcome::Handled | BatchOutcome::Duplicate => {
                 self.forget_wait(event);
                 let _ = delivery.acker.ack().await;
-                self.status.send_modify(|s| s.handled += 1);
-                self.count("handled");
-            }
-            BatchOutcome::Duplicate => {
-                self.forget_wait(event);
-                let _ = delivery.acker.ack().await;
-                self.status.send_modify(|s| s.duplicates += 1);
-                self.count("duplicate");
             }
             BatchOutcome::OutOfOrder => {
                 let _ = delivery
                     .acker
                     .nack(Duration::from_millis(20 + rand::random::<u64>() % 80))
                     .await;
-                self.status.send_modify(|s| s.waited_for_order += 1);
-                self.count("waited_for_order");
+            }
+        }
+    }
+
+    /// Counts settled deliveries: one status change (one wake-up of whoever
+    /// waits on the status) however many there are.
+    fn tally(&self, outcomes: &[BatchOutcome]) {
+        let of = |kind: BatchOutcome| outcomes.iter().filter(|o| **o == kind).count() as u64;
+        let (handled, duplicates, waited) = (
+            of(BatchOutcome::Handled),
+            of(BatchOutcome::Duplicate),
+            of(BatchOutcome::OutOfOrder),
+        );
+        if handled + duplicates + waited == 0 {
+            return;
+        }
+        self.status.send_modify(|s| {
+            s.handled += handled;
+            s.duplicates += duplicates;
+            s.waited_for_order += waited;
+        });
+        for (outcome, n) in [
+            ("handled", handled),
+            ("duplicate", duplicates),
+            ("waited_for_order", waited),
+        ] {
+            if n > 0 {
+                self.count(outcome, n);
             }
         }
     }
@@ -466,14 +492,20 @@ impl Core {
         match self.try_batch(&decoded).await {
             Ok(outcomes) => {
                 let elapsed = started.elapsed().as_secs_f64() / decoded.len() as f64;
-                for ((delivery, event), outcome) in decoded.into_iter().zip(outcomes) {
-                    metrics::histogram!(
-                        "cairn_consumer_handle_duration_seconds",
-                        "group" => self.group.clone()
-                    )
-                    .record(elapsed);
-                    self.settle(delivery, event.id, outcome).await;
+                let histogram = metrics::histogram!(
+                    "cairn_consumer_handle_duration_seconds",
+                    "group" => self.group.clone()
+                );
+                for _ in 0..decoded.len() {
+                    histogram.record(elapsed);
                 }
+                // The acks of a committed batch all go out at once rather
+                // than one broker round trip after another.
+                futures_util::future::join_all(decoded.into_iter().zip(outcomes.iter()).map(
+                    |((delivery, event), outcome)| self.give_back(delivery, event.id, *outcome),
+                ))
+                .await;
+                self.tally(&outcomes);
             }
             Err(_) => {
                 for (delivery, _) in decoded {
@@ -497,12 +529,8 @@ impl Core {
             .collect();
         streams.sort_unstable();
         streams.dedup();
-        let mut last: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut last = self.lock_streams(&mut tx, &streams).await?;
         let mut moved: HashMap<(&str, &str), i64> = HashMap::new();
-        for key in &streams {
-            let cursor = self.lock_stream(&mut tx, key.0, key.1).await?;
-            last.insert(*key, cursor);
-        }
         // Order: which events may be handled now.
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut candidates = Vec::new();
@@ -596,18 +624,11 @@ impl Core {
                     .map_err(|_| BatchFailed)?;
             }
         }
-        for ((tenant, stream), version) in moved {
-            sqlx::query(
-                "UPDATE cairn_inbox_streams SET last_version = $4
-                 WHERE consumer = $1 AND tenant = $2 AND stream = $3",
-            )
-            .bind(&self.group)
-            .bind(tenant)
-            .bind(stream)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let moved: Vec<_> = moved
+            .into_iter()
+            .map(|((tenant, stream), version)| (tenant, stream, version))
+            .collect();
+        set_cursors(&mut tx, &self.group, &moved).await?;
         // Earlier failed attempts of what was handled are over.
         let retried: Vec<String> = candidates
             .iter()
@@ -627,39 +648,64 @@ impl Core {
         Ok(outcomes)
     }
 
-    /// A stream's cursor (-1 before its first event), locked until the
-    /// transaction ends.
-    async fn lock_stream(
+    /// The cursors of `streams` (`(tenant, stream)`, sorted, distinct; -1
+    /// before a stream's first event), locked until the transaction ends so
+    /// two instances take turns on a stream. Two statements whatever the
+    /// number of streams: one creates the missing cursors, one reads and
+    /// locks them all in a fixed order (so two instances never wait on each
+    /// other).
+    async fn lock_streams<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
-        tenant: &str,
-        stream: &str,
-    ) -> Result<i64, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version)
-             VALUES ($1, $2, $3, -1) ON CONFLICT (consumer, tenant, stream) DO NOTHING",
-        )
-        .bind(&self.group)
-        .bind(tenant)
-        .bind(stream)
-        .execute(&mut **tx)
-        .await?;
-        let sql = match self.db.kind() {
-            DbKind::Postgres => {
-                "SELECT last_version FROM cairn_inbox_streams
-                 WHERE consumer = $1 AND tenant = $2 AND stream = $3 FOR UPDATE"
+        streams: &[(&'a str, &'a str)],
+    ) -> Result<HashMap<(&'a str, &'a str), i64>, sqlx::Error> {
+        let mut cursors = HashMap::with_capacity(streams.len());
+        if streams.is_empty() {
+            return Ok(cursors);
+        }
+        let mut insert = String::from(
+            "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version) VALUES ",
+        );
+        let mut select = String::from(
+            "SELECT tenant, stream, last_version FROM cairn_inbox_streams WHERE consumer = $1 AND (",
+        );
+        for n in 0..streams.len() {
+            let b = n * 3;
+            if n > 0 {
+                insert.push_str(", ");
+                select.push_str(" OR ");
             }
-            DbKind::Sqlite => {
-                "SELECT last_version FROM cairn_inbox_streams
-                 WHERE consumer = $1 AND tenant = $2 AND stream = $3"
+            insert.push_str(&format!("(${}, ${}, ${}, -1)", b + 1, b + 2, b + 3));
+            select.push_str(&format!(
+                "(tenant = ${} AND stream = ${})",
+                2 * n + 2,
+                2 * n + 3
+            ));
+        }
+        insert.push_str(" ON CONFLICT (consumer, tenant, stream) DO NOTHING");
+        select.push_str(") ORDER BY tenant, stream");
+        if self.db.kind() == DbKind::Postgres {
+            select.push_str(" FOR UPDATE");
+        }
+        let mut query = sqlx::query(&insert);
+        for (tenant, stream) in streams {
+            query = query.bind(&self.group).bind(*tenant).bind(*stream);
+        }
+        query.execute(&mut **tx).await?;
+        let mut query = sqlx::query_as::<_, (String, String, i64)>(&select).bind(&self.group);
+        for (tenant, stream) in streams {
+            query = query.bind(*tenant).bind(*stream);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        for (tenant, stream, version) in rows {
+            if let Some(key) = streams
+                .iter()
+                .find(|(t, s)| *t == tenant.as_str() && *s == stream.as_str())
+            {
+                cursors.insert(*key, version);
             }
-        };
-        sqlx::query_scalar(sql)
-            .bind(&self.group)
-            .bind(tenant)
-            .bind(stream)
-            .fetch_one(&mut **tx)
-            .await
+        }
+        Ok(cursors)
     }
 
     async fn process(&self, delivery: Delivery) {
@@ -673,7 +719,7 @@ impl Core {
                     Ok(()) => {
                         let _ = delivery.acker.ack().await;
                         self.status.send_modify(|s| s.dead_lettered += 1);
-                        self.count("dead_lettered");
+                        self.count("dead_lettered", 1);
                     }
                     Err(db) => {
                         self.note_error(db.to_string());
@@ -720,7 +766,7 @@ impl Core {
                             let _ = delivery.acker.ack().await;
                             tracing::warn!(group = %self.group, event = %event.id, attempts, error = %error, "event dead-lettered");
                             self.status.send_modify(|s| s.dead_lettered += 1);
-                            self.count("dead_lettered");
+                            self.count("dead_lettered", 1);
                         }
                         Err(db) => {
                             self.note_error(db.to_string());
@@ -736,19 +782,19 @@ impl Core {
                         .min(self.options.max_backoff);
                     let _ = delivery.acker.nack(delay).await;
                     self.status.send_modify(|s| s.retries += 1);
-                    self.count("retried");
+                    self.count("retried", 1);
                 }
             }
         }
     }
 
-    fn count(&self, outcome: &'static str) {
+    fn count(&self, outcome: &'static str, n: u64) {
         metrics::counter!(
             "cairn_consumer_messages_total",
             "group" => self.group.clone(),
             "outcome" => outcome
         )
-        .increment(1);
+        .increment(n);
     }
 
     fn note_error(&self, error: String) {
@@ -864,8 +910,9 @@ impl Core {
         tx: &mut Transaction<'static, Any>,
         event: &IntegrationEvent,
     ) -> Result<i64, sqlx::Error> {
-        self.lock_stream(tx, event.tenantid.as_str(), event.subject.as_str())
-            .await
+        let key = (event.tenantid.as_str(), event.subject.as_str());
+        let cursors = self.lock_streams(tx, &[key]).await?;
+        Ok(cursors.get(&key).copied().unwrap_or(-1))
     }
 
     async fn record_failure(
@@ -968,7 +1015,7 @@ impl Core {
                 Ok(Outcome::Handled) => {
                     tracing::info!(group = %self.group, event = %event.id, "dead letter replayed");
                     self.status.send_modify(|s| s.replayed += 1);
-                    self.count("replayed");
+                    self.count("replayed", 1);
                 }
                 Ok(Outcome::Duplicate | Outcome::OutOfOrder) => {}
                 Ok(Outcome::Failed(error)) => {
@@ -1004,16 +1051,46 @@ async fn set_cursor(
     event: &IntegrationEvent,
     version: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE cairn_inbox_streams SET last_version = $4
-         WHERE consumer = $1 AND tenant = $2 AND stream = $3",
+    set_cursors(
+        tx,
+        group,
+        &[(event.tenantid.as_str(), event.subject.as_str(), version)],
     )
-    .bind(group)
-    .bind(event.tenantid.as_str())
-    .bind(event.subject.as_str())
-    .bind(version)
-    .execute(&mut **tx)
-    .await?;
+    .await
+}
+
+/// Moves the cursors of `moved` (`(tenant, stream, version)`, cursors
+/// already locked) in one statement.
+async fn set_cursors(
+    tx: &mut Transaction<'static, Any>,
+    group: &str,
+    moved: &[(&str, &str, i64)],
+) -> Result<(), sqlx::Error> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("UPDATE cairn_inbox_streams SET last_version = v.version FROM (");
+    for n in 0..moved.len() {
+        let b = n * 3;
+        if n > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!(
+            "SELECT ${} AS tenant, ${} AS stream, ${} AS version",
+            b + 2,
+            b + 3,
+            b + 4
+        ));
+    }
+    sql.push_str(
+        ") AS v WHERE cairn_inbox_streams.consumer = $1
+         AND cairn_inbox_streams.tenant = v.tenant AND cairn_inbox_streams.stream = v.stream",
+    );
+    let mut query = sqlx::query(&sql).bind(group);
+    for (tenant, stream, version) in moved {
+        query = query.bind(*tenant).bind(*stream).bind(*version);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -13,13 +13,15 @@
 //!   channel, persistent messages with the same properties as Cairn's, to a
 //!   durable topic exchange with one durable queue bound (a message no
 //!   queue takes is never stored, which would flatter the ceiling), up to
-//!   [`WINDOW`] confirms awaited at once.
+//!   [`WINDOW`] confirms awaited at once, each publish started before the
+//!   previous one's write is waited for (as Cairn's backend sends a batch).
 //!
 //! Both also remove what a run created: [`delete_nats_streams`] and
 //! [`delete_amqp_objects`].
 
 use std::{
     collections::VecDeque,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -49,6 +51,10 @@ use crate::bench::workload::{EVENT_TYPE, order_event};
 /// Most publishes awaiting their acknowledgement at once: the window Cairn's
 /// NATS backend pipelines a batch in.
 pub(super) const WINDOW: usize = 1024;
+
+/// Publishes the raw AMQP publisher starts before it waits for the oldest
+/// one's write: the relay's batch size.
+const WRITES: usize = 256;
 
 /// Distinct bodies the raw publishers cycle through (each message still
 /// gets its own id).
@@ -244,6 +250,7 @@ impl AmqpRaw {
         let routing_key: ShortString = routing_key.into();
         let start = Instant::now();
         let mut in_flight: VecDeque<PublisherConfirm> = VecDeque::with_capacity(WINDOW);
+        let mut writing = VecDeque::with_capacity(WRITES + 1);
         for (_, body) in (0..messages).zip(bodies.iter().cycle()) {
             if in_flight.len() == WINDOW
                 && let Some(oldest) = in_flight.pop_front()
@@ -256,18 +263,26 @@ impl AmqpRaw {
                 .with_message_id(EventId::new().to_string().into())
                 .with_type(EVENT_TYPE.into())
                 .with_app_id(service.into());
-            let confirm = self
-                .channel
-                .basic_publish(
-                    self.exchange.clone(),
-                    routing_key.clone(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .context("RabbitMQ publish")?;
-            in_flight.push_back(confirm);
+            // Started (polled once) now, its write waited for only once
+            // [`WRITES`] later ones are started too, as Cairn's backend
+            // starts a whole batch before waiting.
+            let mut write = Box::pin(self.channel.basic_publish(
+                self.exchange.clone(),
+                routing_key.clone(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            ));
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            writing.push_back((first, write));
+            if writing.len() > WRITES
+                && let Some(oldest) = writing.pop_front()
+            {
+                in_flight.push_back(written(oldest).await?);
+            }
+        }
+        for write in writing {
+            in_flight.push_back(written(write).await?);
         }
         for confirm in in_flight {
             confirmed(confirm.await)?;
@@ -281,6 +296,21 @@ impl AmqpRaw {
     pub(super) async fn close(self) {
         let _ = tokio::time::timeout(ROUND_TRIP, self.connection.close(200, "done".into())).await;
     }
+}
+
+/// A publish started with its first poll's result: waited for if the
+/// first poll did not finish it.
+async fn written<F>(
+    (first, write): (Poll<lapin::Result<PublisherConfirm>>, std::pin::Pin<Box<F>>),
+) -> anyhow::Result<PublisherConfirm>
+where
+    F: Future<Output = lapin::Result<PublisherConfirm>>,
+{
+    match first {
+        Poll::Ready(written) => written,
+        Poll::Pending => write.await,
+    }
+    .context("RabbitMQ publish")
 }
 
 fn confirmed(confirmation: lapin::Result<Confirmation>) -> anyhow::Result<()> {
