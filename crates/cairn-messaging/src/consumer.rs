@@ -573,21 +573,13 @@ impl Core {
             let mut sql = String::from(
                 "INSERT INTO cairn_inbox (consumer, event_id, tenant, stream, version, handled_at) VALUES ",
             );
-            for (n, _) in candidates.iter().enumerate() {
-                let b = n * 6;
-                if n > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-            }
+            sql.push_str(&schema::placeholder_rows(
+                candidates.len(),
+                6,
+                0,
+                ", ",
+                |p| format!("({})", p.join(", ")),
+            ));
             sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
             let now = schema::now();
             let mut query = sqlx::query_scalar::<_, String>(&sql);
@@ -666,22 +658,19 @@ impl Core {
         let mut insert = String::from(
             "INSERT INTO cairn_inbox_streams (consumer, tenant, stream, last_version) VALUES ",
         );
+        insert.push_str(&schema::placeholder_rows(streams.len(), 3, 0, ", ", |p| {
+            format!("({}, -1)", p.join(", "))
+        }));
         let mut select = String::from(
             "SELECT tenant, stream, last_version FROM cairn_inbox_streams WHERE consumer = $1 AND (",
         );
-        for n in 0..streams.len() {
-            let b = n * 3;
-            if n > 0 {
-                insert.push_str(", ");
-                select.push_str(" OR ");
-            }
-            insert.push_str(&format!("(${}, ${}, ${}, -1)", b + 1, b + 2, b + 3));
-            select.push_str(&format!(
-                "(tenant = ${} AND stream = ${})",
-                2 * n + 2,
-                2 * n + 3
-            ));
-        }
+        select.push_str(&schema::placeholder_rows(
+            streams.len(),
+            2,
+            1,
+            " OR ",
+            |p| format!("(tenant = {} AND stream = {})", p[0], p[1]),
+        ));
         insert.push_str(" ON CONFLICT (consumer, tenant, stream) DO NOTHING");
         select.push_str(") ORDER BY tenant, stream");
         if self.db.kind() == DbKind::Postgres {
@@ -1070,18 +1059,18 @@ async fn set_cursors(
         return Ok(());
     }
     let mut sql = String::from("UPDATE cairn_inbox_streams SET last_version = v.version FROM (");
-    for n in 0..moved.len() {
-        let b = n * 3;
-        if n > 0 {
-            sql.push_str(" UNION ALL ");
-        }
-        sql.push_str(&format!(
-            "SELECT ${} AS tenant, ${} AS stream, ${} AS version",
-            b + 2,
-            b + 3,
-            b + 4
-        ));
-    }
+    sql.push_str(&schema::placeholder_rows(
+        moved.len(),
+        3,
+        1,
+        " UNION ALL ",
+        |p| {
+            format!(
+                "SELECT {} AS tenant, {} AS stream, {} AS version",
+                p[0], p[1], p[2]
+            )
+        },
+    ));
     sql.push_str(
         ") AS v WHERE cairn_inbox_streams.consumer = $1
          AND cairn_inbox_streams.tenant = v.tenant AND cairn_inbox_streams.stream = v.stream",

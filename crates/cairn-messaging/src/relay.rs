@@ -386,13 +386,9 @@ impl Worker {
             let mut sql = String::from(
                 "INSERT INTO cairn_relay_streams (relay, tenant, stream, last_version) VALUES ",
             );
-            for n in 0..chunk.len() {
-                let b = n * 4;
-                if n > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-            }
+            sql.push_str(&schema::placeholder_rows(chunk.len(), 4, 0, ", ", |p| {
+                format!("({})", p.join(", "))
+            }));
             sql.push_str(
                 " ON CONFLICT (relay, tenant, stream) DO UPDATE SET last_version = excluded.last_version",
             );

@@ -81,3 +81,45 @@ pub(crate) async fn ensure(db: &ReadDb) -> Result<(), sqlx::Error> {
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
+
+/// The numbered placeholders of a multi-row statement: `rows` rows of
+/// `width` parameters each, numbered from `after + 1`, each row written by
+/// `row` from its placeholders and the rows joined with `sep`.
+pub(crate) fn placeholder_rows(
+    rows: usize,
+    width: usize,
+    after: usize,
+    sep: &str,
+    row: impl Fn(&[String]) -> String,
+) -> String {
+    (0..rows)
+        .map(|n| {
+            let params: Vec<String> = (1..=width)
+                .map(|k| format!("${}", after + n * width + k))
+                .collect();
+            row(&params)
+        })
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholder_rows;
+
+    #[test]
+    fn placeholder_rows_number_on_from_the_offset() {
+        assert_eq!(
+            placeholder_rows(2, 3, 0, ", ", |p| format!("({})", p.join(", "))),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(
+            placeholder_rows(2, 2, 1, " OR ", |p| format!(
+                "(a = {} AND b = {})",
+                p[0], p[1]
+            )),
+            "(a = $2 AND b = $3) OR (a = $4 AND b = $5)"
+        );
+        assert_eq!(placeholder_rows(0, 3, 0, ", ", |p| p.join(",")), "");
+    }
+}
