@@ -74,7 +74,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cairn_messaging::{
-    Broker, BrokerError, ConsumerSpec, Deliveries, IntegrationEvent, RequestHandler,
+    Acks, Broker, BrokerError, ConsumerSpec, Deliveries, IntegrationEvent, RequestHandler,
     RequestTransport, RpcError, RpcRequest, Serving,
 };
 
@@ -192,7 +192,11 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, events: &[IntegrationEvent]) -> Result<(), BrokerError> {
-        self.link.publish(events).await
+        self.link.send(events).await?.await
+    }
+
+    async fn send(&self, events: &[IntegrationEvent]) -> Result<Acks, BrokerError> {
+        self.link.send(events).await
     }
 
     async fn consume(&self, spec: &ConsumerSpec) -> Result<Box<dyn Deliveries>, BrokerError> {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use cairn_messaging::{
-    BrokerError, CONTENT_TYPE, ConsumerSpec, IntegrationEvent, validate_public_type,
+    Acks, BrokerError, CONTENT_TYPE, ConsumerSpec, IntegrationEvent, validate_public_type,
     validate_service,
 };
 use lapin::{
@@ -310,9 +310,16 @@ impl Link {
         Ok((live, channel))
     }
 
-    pub(crate) async fn publish(&self, events: &[IntegrationEvent]) -> Result<(), BrokerError> {
+    /// Writes `events` in order on the publisher channel and returns their
+    /// publisher confirms, still to come: awaiting them is the rest of a
+    /// publish. Both parts together take at most `confirm_timeout`; past
+    /// it the connection is dropped (it stopped answering).
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        events: &[IntegrationEvent],
+    ) -> Result<Acks, BrokerError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Box::pin(std::future::ready(Ok(()))));
         }
         let mut messages = Vec::with_capacity(events.len());
         for event in events {
@@ -329,9 +336,10 @@ impl Link {
                 .with_app_id(short(&event.source)?);
             messages.push((routing_key, event.to_json(), properties, event.id));
         }
+        let deadline = tokio::time::Instant::now() + self.options.confirm_timeout;
         let (live, channel) = self.publisher().await?;
         let exchange = short(&self.exchange)?;
-        let send = async {
+        let write = async {
             // Every publish is started (polled once) before any is waited
             // for, in batch order: the first poll takes the message's
             // delivery tag and queues its frames, so the connection writes
@@ -360,34 +368,47 @@ impl Link {
                 .map_err(|e| map_err("publishing", &e))?;
                 confirms.push((id, confirm));
             }
-            for (id, confirm) in confirms {
-                match confirm.await {
-                    Ok(Confirmation::Ack(_)) => {}
-                    Ok(Confirmation::Nack(_)) => {
-                        return Err(BrokerError::Refused(format!(
-                            "RabbitMQ did not accept event {id} (negative confirm)"
-                        )));
-                    }
-                    Ok(Confirmation::NotRequested) => {
-                        return Err(BrokerError::Unavailable(
-                            "the publisher channel lost confirm mode".to_owned(),
-                        ));
-                    }
-                    Err(e) => return Err(map_err("waiting for publisher confirms", &e)),
-                }
-            }
-            Ok(())
+            Ok::<_, BrokerError>(confirms)
         };
-        match tokio::time::timeout(self.options.confirm_timeout, send).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.invalidate(live.generation).await;
-                Err(BrokerError::Timeout(format!(
-                    "RabbitMQ did not confirm the batch within {:?}",
-                    self.options.confirm_timeout
-                )))
+        let confirms = match tokio::time::timeout_at(deadline, write).await {
+            Ok(written) => written?,
+            Err(_) => return Err(self.unresponsive(&live).await),
+        };
+        let link = self.clone();
+        Ok(Box::pin(async move {
+            let settle = async {
+                for (id, confirm) in confirms {
+                    match confirm.await {
+                        Ok(Confirmation::Ack(_)) => {}
+                        Ok(Confirmation::Nack(_)) => {
+                            return Err(BrokerError::Refused(format!(
+                                "RabbitMQ did not accept event {id} (negative confirm)"
+                            )));
+                        }
+                        Ok(Confirmation::NotRequested) => {
+                            return Err(BrokerError::Unavailable(
+                                "the publisher channel lost confirm mode".to_owned(),
+                            ));
+                        }
+                        Err(e) => return Err(map_err("waiting for publisher confirms", &e)),
+                    }
+                }
+                Ok(())
+            };
+            match tokio::time::timeout_at(deadline, settle).await {
+                Ok(result) => result,
+                Err(_) => Err(link.unresponsive(&live).await),
             }
-        }
+        }))
+    }
+
+    /// Drops the connection that let a publish pass `confirm_timeout`.
+    async fn unresponsive(&self, live: &Live) -> BrokerError {
+        self.invalidate(live.generation).await;
+        BrokerError::Timeout(format!(
+            "RabbitMQ did not confirm the batch within {:?}",
+            self.options.confirm_timeout
+        ))
     }
 }
 

@@ -9,7 +9,7 @@
 //! events' `prevsequence`), so a backend only has to deliver every
 //! acknowledged message until it is acked.
 
-use std::{fmt, time::Duration};
+use std::{fmt, future::Future, pin::Pin, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -102,6 +102,11 @@ pub trait Deliveries: Send + 'static {
     async fn next(&mut self) -> Option<Result<Delivery, BrokerError>>;
 }
 
+/// The broker's acknowledgements of a batch already sent with
+/// [`Broker::send`]: resolves once the broker has durably accepted every
+/// event of the batch, or with why it did not.
+pub type Acks = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+
 /// Where integration events go and come from.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -113,6 +118,19 @@ pub trait Broker: Send + Sync + 'static {
     /// broker can, a re-sent event id is dropped broker-side. On error some
     /// prefix may have been accepted: the caller re-sends the whole batch.
     async fn publish(&self, events: &[IntegrationEvent]) -> Result<(), BrokerError>;
+
+    /// The first half of [`publish`](Self::publish): returns once `events`
+    /// are handed to the broker in order, ahead of anything sent after, with
+    /// the broker's acknowledgements still to come in the returned [`Acks`].
+    /// A caller can send its next batch while the last one is being
+    /// acknowledged. If the acks fail, some prefix of the batch may have
+    /// been accepted, and batches sent after it may have been too: the
+    /// caller re-sends from the failed batch on. The default publishes the
+    /// whole batch and returns settled acks.
+    async fn send(&self, events: &[IntegrationEvent]) -> Result<Acks, BrokerError> {
+        self.publish(events).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// Opens the group `spec.group` (creating its durable state if needed)
     /// and starts receiving from where the group left off; a new group

@@ -64,6 +64,27 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &mut Transaction<'static, Any>,
         event: &IntegrationEvent,
     ) -> Result<(), HandlerError>;
+
+    /// Applies several events at once, in the order given, in the
+    /// transaction of a consumer batch: events delivered together that go
+    /// to this handler one after another, never yet handled, each after
+    /// its stream predecessor. Override it to write them in fewer
+    /// statements (one multi-row insert, say); the default calls
+    /// [`handle`](Self::handle) for each.
+    ///
+    /// An error rolls the whole batch back, and each of its events is then
+    /// handled on its own through `handle`, with the usual retries and dead
+    /// letters: which event failed, and how, is decided there.
+    async fn handle_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[&IntegrationEvent],
+    ) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Feeds another service's events to a [`Projection`]: its read model is
@@ -599,22 +620,40 @@ impl Core {
             }
             fresh = query.fetch_all(&mut *tx).await?.into_iter().collect();
         }
+        // The handlers: each gets its consecutive run of the batch's events
+        // at once, so the order of effects is the order of the batch.
+        let mut run: Vec<&IntegrationEvent> = Vec::new();
+        let mut run_handler: Option<&Arc<dyn EventHandler>> = None;
         for i in &candidates {
             let event = &batch[*i].1;
             if !fresh.contains(&event.id.to_string()) {
                 outcomes[*i] = BatchOutcome::Duplicate;
                 continue;
             }
-            if let Some(handler) = self
+            let Some(handler) = self
                 .handlers
                 .get(&event.event_type)
                 .or(self.fallback.as_ref())
+            else {
+                continue;
+            };
+            if let Some(previous) = run_handler
+                && !Arc::ptr_eq(previous, handler)
             {
-                handler
-                    .handle(&mut tx, event)
+                previous
+                    .handle_batch(&mut tx, &run)
                     .await
                     .map_err(|_| BatchFailed)?;
+                run.clear();
             }
+            run_handler = Some(handler);
+            run.push(event);
+        }
+        if let Some(handler) = run_handler {
+            handler
+                .handle_batch(&mut tx, &run)
+                .await
+                .map_err(|_| BatchFailed)?;
         }
         let moved: Vec<_> = moved
             .into_iter()

@@ -21,7 +21,7 @@ pub mod rpc;
 mod schema;
 
 pub use broker::{
-    Acker, Broker, BrokerError, ConsumerSpec, Deliveries, Delivery, RequestHandler,
+    Acker, Acks, Broker, BrokerError, ConsumerSpec, Deliveries, Delivery, RequestHandler,
     RequestTransport, RpcError, RpcRequest, Serving,
 };
 pub use consumer::{
@@ -36,3 +36,4 @@ pub use event::{
 pub use log_broker::LogBroker;
 pub use memory::MemoryBroker;
 pub use relay::{PublicEvents, Relay, RelayOptions, RelayStatus};
+pub use schema::placeholder_rows;

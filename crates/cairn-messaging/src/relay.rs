@@ -7,10 +7,10 @@
 //! consumers' inboxes drop the rest.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use cairn_core::{RecordedEvent, StreamId, TenantId};
@@ -19,7 +19,7 @@ use cairn_store::{AllFilter, EventStore};
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{Broker, IntegrationEvent, MessagingError, schema};
+use crate::{Acks, Broker, BrokerError, IntegrationEvent, MessagingError, schema};
 
 /// Which of a service's events leave it. Everything else is private.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,11 @@ impl PublicEvents {
 pub struct RelayOptions {
     /// Events read and published per batch. Default 256.
     pub batch_size: usize,
+    /// Batches handed to the broker before the oldest one's
+    /// acknowledgement is waited for: the next batch is read and sent while
+    /// the broker is still taking the last one. Default 2; 1 sends a batch
+    /// only once the one before it was acknowledged and checkpointed.
+    pub in_flight: usize,
     /// Longest pause between publish attempts while the broker is down.
     /// Default 5 s.
     pub max_backoff: Duration,
@@ -106,6 +111,7 @@ impl Default for RelayOptions {
     fn default() -> Self {
         Self {
             batch_size: 256,
+            in_flight: 2,
             max_backoff: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
         }
@@ -196,6 +202,14 @@ impl Relay {
     }
 }
 
+/// A batch handed to the broker, its acknowledgements still to come.
+struct Sent {
+    /// The position of its last event: the checkpoint once acknowledged.
+    last: u64,
+    events: Vec<IntegrationEvent>,
+    acks: Acks,
+}
+
 struct Worker {
     public: PublicEvents,
     filter: AllFilter,
@@ -223,13 +237,32 @@ impl Worker {
     async fn run(mut self, mut position: u64) {
         let mut head = self.store.head();
         let mut backoff = Duration::ZERO;
+        // Batches sent whose acknowledgements are still to come, oldest
+        // first, and where reading goes on from: the end of the last one
+        // sent, or the checkpoint.
+        let mut sent: VecDeque<Sent> = VecDeque::new();
+        let mut read_from = position;
+        let window = self.options.in_flight.max(1);
         while !self.stopping() {
             if !backoff.is_zero() {
                 self.pause(backoff).await;
             }
+            if sent.len() >= window {
+                let oldest = sent.pop_front().expect("a batch in flight");
+                if self.settle(oldest, &mut position).await {
+                    backoff = Duration::ZERO;
+                } else {
+                    // Everything after the checkpoint goes out again.
+                    sent.clear();
+                    read_from = position;
+                    self.last_versions.clear();
+                    backoff = next_backoff(backoff, self.options.max_backoff);
+                }
+                continue;
+            }
             let batch = match self
                 .store
-                .read_all(position, &self.filter, self.options.batch_size)
+                .read_all(read_from, &self.filter, self.options.batch_size)
                 .await
             {
                 Ok(batch) => batch,
@@ -244,6 +277,18 @@ impl Worker {
             let seen_head = *head.borrow_and_update();
             self.update(|s| s.head = s.head.max(seen_head));
             let Some(last) = batch.last().map(|e| e.position) else {
+                if let Some(oldest) = sent.pop_front() {
+                    // Caught up: settle what is in flight before waiting.
+                    if self.settle(oldest, &mut position).await {
+                        backoff = Duration::ZERO;
+                    } else {
+                        sent.clear();
+                        read_from = position;
+                        self.last_versions.clear();
+                        backoff = next_backoff(backoff, self.options.max_backoff);
+                    }
+                    continue;
+                }
                 backoff = Duration::ZERO;
                 tokio::select! {
                     _ = head.changed() => {}
@@ -260,31 +305,71 @@ impl Worker {
                     continue;
                 }
             };
-            if !self.publish(&events).await {
-                // Stopping while the broker is down: the checkpoint stays,
-                // the batch goes out after the next start.
-                return;
-            }
-            match self.commit(last, &events).await {
-                Ok(()) => {
-                    position = last;
-                    backoff = Duration::ZERO;
-                    let n = events.len() as u64;
-                    metrics_published(&self.public.service, n);
+            match self.broker.send(&events).await {
+                Ok(acks) => {
                     self.update(|s| {
-                        s.position = last;
-                        s.head = s.head.max(last);
-                        s.published += n;
+                        s.broker_up = true;
+                        s.last_error = None;
                     });
+                    sent.push_back(Sent { last, events, acks });
+                    read_from = last;
                 }
                 Err(e) => {
-                    // Published but not recorded: the batch goes out again.
-                    tracing::warn!(service = %self.public.service, error = %e, "relay cannot store its checkpoint");
+                    self.broker_failed(&e);
+                    sent.clear();
+                    read_from = position;
                     self.last_versions.clear();
                     backoff = next_backoff(backoff, self.options.max_backoff);
                 }
             }
         }
+        // Stopping: what was sent is checkpointed as far as the broker
+        // acknowledged it; the rest goes out after the next start.
+        for batch in sent {
+            if !self.settle(batch, &mut position).await {
+                break;
+            }
+        }
+    }
+
+    /// Waits for a sent batch's acknowledgements, then moves the checkpoint
+    /// past it. False, with nothing moved, if either failed.
+    async fn settle(&mut self, batch: Sent, position: &mut u64) -> bool {
+        if let Err(e) = batch.acks.await {
+            self.broker_failed(&e);
+            return false;
+        }
+        match self.commit(batch.last, &batch.events).await {
+            Ok(()) => {
+                *position = batch.last;
+                let n = batch.events.len() as u64;
+                metrics_published(&self.public.service, n);
+                self.update(|s| {
+                    s.position = batch.last;
+                    s.head = s.head.max(batch.last);
+                    s.published += n;
+                });
+                true
+            }
+            Err(e) => {
+                // Published but not recorded: the batch goes out again.
+                tracing::warn!(service = %self.public.service, error = %e, "relay cannot store its checkpoint");
+                false
+            }
+        }
+    }
+
+    fn broker_failed(&self, error: &BrokerError) {
+        tracing::warn!(
+            service = %self.public.service,
+            error = %error,
+            checkpoint = self.status.borrow().position,
+            "relay cannot publish; re-sending from the checkpoint"
+        );
+        self.update(|s| {
+            s.broker_up = false;
+            s.last_error = Some(error.to_string());
+        });
     }
 
     async fn pause(&mut self, d: Duration) {
@@ -336,40 +421,6 @@ impl Worker {
             self.last_versions.clear();
         }
         Ok(out)
-    }
-
-    /// Publishes until the broker takes the batch; false if stopped first.
-    async fn publish(&mut self, events: &[IntegrationEvent]) -> bool {
-        let mut backoff = Duration::ZERO;
-        let started = Instant::now();
-        loop {
-            match self.broker.publish(events).await {
-                Ok(()) => {
-                    self.update(|s| {
-                        s.broker_up = true;
-                        s.last_error = None;
-                    });
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        service = %self.public.service,
-                        error = %e,
-                        down_for_ms = started.elapsed().as_millis() as u64,
-                        "relay cannot publish; retrying"
-                    );
-                    self.update(|s| {
-                        s.broker_up = false;
-                        s.last_error = Some(e.to_string());
-                    });
-                    backoff = next_backoff(backoff, self.options.max_backoff);
-                    self.pause(backoff).await;
-                    if self.stopping() {
-                        return false;
-                    }
-                }
-            }
-        }
     }
 
     async fn commit(&self, position: u64, events: &[IntegrationEvent]) -> Result<(), sqlx::Error> {

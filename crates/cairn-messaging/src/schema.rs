@@ -84,8 +84,16 @@ pub(crate) fn now() -> String {
 
 /// The numbered placeholders of a multi-row statement: `rows` rows of
 /// `width` parameters each, numbered from `after + 1`, each row written by
-/// `row` from its placeholders and the rows joined with `sep`.
-pub(crate) fn placeholder_rows(
+/// `row` from its placeholders and the rows joined with `sep`. `$n`
+/// placeholders, which PostgreSQL and SQLite both take: what an
+/// [`EventHandler::handle_batch`](crate::EventHandler::handle_batch) needs
+/// to write a run of events in one statement.
+///
+/// ```
+/// let values = cairn_messaging::placeholder_rows(2, 3, 0, ", ", |p| format!("({})", p.join(", ")));
+/// assert_eq!(values, "($1, $2, $3), ($4, $5, $6)");
+/// ```
+pub fn placeholder_rows(
     rows: usize,
     width: usize,
     after: usize,

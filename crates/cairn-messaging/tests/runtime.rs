@@ -4,17 +4,21 @@
 mod common;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, atomic::Ordering},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
+use async_trait::async_trait;
+use cairn_core::EventId;
 use cairn_messaging::{
-    Broker, Consumer, ConsumerOptions, ConsumerSpec, DeadLetterFilter, DeadLetters,
-    IntegrationEvent, MemoryBroker, PublicEvents, Relay, RelayOptions,
+    Acks, Broker, BrokerError, Consumer, ConsumerOptions, ConsumerSpec, DeadLetterFilter,
+    DeadLetters, Deliveries, EventHandler, HandlerError, IntegrationEvent, MemoryBroker,
+    PublicEvents, Relay, RelayOptions,
 };
 use cairn_store::MemoryStore;
 use common::*;
+use sqlx::{Any, Transaction};
 
 fn quick() -> ConsumerOptions {
     ConsumerOptions {
@@ -134,6 +138,121 @@ async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
     assert_eq!(next[0].sequence, "4");
     assert_eq!(next[0].prevsequence.as_deref(), Some("3"));
     relay.shutdown().await;
+}
+
+/// Takes every batch it is sent, but the acknowledgements of the
+/// `fail_at`-th send (from 0) fail, as when a broker took the messages and
+/// the connection dropped before it confirmed them.
+struct LostAcks {
+    inner: MemoryBroker,
+    fail_at: u32,
+    sends: std::sync::atomic::AtomicU32,
+    messages: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Broker for LostAcks {
+    fn kind(&self) -> &'static str {
+        "lost-acks"
+    }
+
+    async fn publish(&self, events: &[IntegrationEvent]) -> Result<(), BrokerError> {
+        self.send(events).await?.await
+    }
+
+    async fn send(&self, events: &[IntegrationEvent]) -> Result<Acks, BrokerError> {
+        self.inner.publish(events).await?;
+        self.messages.fetch_add(events.len(), Ordering::SeqCst);
+        let failed = self.sends.fetch_add(1, Ordering::SeqCst) == self.fail_at;
+        Ok(Box::pin(async move {
+            if failed {
+                Err(BrokerError::Unavailable("the connection dropped".into()))
+            } else {
+                Ok(())
+            }
+        }))
+    }
+
+    async fn consume(&self, spec: &ConsumerSpec) -> Result<Box<dyn Deliveries>, BrokerError> {
+        self.inner.consume(spec).await
+    }
+}
+
+/// With several batches in flight, acks that fail send everything after
+/// the checkpoint again: every event out, in order, each copy with the
+/// same chain link, and the checkpoint counts each event once.
+#[tokio::test]
+async fn a_relay_with_batches_in_flight_resends_from_its_checkpoint_when_acks_fail() {
+    let t = TestDb::sqlite().await;
+    let store = MemoryStore::new();
+    let acme = tenant("acme");
+    for _ in 0..10 {
+        append(&store, &acme, "thing-1", &["Renamed"]).await;
+    }
+    let broker = Arc::new(LostAcks {
+        inner: MemoryBroker::without_dedupe(),
+        fail_at: 1,
+        sends: Default::default(),
+        messages: Default::default(),
+    });
+    let relay = Relay::start(
+        things(),
+        Arc::new(store.clone()),
+        t.db.clone(),
+        broker.clone(),
+        RelayOptions {
+            batch_size: 2,
+            in_flight: 3,
+            max_backoff: Duration::from_millis(20),
+            ..RelayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(relay.wait_for(10, PATIENCE).await, "{:?}", relay.status());
+    let status = relay.status();
+    assert_eq!(status.published, 10, "each event checkpointed once");
+    assert!(status.broker_up, "{status:?}");
+    relay.shutdown().await;
+    let sent = broker.messages.load(Ordering::SeqCst);
+    assert!(
+        sent > 10,
+        "the unacknowledged batches went out again: {sent}"
+    );
+    let got = drain(&broker.inner, "watcher", "things", sent).await;
+    let versions: Vec<u64> = got.iter().map(|e| e.version().unwrap()).collect();
+    // The first pass, cut off somewhere after the failed batch, then again
+    // from the checkpoint (after the first batch) to the end.
+    let resent_from = versions
+        .windows(2)
+        .position(|w| w[1] <= w[0])
+        .expect("a re-send")
+        + 1;
+    assert_eq!(
+        versions[resent_from], 2,
+        "re-sent from the checkpoint: {versions:?}"
+    );
+    assert!(
+        resent_from >= 6,
+        "three batches went out before the failed one's acks were awaited: {versions:?}"
+    );
+    assert_eq!(
+        versions[..resent_from].to_vec(),
+        (0..resent_from as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        versions[resent_from..].to_vec(),
+        (2..10).collect::<Vec<_>>()
+    );
+    let mut links: HashMap<EventId, Option<String>> = HashMap::new();
+    for e in &got {
+        let link = links.entry(e.id).or_insert_with(|| e.prevsequence.clone());
+        assert_eq!(*link, e.prevsequence, "a copy keeps the chain link");
+        assert_eq!(
+            e.prevsequence,
+            e.version().unwrap().checked_sub(1).map(|v| v.to_string())
+        );
+    }
 }
 
 #[tokio::test]
@@ -451,6 +570,177 @@ async fn a_failed_replay_stays_a_dead_letter_and_drop_removes_it(t: TestDb) {
     consumer.shutdown().await;
 }
 
+/// Takes runs of events at once: notes each run's length, writes them
+/// through a [`Recorder`], and fails a run holding a poisoned event after
+/// writing it all (the writes must roll back).
+#[derive(Clone, Default)]
+struct RunRecorder {
+    inner: Recorder,
+    runs: Arc<Mutex<Vec<usize>>>,
+    poison: Arc<Mutex<HashSet<EventId>>>,
+}
+
+impl RunRecorder {
+    fn labelled(label: &'static str) -> Self {
+        Self {
+            inner: Recorder {
+                label,
+                ..Recorder::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    fn poisoned(&self, event: &IntegrationEvent) -> bool {
+        self.poison.lock().unwrap().contains(&event.id)
+    }
+
+    fn runs(&self) -> Vec<usize> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl EventHandler for RunRecorder {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        if self.poisoned(event) {
+            return Err(HandlerError::Reject("poisoned".into()));
+        }
+        self.inner.handle(tx, event).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[&IntegrationEvent],
+    ) -> Result<(), HandlerError> {
+        self.runs.lock().unwrap().push(events.len());
+        for event in events {
+            self.inner.handle(tx, event).await?;
+        }
+        if events.iter().any(|e| self.poisoned(e)) {
+            return Err(HandlerError::Reject("poisoned".into()));
+        }
+        Ok(())
+    }
+}
+
+fn typed(mut event: IntegrationEvent, event_type: &str) -> IntegrationEvent {
+    event.event_type = event_type.to_owned();
+    event
+}
+
+/// Events delivered together reach each handler as runs: a handler's
+/// consecutive events in one call, the order of effects the stream's.
+async fn a_batch_handler_takes_each_run_of_its_events_at_once(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    let events = vec![
+        event("acme", "thing-1", 0, None),
+        event("acme", "thing-1", 1, Some(0)),
+        typed(event("acme", "thing-1", 2, Some(1)), "Other"),
+        event("acme", "thing-1", 3, Some(2)),
+        event("acme", "thing-1", 4, Some(3)),
+    ];
+    // Published before the consumer starts: they wait, and arrive as one
+    // batch of the only lane.
+    broker.publish(&events).await.unwrap();
+    let (things, others) = (RunRecorder::labelled("a"), RunRecorder::labelled("b"));
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", things.clone())
+        .on("Other", others.clone())
+        .with_options(ConsumerOptions {
+            lanes: 1,
+            ..quick()
+        })
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        consumer.wait_until(PATIENCE, |s| s.handled == 5).await,
+        "{:?}",
+        consumer.status()
+    );
+    let order: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, consumer FROM seen ORDER BY seq")
+            .fetch_all(t.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        order,
+        vec![
+            (0, "a".into()),
+            (1, "a".into()),
+            (2, "b".into()),
+            (3, "a".into()),
+            (4, "a".into())
+        ]
+    );
+    assert_eq!(things.runs(), vec![2, 2]);
+    assert_eq!(others.runs(), vec![1]);
+    assert_eq!(things.inner.calls.load(Ordering::SeqCst), 4, "each once");
+    consumer.shutdown().await;
+}
+
+/// A run that fails rolls its whole batch back; each event is then handled
+/// on its own, so only the poisoned one is dead-lettered.
+async fn a_failed_batch_is_handled_event_by_event(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    let poison = event("acme", "thing-2", 0, None);
+    let events = vec![
+        event("acme", "thing-1", 0, None),
+        event("acme", "thing-1", 1, Some(0)),
+        poison.clone(),
+        event("acme", "thing-1", 2, Some(1)),
+        event("acme", "thing-1", 3, Some(2)),
+    ];
+    broker.publish(&events).await.unwrap();
+    let handler = RunRecorder::labelled("a");
+    handler.poison.lock().unwrap().insert(poison.id);
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", handler.clone())
+        .with_options(ConsumerOptions {
+            lanes: 1,
+            ..quick()
+        })
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.handled == 4 && s.dead_lettered == 1)
+            .await,
+        "{:?}",
+        consumer.status()
+    );
+    assert_eq!(handler.runs(), vec![5], "one batch, which failed");
+    let rows = seen(&t.db).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.1.as_str(), r.2)).collect::<Vec<_>>(),
+        vec![
+            ("thing-1", 0),
+            ("thing-1", 1),
+            ("thing-1", 2),
+            ("thing-1", 3)
+        ],
+        "the failed batch's writes rolled back; each good event written once"
+    );
+    let dead = DeadLetters::open(t.db.clone())
+        .await
+        .unwrap()
+        .list(&DeadLetterFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, poison.id.to_string());
+    consumer.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -482,4 +772,6 @@ on_both!(
     order_is_kept_per_stream_across_competing_instances,
     poison_goes_to_dead_letters_and_replays,
     a_failed_replay_stays_a_dead_letter_and_drop_removes_it,
+    a_batch_handler_takes_each_run_of_its_events_at_once,
+    a_failed_batch_is_handled_event_by_event,
 );

@@ -11,10 +11,12 @@
 //!   due `k / (rate / writers)` seconds after the start, and a writer
 //!   appends what is due (at most `batch` at once) or sleeps until the next
 //!   one is. An event's commit time is when its `append` returned.
-//! - **Consumer handler**: inserts one row into `bench_orders` in the
-//!   consumer's transaction (beside the inbox entry and the stream cursor),
-//!   then notes the time. That note is the event's handled time: the
-//!   transaction's commit and the broker ack follow it.
+//! - **Consumer handler**: inserts one row per event into `bench_orders` in
+//!   the consumer's transaction (beside the inbox entry and the stream
+//!   cursor), the events of a batch in one statement
+//!   ([`EventHandler::handle_batch`]), then notes the time. That note is the
+//!   event's handled time: the transaction's commit and the broker ack
+//!   follow it.
 //! - **A run** ends once the relay's checkpoint passed the last event
 //!   appended and the consumer counted every event handled (its status
 //!   moves after commit and ack). Throughput is over that whole span, from
@@ -31,6 +33,7 @@ use async_trait::async_trait;
 use cairn_core::{EventId, NewEvent, StreamId, TenantId};
 use cairn_messaging::{
     ConsumerHandle, EventHandler, HandlerError, IntegrationEvent, PublicEvents, Relay,
+    placeholder_rows,
 };
 use cairn_store::{EventStore, ExpectedVersion};
 use hdrhistogram::Histogram;
@@ -74,11 +77,26 @@ impl Handled {
     }
 }
 
-/// A realistic inbox consumer: one small SQL write per event, in the
-/// consumer's transaction.
+/// A realistic inbox consumer: a row per event, in the consumer's
+/// transaction; the events of a batch in one multi-row insert.
 #[derive(Debug, Clone)]
 pub(super) struct InboxHandler {
     pub(super) handled: Arc<Handled>,
+}
+
+/// The order row of an event: its order id and quantity.
+fn order_row(event: &IntegrationEvent) -> Result<(&str, i64), HandlerError> {
+    let order = event
+        .data
+        .get("orderId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HandlerError::Reject("no orderId".to_owned()))?;
+    let quantity = event
+        .data
+        .get("quantity")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    Ok((order, quantity))
 }
 
 #[async_trait]
@@ -88,24 +106,34 @@ impl EventHandler for InboxHandler {
         tx: &mut Transaction<'static, Any>,
         event: &IntegrationEvent,
     ) -> Result<(), HandlerError> {
-        let order = event
-            .data
-            .get("orderId")
-            .and_then(Value::as_str)
-            .ok_or_else(|| HandlerError::Reject("no orderId".to_owned()))?;
-        let quantity = event
-            .data
-            .get("quantity")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        sqlx::query("INSERT INTO bench_orders (event_id, order_id, quantity) VALUES ($1, $2, $3)")
-            .bind(event.id.to_string())
-            .bind(order)
-            .bind(quantity)
+        self.handle_batch(tx, &[event]).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[&IntegrationEvent],
+    ) -> Result<(), HandlerError> {
+        let rows = events
+            .iter()
+            .map(|e| order_row(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql = format!(
+            "INSERT INTO bench_orders (event_id, order_id, quantity) VALUES {}",
+            placeholder_rows(rows.len(), 3, 0, ", ", |p| format!("({})", p.join(", ")))
+        );
+        let mut query = sqlx::query(&sql);
+        for (event, (order, quantity)) in events.iter().zip(rows) {
+            query = query.bind(event.id.to_string()).bind(order).bind(quantity);
+        }
+        query
             .execute(&mut **tx)
             .await
             .map_err(|e| HandlerError::Retry(e.to_string()))?;
-        self.handled.note(event.id, Instant::now());
+        let now = Instant::now();
+        for event in events {
+            self.handled.note(event.id, now);
+        }
         Ok(())
     }
 }
