@@ -195,7 +195,8 @@ impl Relay {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Stops after the batch in hand is published (or given up on).
+    /// Stops after the batches in flight are acknowledged and checkpointed
+    /// (or given up on: they go out again after the next start).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
