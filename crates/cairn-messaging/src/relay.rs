@@ -249,16 +249,9 @@ impl Worker {
                 self.pause(backoff).await;
             }
             if sent.len() >= window {
-                let oldest = sent.pop_front().expect("a batch in flight");
-                if self.settle(oldest, &mut position).await {
-                    backoff = Duration::ZERO;
-                } else {
-                    // Everything after the checkpoint goes out again.
-                    sent.clear();
-                    read_from = position;
-                    self.last_versions.clear();
-                    backoff = next_backoff(backoff, self.options.max_backoff);
-                }
+                backoff = self
+                    .settle_oldest(&mut sent, &mut position, &mut read_from, backoff)
+                    .await;
                 continue;
             }
             let batch = match self
@@ -278,16 +271,11 @@ impl Worker {
             let seen_head = *head.borrow_and_update();
             self.update(|s| s.head = s.head.max(seen_head));
             let Some(last) = batch.last().map(|e| e.position) else {
-                if let Some(oldest) = sent.pop_front() {
+                if !sent.is_empty() {
                     // Caught up: settle what is in flight before waiting.
-                    if self.settle(oldest, &mut position).await {
-                        backoff = Duration::ZERO;
-                    } else {
-                        sent.clear();
-                        read_from = position;
-                        self.last_versions.clear();
-                        backoff = next_backoff(backoff, self.options.max_backoff);
-                    }
+                    backoff = self
+                        .settle_oldest(&mut sent, &mut position, &mut read_from, backoff)
+                        .await;
                     continue;
                 }
                 backoff = Duration::ZERO;
@@ -317,9 +305,7 @@ impl Worker {
                 }
                 Err(e) => {
                     self.broker_failed(&e);
-                    sent.clear();
-                    read_from = position;
-                    self.last_versions.clear();
+                    self.rewind(&mut sent, &mut read_from, position);
                     backoff = next_backoff(backoff, self.options.max_backoff);
                 }
             }
@@ -331,6 +317,34 @@ impl Worker {
                 break;
             }
         }
+    }
+
+    /// Settles the oldest batch in flight; if that fails, rewinds to the
+    /// checkpoint. Returns the next backoff.
+    async fn settle_oldest(
+        &mut self,
+        sent: &mut VecDeque<Sent>,
+        position: &mut u64,
+        read_from: &mut u64,
+        backoff: Duration,
+    ) -> Duration {
+        let Some(oldest) = sent.pop_front() else {
+            return backoff;
+        };
+        if self.settle(oldest, position).await {
+            Duration::ZERO
+        } else {
+            self.rewind(sent, read_from, *position);
+            next_backoff(backoff, self.options.max_backoff)
+        }
+    }
+
+    /// Forgets what is in flight: everything after the checkpoint goes out
+    /// again, its chain links read back from what was checkpointed.
+    fn rewind(&mut self, sent: &mut VecDeque<Sent>, read_from: &mut u64, position: u64) {
+        sent.clear();
+        *read_from = position;
+        self.last_versions.clear();
     }
 
     /// Waits for a sent batch's acknowledgements, then moves the checkpoint

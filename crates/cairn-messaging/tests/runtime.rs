@@ -30,6 +30,14 @@ fn quick() -> ConsumerOptions {
     }
 }
 
+/// Every delivery in the one lane: what waits is one batch.
+fn one_lane() -> ConsumerOptions {
+    ConsumerOptions {
+        lanes: 1,
+        ..quick()
+    }
+}
+
 fn things() -> PublicEvents {
     PublicEvents::new("things", ["thing"], ["Created", "Renamed", "Deleted"]).unwrap()
 }
@@ -653,10 +661,7 @@ async fn a_batch_handler_takes_each_run_of_its_events_at_once(t: TestDb) {
     let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
         .on("Thing", things.clone())
         .on("Other", others.clone())
-        .with_options(ConsumerOptions {
-            lanes: 1,
-            ..quick()
-        })
+        .with_options(one_lane())
         .start()
         .await
         .unwrap();
@@ -704,10 +709,7 @@ async fn a_failed_batch_is_handled_event_by_event(t: TestDb) {
     handler.poison.lock().unwrap().insert(poison.id);
     let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
         .on("Thing", handler.clone())
-        .with_options(ConsumerOptions {
-            lanes: 1,
-            ..quick()
-        })
+        .with_options(one_lane())
         .start()
         .await
         .unwrap();
