@@ -67,8 +67,8 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Applies several events at once, in the order given, in the
     /// transaction of a consumer batch: events delivered together that go
-    /// to this handler one after another, never yet handled, each after
-    /// its stream predecessor. Override it to write them in fewer
+    /// to this handler one after another and were never handled before, in
+    /// delivery order (per stream, version order). Override it to write them in fewer
     /// statements (one multi-row insert, say); the default calls
     /// [`handle`](Self::handle) for each.
     ///

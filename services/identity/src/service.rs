@@ -127,6 +127,10 @@ fn store_error<E: fmt::Display>(e: E) -> IdentityError {
     IdentityError::Unavailable(format!("identity store: {e}"))
 }
 
+fn group_missing(id: &str) -> IdentityError {
+    IdentityError::NotFound(format!("group {id} does not exist"))
+}
+
 fn command_error(e: CommandError<IdentityRule>) -> IdentityError {
     match e {
         CommandError::Domain(IdentityRule::AlreadyExists(what)) => {
@@ -1137,49 +1141,43 @@ impl Identity {
         tenants: &[String],
         shared: &[String],
     ) -> Result<TenantGroup, IdentityError> {
-        let missing = || IdentityError::NotFound(format!("group {id} does not exist"));
-        validate_group_id(id).map_err(|_| missing())?;
+        validate_group_id(id).map_err(|_| group_missing(id))?;
         let (tenants, shared) = group_sets(tenants, shared).map_err(IdentityError::Invalid)?;
         self.require_members(&tenants).await?;
-        let done = self
-            .inner
-            .groups
-            .execute(
-                &system(&platform()).with_actor(actor),
-                id,
-                None,
-                &GroupCommand::Update { tenants, shared },
-            )
-            .await
-            .map_err(|e| match command_error(e) {
-                IdentityError::NotFound(_) => missing(),
-                other => other,
-            })?;
-        self.forget_realms();
-        TenantGroup::of(done.state).ok_or_else(missing)
+        self.change_group(actor, id, &GroupCommand::Update { tenants, shared })
+            .await?
+            .ok_or_else(|| group_missing(id))
     }
 
     /// Dissolves a group: its members stop sharing through it (new tokens
     /// at once here, within `realm_ttl` elsewhere; tokens already issued
     /// keep their claim until they expire). Its id is not used again.
     pub async fn dissolve_group(&self, actor: &str, id: &str) -> Result<(), IdentityError> {
-        let missing = || IdentityError::NotFound(format!("group {id} does not exist"));
-        validate_group_id(id).map_err(|_| missing())?;
-        self.inner
+        validate_group_id(id).map_err(|_| group_missing(id))?;
+        self.change_group(actor, id, &GroupCommand::Dissolve)
+            .await
+            .map(drop)
+    }
+
+    /// Runs `command` on the existing group `id` (not found if there is
+    /// none), then forgets the cached realms; the group as it now stands.
+    async fn change_group(
+        &self,
+        actor: &str,
+        id: &str,
+        command: &GroupCommand,
+    ) -> Result<Option<TenantGroup>, IdentityError> {
+        let done = self
+            .inner
             .groups
-            .execute(
-                &system(&platform()).with_actor(actor),
-                id,
-                None,
-                &GroupCommand::Dissolve,
-            )
+            .execute(&system(&platform()).with_actor(actor), id, None, command)
             .await
             .map_err(|e| match command_error(e) {
-                IdentityError::NotFound(_) => missing(),
+                IdentityError::NotFound(_) => group_missing(id),
                 other => other,
             })?;
         self.forget_realms();
-        Ok(())
+        Ok(TenantGroup::of(done.state))
     }
 
     /// Every tenant group.
