@@ -169,7 +169,12 @@ impl Default for ConsumerOptions {
 pub struct ConsumerStatus {
     pub group: String,
     pub source: String,
+    /// Events a handler took, committed and acked.
     pub handled: u64,
+    /// Events of a type no handler takes: recorded in the inbox and the
+    /// stream's cursor (so order and redelivery work as for the rest) and
+    /// acked, with no handler run.
+    pub skipped: u64,
     pub duplicates: u64,
     pub retries: u64,
     pub waited_for_order: u64,
@@ -339,6 +344,7 @@ struct Core {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchOutcome {
     Handled,
+    Skipped,
     Duplicate,
     OutOfOrder,
 }
@@ -355,6 +361,7 @@ impl From<sqlx::Error> for BatchFailed {
 
 enum Outcome {
     Handled,
+    Skipped,
     Duplicate,
     OutOfOrder,
     Failed(HandlerError),
@@ -371,7 +378,7 @@ impl Core {
     /// The broker side of [`Self::settle`], without counting.
     async fn give_back(&self, delivery: Delivery, event: EventId, outcome: BatchOutcome) {
         match outcome {
-            BatchOutcome::Handled | BatchOutcome::Duplicate => {
+            BatchOutcome::Handled | BatchOutcome::Skipped | BatchOutcome::Duplicate => {
                 self.forget_wait(event);
                 let _ = delivery.acker.ack().await;
             }
@@ -388,21 +395,24 @@ impl Core {
     /// waits on the status) however many there are.
     fn tally(&self, outcomes: &[BatchOutcome]) {
         let of = |kind: BatchOutcome| outcomes.iter().filter(|o| **o == kind).count() as u64;
-        let (handled, duplicates, waited) = (
+        let (handled, skipped, duplicates, waited) = (
             of(BatchOutcome::Handled),
+            of(BatchOutcome::Skipped),
             of(BatchOutcome::Duplicate),
             of(BatchOutcome::OutOfOrder),
         );
-        if handled + duplicates + waited == 0 {
+        if handled + skipped + duplicates + waited == 0 {
             return;
         }
         self.status.send_modify(|s| {
             s.handled += handled;
+            s.skipped += skipped;
             s.duplicates += duplicates;
             s.waited_for_order += waited;
         });
         for (outcome, n) in [
             ("handled", handled),
+            ("skipped", skipped),
             ("duplicate", duplicates),
             ("waited_for_order", waited),
         ] {
@@ -630,11 +640,8 @@ impl Core {
                 outcomes[*i] = BatchOutcome::Duplicate;
                 continue;
             }
-            let Some(handler) = self
-                .handlers
-                .get(&event.event_type)
-                .or(self.fallback.as_ref())
-            else {
+            let Some(handler) = self.handler_of(event) else {
+                outcomes[*i] = BatchOutcome::Skipped;
                 continue;
             };
             if let Some(previous) = run_handler
@@ -767,6 +774,7 @@ impl Core {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Outcome::Handled => self.settle(delivery, event.id, BatchOutcome::Handled).await,
+            Outcome::Skipped => self.settle(delivery, event.id, BatchOutcome::Skipped).await,
             Outcome::Duplicate => {
                 self.settle(delivery, event.id, BatchOutcome::Duplicate)
                     .await
@@ -910,10 +918,8 @@ impl Core {
         if advance && prev > last {
             tracing::warn!(group = %self.group, event = %event.id, stream = %event.subject, "predecessor never arrived; handling out of order");
         }
-        if let Some(handler) = self
-            .handlers
-            .get(&event.event_type)
-            .or(self.fallback.as_ref())
+        let handler = self.handler_of(event);
+        if let Some(handler) = handler
             && let Err(error) = handler.handle(&mut tx, event).await
         {
             tx.rollback().await?;
@@ -928,7 +934,18 @@ impl Core {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Outcome::Handled)
+        Ok(if handler.is_some() {
+            Outcome::Handled
+        } else {
+            Outcome::Skipped
+        })
+    }
+
+    /// The handler of `event`'s type, or the catch-all one.
+    fn handler_of(&self, event: &IntegrationEvent) -> Option<&Arc<dyn EventHandler>> {
+        self.handlers
+            .get(&event.event_type)
+            .or(self.fallback.as_ref())
     }
 
     /// The stream's last handled version (-1 if none), locked until the
@@ -1040,7 +1057,7 @@ impl Core {
                 }
             };
             match self.try_handle(&event, true, true).await {
-                Ok(Outcome::Handled) => {
+                Ok(Outcome::Handled | Outcome::Skipped) => {
                     tracing::info!(group = %self.group, event = %event.id, "dead letter replayed");
                     self.status.send_modify(|s| s.replayed += 1);
                     self.count("replayed", 1);

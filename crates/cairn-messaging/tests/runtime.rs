@@ -743,6 +743,65 @@ async fn a_failed_batch_is_handled_event_by_event(t: TestDb) {
     consumer.shutdown().await;
 }
 
+/// Events of a type no handler takes are counted as skipped, not handled,
+/// and still move their stream's cursor: the next event of the stream does
+/// not wait for them. Both paths: a batch, then a delivery on its own.
+async fn events_no_handler_takes_are_skipped_in_order(t: TestDb) {
+    seen_table(&t.db).await;
+    let broker = MemoryBroker::new();
+    broker
+        .publish(&[
+            event("acme", "thing-1", 0, None),
+            typed(event("acme", "thing-1", 1, Some(0)), "Other"),
+            event("acme", "thing-1", 2, Some(1)),
+            typed(event("acme", "thing-1", 3, Some(2)), "Other"),
+        ])
+        .await
+        .unwrap();
+    let handler = RunRecorder::labelled("a");
+    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", handler.clone())
+        .with_options(one_lane())
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .wait_until(PATIENCE, |s| s.handled == 2 && s.skipped == 2)
+            .await,
+        "{:?}",
+        consumer.status()
+    );
+    assert_eq!(handler.runs(), vec![2], "one batch, its two Things at once");
+    broker
+        .publish(&[typed(event("acme", "thing-1", 4, Some(3)), "Other")])
+        .await
+        .unwrap();
+    assert!(
+        consumer.wait_until(PATIENCE, |s| s.skipped == 3).await,
+        "{:?}",
+        consumer.status()
+    );
+    broker
+        .publish(&[event("acme", "thing-1", 5, Some(4))])
+        .await
+        .unwrap();
+    assert!(
+        consumer.wait_until(PATIENCE, |s| s.handled == 3).await,
+        "{:?}",
+        consumer.status()
+    );
+    let status = consumer.status();
+    assert_eq!(
+        (status.skipped, status.waited_for_order, status.duplicates),
+        (3, 0, 0),
+        "{status:?}"
+    );
+    let versions: Vec<i64> = seen(&t.db).await.iter().map(|r| r.2).collect();
+    assert_eq!(versions, vec![0, 2, 5]);
+    consumer.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -776,4 +835,5 @@ on_both!(
     a_failed_replay_stays_a_dead_letter_and_drop_removes_it,
     a_batch_handler_takes_each_run_of_its_events_at_once,
     a_failed_batch_is_handled_event_by_event,
+    events_no_handler_takes_are_skipped_in_order,
 );

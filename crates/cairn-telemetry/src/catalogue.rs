@@ -191,7 +191,7 @@ pub const CATALOGUE: &[MetricDescription] = &[
         name: names::CONSUMER_MESSAGES_TOTAL,
         kind: MetricKind::Counter,
         labels: &["group", "outcome"],
-        help: "Messages a consumer settled, by group and outcome (handled, duplicate, retried, waited_for_order, dead_lettered, replayed).",
+        help: "Messages a consumer settled, by group and outcome (handled, skipped, duplicate, retried, waited_for_order, dead_lettered, replayed).",
     },
     MetricDescription {
         name: names::CONSUMER_HANDLE_DURATION_SECONDS,
