@@ -13,7 +13,8 @@
 //!    consumer and the relay.
 //! 2. The raw ceiling: an untimed warm-up, then three rounds of as many
 //!    acknowledged publishes as a run appends events, of the same bodies;
-//!    the median round is the ceiling.
+//!    the median round is the ceiling. Then the broker's round trip the
+//!    same way: the publishes taken and acked by a consumer meanwhile.
 //! 3. Cairn warm-up: a tenth of the events (at most 1,000) end to end,
 //!    untimed.
 //! 4. Full speed: appenders append as fast as the store takes them
@@ -72,6 +73,12 @@ Baseline (same broker, same message bodies, its own prefix; three rounds of
         1024 acknowledgements in flight.
   amqp  raw_amqp_publish_confirmed: lapin persistent publishes on a confirm-mode
         channel to a durable exchange and queue, up to 1024 confirms in flight.
+Beside it, the broker's round trip, measured the same way: those publishes
+while one consumer (prefetch 512, as Cairn's default) takes and acks each
+(raw_jetstream_round_trip: a durable pull consumer; raw_amqp_round_trip: a
+durable queue consumed on its own connection). round_trip is that rate
+against the publish ceiling; e2e_of_round_trip is Cairn's end to end
+against it.
 Ratios are Cairn / baseline.
 
 Store URLs:
@@ -112,6 +119,13 @@ impl BrokerKind {
         match self {
             Self::Nats => "raw_jetstream_publish_acked",
             Self::Amqp => "raw_amqp_publish_confirmed",
+        }
+    }
+
+    fn round_trip(self) -> &'static str {
+        match self {
+            Self::Nats => "raw_jetstream_round_trip",
+            Self::Amqp => "raw_amqp_round_trip",
         }
     }
 
@@ -288,8 +302,13 @@ impl Session {
                     vec![stream_name(&names.prefix), stream_name(&names.raw_prefix)];
             }
             BrokerKind::Amqp => {
-                let (raw_exchange, raw_queue) = raw::amqp_raw_names(&names.raw_prefix);
-                session.amqp_queues = vec![format!("{}.{GROUP}", names.prefix), raw_queue];
+                let (raw_exchange, raw_queue, round_trip_queue) =
+                    raw::amqp_raw_names(&names.raw_prefix);
+                session.amqp_queues = vec![
+                    format!("{}.{GROUP}", names.prefix),
+                    raw_queue,
+                    round_trip_queue,
+                ];
                 session.amqp_exchanges = vec![format!("{}.events", names.prefix), raw_exchange];
             }
         }
@@ -496,10 +515,11 @@ async fn suite(
         kind.baseline(),
         args.events
     );
-    let (ceiling, raw_broker) =
+    let (ceilings, raw_broker) =
         ceiling(kind, broker_url, names, tenant, bodies, args.events, warmup).await?;
     session.brokers.extend(raw_broker);
-    let raw_rate = rate(ceiling.messages, ceiling.elapsed);
+    let raw_rate = rate(ceilings.publish.messages, ceilings.publish.elapsed);
+    let round_trip_rate = rate(ceilings.round_trip.messages, ceilings.round_trip.elapsed);
     let baseline = Some((kind.baseline(), raw_rate));
 
     // 4. Cairn: warm-up, full speed, paced.
@@ -558,6 +578,9 @@ async fn suite(
         Metric::new("append", full.append_rate(), "events/s"),
         Metric::new("relay", full.relay_rate(), "events/s").against(baseline),
         Metric::new("e2e", full.e2e_rate(), "events/s").against(baseline),
+        Metric::new("e2e_of_round_trip", full.e2e_rate(), "events/s")
+            .against(Some((kind.round_trip(), round_trip_rate))),
+        Metric::new("round_trip", round_trip_rate, "msgs/s").against(baseline),
     ];
     metrics.extend(latency("e2e", &full));
     metrics.extend([
@@ -648,8 +671,16 @@ fn median(mut rounds: Vec<raw::Ceiling>) -> raw::Ceiling {
     rounds[rounds.len() / 2]
 }
 
-/// The raw ceiling: `warmup` untimed publishes, then [`RAW_ROUNDS`] rounds
-/// of `messages` timed ones; the median round counts.
+/// The broker's own figures: acknowledged publishes alone, and the round
+/// trip (publishes taken and acked by a consumer at the same time).
+#[derive(Debug, Clone, Copy)]
+struct Ceilings {
+    publish: raw::Ceiling,
+    round_trip: raw::Ceiling,
+}
+
+/// The raw ceilings: for each, `warmup` untimed messages, then
+/// [`RAW_ROUNDS`] rounds of `messages` timed ones; the median round counts.
 async fn ceiling(
     kind: BrokerKind,
     url: &str,
@@ -658,8 +689,14 @@ async fn ceiling(
     bodies: &[Vec<u8>],
     messages: u64,
     warmup: u64,
-) -> anyhow::Result<(raw::Ceiling, Option<Arc<dyn Broker>>)> {
+) -> anyhow::Result<(Ceilings, Option<Arc<dyn Broker>>)> {
     let subject = cairn_messaging::topic(&names.raw_prefix, tenant, SERVICE, EVENT_TYPE);
+    let round_trip_subject = cairn_messaging::topic(
+        &names.raw_prefix,
+        tenant,
+        raw::ROUND_TRIP_SERVICE,
+        EVENT_TYPE,
+    );
     match kind {
         BrokerKind::Nats => {
             // A stream with exactly the settings of Cairn's event stream.
@@ -672,17 +709,47 @@ async fn ceiling(
             for _ in 0..RAW_ROUNDS {
                 rounds.push(raw::nats_publish(js, &subject, bodies, messages).await?);
             }
-            Ok((median(rounds), Some(Arc::new(broker))))
+            let publish = median(rounds);
+            let mut consumer =
+                raw::NatsRoundTrip::open(js, broker.stream_name(), &round_trip_subject).await?;
+            consumer
+                .run(js, &round_trip_subject, bodies, warmup)
+                .await?;
+            let mut rounds = Vec::with_capacity(RAW_ROUNDS);
+            for _ in 0..RAW_ROUNDS {
+                rounds.push(
+                    consumer
+                        .run(js, &round_trip_subject, bodies, messages)
+                        .await?,
+                );
+            }
+            let ceilings = Ceilings {
+                publish,
+                round_trip: median(rounds),
+            };
+            Ok((ceilings, Some(Arc::new(broker))))
         }
         BrokerKind::Amqp => {
-            let amqp = raw::AmqpRaw::open(url, &names.raw_prefix).await?;
+            let mut amqp = raw::AmqpRaw::open(url, &names.raw_prefix, SERVICE).await?;
             let outcome = async {
                 amqp.publish(&subject, SERVICE, bodies, warmup).await?;
                 let mut rounds = Vec::with_capacity(RAW_ROUNDS);
                 for _ in 0..RAW_ROUNDS {
                     rounds.push(amqp.publish(&subject, SERVICE, bodies, messages).await?);
                 }
-                anyhow::Ok(median(rounds))
+                let publish = median(rounds);
+                amqp.round_trip(&round_trip_subject, bodies, warmup).await?;
+                let mut rounds = Vec::with_capacity(RAW_ROUNDS);
+                for _ in 0..RAW_ROUNDS {
+                    rounds.push(
+                        amqp.round_trip(&round_trip_subject, bodies, messages)
+                            .await?,
+                    );
+                }
+                anyhow::Ok(Ceilings {
+                    publish,
+                    round_trip: median(rounds),
+                })
             }
             .await;
             amqp.close().await;

@@ -16,6 +16,18 @@
 //!   [`WINDOW`] confirms awaited at once, each publish started before the
 //!   previous one's write is waited for (as Cairn's backend sends a batch).
 //!
+//! Beside each, the broker's own round trip, to show how much of the
+//! publish ceiling is left once the broker also delivers every message and
+//! takes its ack: the same publishes to a subject of their own, while one
+//! consumer with Cairn's default prefetch ([`PREFETCH`] unacknowledged)
+//! takes each message and acks it, timed until the last ack. No database,
+//! no relay, no inbox:
+//! - NATS JetStream (`raw_jetstream_round_trip`): a durable pull consumer
+//!   with explicit acks on the same stream, as Cairn's groups are.
+//! - RabbitMQ (`raw_amqp_round_trip`): a durable queue of its own on the
+//!   same exchange, consumed on a connection of its own with manual acks,
+//!   as Cairn's groups are.
+//!
 //! Both also remove what a run created: [`delete_nats_streams`] and
 //! [`delete_amqp_objects`].
 
@@ -30,18 +42,23 @@ use async_nats::{
     HeaderMap,
     header::NATS_MESSAGE_ID,
     jetstream::{
-        self, ErrorCode, context::DeleteStreamErrorKind, context::PublishAckFuture,
+        self, AckKind, ErrorCode,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        context::DeleteStreamErrorKind,
+        context::PublishAckFuture,
         message::PublishMessage,
     },
 };
 use cairn_core::{EventId, StreamId, TenantId};
 use cairn_messaging::{CONTENT_TYPE, IntegrationEvent};
+use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
     PublisherConfirm,
     options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{FieldTable, ShortString},
 };
@@ -65,6 +82,18 @@ const ROUND_TRIP: Duration = Duration::from_secs(10);
 
 /// The persistent delivery mode.
 const PERSISTENT: u8 = 2;
+
+/// Unacknowledged messages a round-trip consumer may hold: Cairn's default
+/// consumer prefetch (`ConsumerOptions::prefetch`).
+const PREFETCH: u16 = 512;
+
+/// The service (topic word) round-trip messages are published under, so
+/// the ceiling's queue never takes them and the round trip's never takes
+/// the ceiling's.
+pub(super) const ROUND_TRIP_SERVICE: &str = "round-trip";
+
+/// The JetStream durable consumer of the round trip.
+const ROUND_TRIP_CONSUMER: &str = "round-trip";
 
 /// `n` CloudEvents bodies exactly as the relay would send the benchmark's
 /// events: the same payload, envelope and extensions.
@@ -140,6 +169,95 @@ pub(super) async fn nats_publish(
     })
 }
 
+/// A durable pull consumer on `stream`, reading only `subject` and only
+/// what is published from now on, explicit acks, at most [`PREFETCH`]
+/// unacknowledged: the consuming half of the JetStream round trip.
+pub(super) struct NatsRoundTrip {
+    messages: pull::Stream,
+}
+
+impl std::fmt::Debug for NatsRoundTrip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsRoundTrip").finish_non_exhaustive()
+    }
+}
+
+impl NatsRoundTrip {
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        subject: &str,
+    ) -> anyhow::Result<Self> {
+        let config = pull::Config {
+            durable_name: Some(ROUND_TRIP_CONSUMER.to_owned()),
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: i64::from(PREFETCH),
+            ..Default::default()
+        };
+        let consumer = js
+            .create_consumer_on_stream(config, stream)
+            .await
+            .context("creating the round-trip JetStream consumer")?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(usize::from(PREFETCH))
+            .messages()
+            .await
+            .context("pulling from the round-trip JetStream consumer")?;
+        Ok(Self { messages })
+    }
+
+    /// Publishes `messages` bodies to `subject` as [`nats_publish`] does
+    /// while taking and acking as many, timed until the last ack is sent.
+    pub(super) async fn run(
+        &mut self,
+        js: &jetstream::Context,
+        subject: &str,
+        bodies: &[Vec<u8>],
+        messages: u64,
+    ) -> anyhow::Result<Ceiling> {
+        let consume = async {
+            for _ in 0..messages {
+                let message = tokio::time::timeout(ROUND_TRIP, self.messages.next())
+                    .await
+                    .map_err(|_| anyhow!("no round-trip message within {ROUND_TRIP:?}"))?
+                    .ok_or_else(|| anyhow!("the round-trip JetStream consumer ended"))?
+                    .map_err(|e| anyhow!("taking a round-trip message: {e}"))?;
+                message
+                    .ack_with(AckKind::Ack)
+                    .await
+                    .map_err(|e| anyhow!("acking a round-trip message: {e}"))?;
+            }
+            anyhow::Ok(())
+        };
+        round_trip(
+            nats_publish(js, subject, bodies, messages),
+            consume,
+            messages,
+        )
+        .await
+    }
+}
+
+/// Runs a round trip's publishing and consuming halves at once, timed until
+/// both are done.
+async fn round_trip(
+    publish: impl Future<Output = anyhow::Result<Ceiling>>,
+    consume: impl Future<Output = anyhow::Result<()>>,
+    messages: u64,
+) -> anyhow::Result<Ceiling> {
+    let start = Instant::now();
+    let (published, consumed) = tokio::join!(publish, consume);
+    published?;
+    consumed?;
+    Ok(Ceiling {
+        messages,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// Deletes the JetStream streams named `streams` (one missing is fine).
 pub(super) async fn delete_nats_streams(url: &str, streams: &[String]) -> anyhow::Result<()> {
     let client = tokio::time::timeout(ROUND_TRIP, async_nats::connect(url))
@@ -160,12 +278,16 @@ pub(super) async fn delete_nats_streams(url: &str, streams: &[String]) -> anyhow
 }
 
 /// A confirm-mode channel on its own connection, publishing to a durable
-/// topic exchange with one durable queue bound to everything under its
-/// prefix.
+/// topic exchange with two durable queues bound: the ceiling's, taking
+/// what is published under `service`, and the round trip's, taking what is
+/// published under [`ROUND_TRIP_SERVICE`] and consumed (manual acks, at
+/// most [`PREFETCH`] unacknowledged) on a second connection.
 pub(super) struct AmqpRaw {
     connection: Connection,
     channel: Channel,
     exchange: ShortString,
+    consuming: Connection,
+    deliveries: lapin::Consumer,
 }
 
 impl std::fmt::Debug for AmqpRaw {
@@ -176,14 +298,19 @@ impl std::fmt::Debug for AmqpRaw {
     }
 }
 
-/// The names the raw AMQP publisher creates under `prefix`.
-pub(super) fn amqp_raw_names(prefix: &str) -> (String, String) {
-    (format!("{prefix}.events"), format!("{prefix}.ceiling"))
+/// The names the raw AMQP publisher creates under `prefix`: the exchange,
+/// the ceiling's queue and the round trip's.
+pub(super) fn amqp_raw_names(prefix: &str) -> (String, String, String) {
+    (
+        format!("{prefix}.events"),
+        format!("{prefix}.ceiling"),
+        format!("{prefix}.round-trip"),
+    )
 }
 
 impl AmqpRaw {
-    pub(super) async fn open(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let (exchange, queue) = amqp_raw_names(prefix);
+    pub(super) async fn open(url: &str, prefix: &str, service: &str) -> anyhow::Result<Self> {
+        let (exchange, queue, round_trip_queue) = amqp_raw_names(prefix);
         let connection = bounded(
             "connecting to RabbitMQ",
             Connection::connect(url, ConnectionProperties::default()),
@@ -203,45 +330,124 @@ impl AmqpRaw {
             ),
         )
         .await?;
-        bounded(
-            "declaring the raw queue",
-            channel.queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        bounded(
-            "binding the raw queue",
-            channel.queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                format!("{prefix}.*.*.*").into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        for (queue, service) in [(&queue, service), (&round_trip_queue, ROUND_TRIP_SERVICE)] {
+            bounded(
+                "declaring a raw queue",
+                channel.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            bounded(
+                "binding a raw queue",
+                channel.queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    format!("{prefix}.*.{service}.*").into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
         bounded(
             "enabling publisher confirms",
             channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let consuming = bounded(
+            "connecting to RabbitMQ to consume",
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await?;
+        let consumer_channel = bounded("opening a channel", consuming.create_channel()).await?;
+        bounded(
+            "setting the round trip's prefetch",
+            consumer_channel.basic_qos(PREFETCH, BasicQosOptions::default()),
+        )
+        .await?;
+        let deliveries = bounded(
+            "consuming the round-trip queue",
+            consumer_channel.basic_consume(
+                round_trip_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
         )
         .await?;
         Ok(Self {
             connection,
             channel,
             exchange: exchange.into(),
+            consuming,
+            deliveries,
         })
+    }
+
+    /// Publishes `messages` bodies with `routing_key` (one the round trip's
+    /// queue takes) as [`Self::publish`] does while taking and acking as
+    /// many, one ack per message, timed until the last ack is sent.
+    pub(super) async fn round_trip(
+        &mut self,
+        routing_key: &str,
+        bodies: &[Vec<u8>],
+        messages: u64,
+    ) -> anyhow::Result<Ceiling> {
+        let deliveries = &mut self.deliveries;
+        let consume = async move {
+            for _ in 0..messages {
+                let delivery = tokio::time::timeout(ROUND_TRIP, deliveries.next())
+                    .await
+                    .map_err(|_| anyhow!("no round-trip message within {ROUND_TRIP:?}"))?
+                    .ok_or_else(|| anyhow!("the round-trip consumer ended"))?
+                    .context("taking a round-trip message")?;
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .context("acking a round-trip message")?;
+            }
+            anyhow::Ok(())
+        };
+        let publish = Self::publish_on(
+            &self.channel,
+            &self.exchange,
+            routing_key,
+            ROUND_TRIP_SERVICE,
+            bodies,
+            messages,
+        );
+        round_trip(publish, consume, messages).await
     }
 
     /// Publishes `messages` persistent bodies with `routing_key`, [`WINDOW`]
     /// confirms in flight, and times the whole.
     pub(super) async fn publish(
         &self,
+        routing_key: &str,
+        service: &str,
+        bodies: &[Vec<u8>],
+        messages: u64,
+    ) -> anyhow::Result<Ceiling> {
+        Self::publish_on(
+            &self.channel,
+            &self.exchange,
+            routing_key,
+            service,
+            bodies,
+            messages,
+        )
+        .await
+    }
+
+    async fn publish_on(
+        channel: &Channel,
+        exchange: &ShortString,
         routing_key: &str,
         service: &str,
         bodies: &[Vec<u8>],
@@ -266,8 +472,8 @@ impl AmqpRaw {
             // Started (polled once) now, its write waited for only once
             // [`WRITES`] later ones are started too, as Cairn's backend
             // starts a whole batch before waiting.
-            let mut write = Box::pin(self.channel.basic_publish(
-                self.exchange.clone(),
+            let mut write = Box::pin(channel.basic_publish(
+                exchange.clone(),
                 routing_key.clone(),
                 BasicPublishOptions::default(),
                 body,
@@ -294,6 +500,7 @@ impl AmqpRaw {
     }
 
     pub(super) async fn close(self) {
+        let _ = tokio::time::timeout(ROUND_TRIP, self.consuming.close(200, "done".into())).await;
         let _ = tokio::time::timeout(ROUND_TRIP, self.connection.close(200, "done".into())).await;
     }
 }
