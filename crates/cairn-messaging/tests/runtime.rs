@@ -12,9 +12,9 @@ use std::{
 use async_trait::async_trait;
 use cairn_core::EventId;
 use cairn_messaging::{
-    Acks, Broker, BrokerError, Consumer, ConsumerOptions, ConsumerSpec, DeadLetterFilter,
-    DeadLetters, Deliveries, EventHandler, HandlerError, IntegrationEvent, MemoryBroker,
-    PublicEvents, Relay, RelayOptions,
+    Acks, Broker, BrokerError, Consumer, ConsumerHandle, ConsumerOptions, ConsumerSpec,
+    ConsumerStatus, DeadLetterFilter, DeadLetters, Deliveries, EventHandler, HandlerError,
+    IntegrationEvent, MemoryBroker, PublicEvents, Relay, RelayOptions,
 };
 use cairn_store::MemoryStore;
 use common::*;
@@ -291,13 +291,7 @@ async fn exactly_once_under_redelivery(t: TestDb) {
     broker.publish(&events).await.unwrap();
     // The same events again, as a relay that lost its checkpoint would send.
     broker.publish(&events).await.unwrap();
-    assert!(
-        consumer
-            .wait_until(PATIENCE, |s| s.handled == 5 && s.duplicates == 5)
-            .await,
-        "{:?}",
-        consumer.status()
-    );
+    settles(&consumer, |s| s.handled == 5 && s.duplicates == 5).await;
     let rows = seen(&t.db).await;
     let versions: Vec<i64> = rows.iter().map(|r| r.2).collect();
     assert_eq!(versions, vec![0, 1, 2, 3, 4], "each effect once, in order");
@@ -337,13 +331,7 @@ async fn a_batch_with_the_same_event_twice_handles_it_once(t: TestDb) {
         .start()
         .await
         .unwrap();
-    assert!(
-        consumer
-            .wait_until(PATIENCE, |s| s.handled == 2 && s.duplicates == 3)
-            .await,
-        "{:?}",
-        consumer.status()
-    );
+    settles(&consumer, |s| s.handled == 2 && s.duplicates == 3).await;
     let versions: Vec<i64> = seen(&t.db).await.iter().map(|r| r.2).collect();
     assert_eq!(versions, vec![0, 1]);
     consumer.shutdown().await;
@@ -637,6 +625,26 @@ impl EventHandler for RunRecorder {
     }
 }
 
+/// A one-lane consumer of `things` whose `Thing` events go to `handler`.
+async fn watcher(t: &TestDb, broker: &MemoryBroker, handler: &RunRecorder) -> ConsumerHandle {
+    Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
+        .on("Thing", handler.clone())
+        .with_options(one_lane())
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits until the consumer's status passes `done`; fails showing it if
+/// it never does.
+async fn settles(consumer: &ConsumerHandle, done: impl FnMut(&ConsumerStatus) -> bool) {
+    assert!(
+        consumer.wait_until(PATIENCE, done).await,
+        "{:?}",
+        consumer.status()
+    );
+}
+
 fn typed(mut event: IntegrationEvent, event_type: &str) -> IntegrationEvent {
     event.event_type = event_type.to_owned();
     event
@@ -665,11 +673,7 @@ async fn a_batch_handler_takes_each_run_of_its_events_at_once(t: TestDb) {
         .start()
         .await
         .unwrap();
-    assert!(
-        consumer.wait_until(PATIENCE, |s| s.handled == 5).await,
-        "{:?}",
-        consumer.status()
-    );
+    settles(&consumer, |s| s.handled == 5).await;
     let order: Vec<(i64, String)> =
         sqlx::query_as("SELECT version, consumer FROM seen ORDER BY seq")
             .fetch_all(t.db.pool())
@@ -707,19 +711,8 @@ async fn a_failed_batch_is_handled_event_by_event(t: TestDb) {
     broker.publish(&events).await.unwrap();
     let handler = RunRecorder::labelled("a");
     handler.poison.lock().unwrap().insert(poison.id);
-    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
-        .on("Thing", handler.clone())
-        .with_options(one_lane())
-        .start()
-        .await
-        .unwrap();
-    assert!(
-        consumer
-            .wait_until(PATIENCE, |s| s.handled == 4 && s.dead_lettered == 1)
-            .await,
-        "{:?}",
-        consumer.status()
-    );
+    let consumer = watcher(&t, &broker, &handler).await;
+    settles(&consumer, |s| s.handled == 4 && s.dead_lettered == 1).await;
     assert_eq!(handler.runs(), vec![5], "one batch, which failed");
     let rows = seen(&t.db).await;
     assert_eq!(
@@ -759,38 +752,19 @@ async fn events_no_handler_takes_are_skipped_in_order(t: TestDb) {
         .await
         .unwrap();
     let handler = RunRecorder::labelled("a");
-    let consumer = Consumer::new("watchers", "things", t.db.clone(), Arc::new(broker.clone()))
-        .on("Thing", handler.clone())
-        .with_options(one_lane())
-        .start()
-        .await
-        .unwrap();
-    assert!(
-        consumer
-            .wait_until(PATIENCE, |s| s.handled == 2 && s.skipped == 2)
-            .await,
-        "{:?}",
-        consumer.status()
-    );
+    let consumer = watcher(&t, &broker, &handler).await;
+    settles(&consumer, |s| s.handled == 2 && s.skipped == 2).await;
     assert_eq!(handler.runs(), vec![2], "one batch, its two Things at once");
     broker
         .publish(&[typed(event("acme", "thing-1", 4, Some(3)), "Other")])
         .await
         .unwrap();
-    assert!(
-        consumer.wait_until(PATIENCE, |s| s.skipped == 3).await,
-        "{:?}",
-        consumer.status()
-    );
+    settles(&consumer, |s| s.skipped == 3).await;
     broker
         .publish(&[event("acme", "thing-1", 5, Some(4))])
         .await
         .unwrap();
-    assert!(
-        consumer.wait_until(PATIENCE, |s| s.handled == 3).await,
-        "{:?}",
-        consumer.status()
-    );
+    settles(&consumer, |s| s.handled == 3).await;
     let status = consumer.status();
     assert_eq!(
         (status.skipped, status.waited_for_order, status.duplicates),
