@@ -47,7 +47,7 @@ use cairn_store_postgres::{PostgresOptions, PostgresStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::{Args, ValueEnum};
 
-use self::pipeline::{GROUP, Handled, InboxHandler, Load, Pipeline, RunResult, SERVICE};
+use self::pipeline::{GROUP, InboxHandler, Load, Pipeline, RunResult, SERVICE, Timed, Times};
 use super::{
     report::{self, Metric},
     store::{check_fresh, sidecar},
@@ -79,6 +79,10 @@ while one consumer (prefetch 512, as Cairn's default) takes and acks each
 durable queue consumed on its own connection). round_trip is that rate
 against the publish ceiling; e2e_of_round_trip is Cairn's end to end
 against it.
+The paced run's latency is also split at the moment the relay hands an
+event to the broker: paced_to_broker_* (commit to handed over: the relay
+noticing, reading, building) and paced_from_broker_* (handed over to
+handled: the publish, the broker's delivery, the consumer's transaction).
 Ratios are Cairn / baseline.
 
 Store URLs:
@@ -484,7 +488,7 @@ async fn suite(
     let spec = ConsumerSpec::new(GROUP, SERVICE);
     let subscriber = connect(kind, broker_url, &names.prefix, Some(&spec)).await?;
     session.brokers.push(Arc::clone(&subscriber));
-    let handled = Arc::new(Handled::default());
+    let handled = Arc::new(Times::default());
     let consumer = Consumer::new(GROUP, SERVICE, inbox_db, subscriber)
         .on(
             EVENT_TYPE,
@@ -498,11 +502,15 @@ async fn suite(
     let consumer = &*session.consumer.insert(consumer);
     let publisher = connect(kind, broker_url, &names.prefix, None).await?;
     session.brokers.push(Arc::clone(&publisher));
+    let sent = Arc::new(Times::default());
     let relay = Relay::start(
         pipeline::public_events()?,
         Arc::clone(&store),
         relay_db,
-        publisher,
+        Arc::new(Timed {
+            inner: publisher,
+            sent: Arc::clone(&sent),
+        }),
         RelayOptions::default(),
     )
     .await
@@ -528,6 +536,7 @@ async fn suite(
         relay,
         consumer,
         handled: &handled,
+        sent: &sent,
         tenant,
     };
     let writers = usize::from(args.writers);
@@ -590,6 +599,28 @@ async fn suite(
         Metric::new("paced_e2e", paced.e2e_rate(), "events/s").against(baseline),
     ]);
     metrics.extend(latency("paced", &paced));
+    metrics.extend([
+        Metric::new(
+            "paced_to_broker_p50",
+            quantile_ms(&paced.to_broker, 0.50),
+            "ms",
+        ),
+        Metric::new(
+            "paced_to_broker_p99",
+            quantile_ms(&paced.to_broker, 0.99),
+            "ms",
+        ),
+        Metric::new(
+            "paced_from_broker_p50",
+            quantile_ms(&paced.from_broker, 0.50),
+            "ms",
+        ),
+        Metric::new(
+            "paced_from_broker_p99",
+            quantile_ms(&paced.from_broker, 0.99),
+            "ms",
+        ),
+    ]);
     Ok(metrics)
 }
 

@@ -17,6 +17,12 @@
 //!   ([`EventHandler::handle_batch`]), then notes the time. That note is the
 //!   event's handled time: the transaction's commit and the broker ack
 //!   follow it.
+//! - **Relay side**: the publishing service's broker handle is wrapped
+//!   ([`Timed`]) to note when the relay first hands each event to it, which
+//!   splits an event's latency in two: commit to handed to the broker (the
+//!   relay noticing the commit, reading and building the batch), and handed
+//!   to the broker to handled (the publish, the broker's delivery, the
+//!   consumer's lane and transaction).
 //! - **A run** ends once the relay's checkpoint passed the last event
 //!   appended and the consumer counted every event handled (its status
 //!   moves after commit and ack). Throughput is over that whole span, from
@@ -32,8 +38,8 @@ use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use cairn_core::{EventId, NewEvent, StreamId, TenantId};
 use cairn_messaging::{
-    ConsumerHandle, EventHandler, HandlerError, IntegrationEvent, PublicEvents, Relay,
-    placeholder_rows,
+    Acks, Broker, BrokerError, ConsumerHandle, ConsumerSpec, Deliveries, EventHandler,
+    HandlerError, IntegrationEvent, PublicEvents, Relay, placeholder_rows,
 };
 use cairn_store::{EventStore, ExpectedVersion};
 use hdrhistogram::Histogram;
@@ -66,14 +72,55 @@ pub(super) fn public_events() -> anyhow::Result<PublicEvents> {
     PublicEvents::new(SERVICE, ["order"], [EVENT_TYPE]).context("public events")
 }
 
-/// When the handler ran for each event, by id (the last time, should an
-/// attempt roll back and run again).
+/// A time per event, by id: when the handler ran (the last time, should an
+/// attempt roll back and run again), or when the relay first handed it to
+/// the broker.
 #[derive(Debug, Default)]
-pub(super) struct Handled(Mutex<HashMap<EventId, Instant>>);
+pub(super) struct Times(Mutex<HashMap<EventId, Instant>>);
 
-impl Handled {
+impl Times {
     fn note(&self, id: EventId, at: Instant) {
-        self.0.lock().expect("handled lock").insert(id, at);
+        self.0.lock().expect("times lock").insert(id, at);
+    }
+
+    fn note_first(&self, events: &[IntegrationEvent]) {
+        let at = Instant::now();
+        let mut times = self.0.lock().expect("times lock");
+        for event in events {
+            times.entry(event.id).or_insert(at);
+        }
+    }
+}
+
+/// The publishing service's broker, noting when the relay first hands each
+/// event to it.
+pub(super) struct Timed {
+    pub(super) inner: Arc<dyn Broker>,
+    pub(super) sent: Arc<Times>,
+}
+
+#[async_trait]
+impl Broker for Timed {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn publish(&self, events: &[IntegrationEvent]) -> Result<(), BrokerError> {
+        self.sent.note_first(events);
+        self.inner.publish(events).await
+    }
+
+    async fn send(&self, events: &[IntegrationEvent]) -> Result<Acks, BrokerError> {
+        self.sent.note_first(events);
+        self.inner.send(events).await
+    }
+
+    async fn consume(&self, spec: &ConsumerSpec) -> Result<Box<dyn Deliveries>, BrokerError> {
+        self.inner.consume(spec).await
+    }
+
+    async fn declare(&self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
+        self.inner.declare(spec).await
     }
 }
 
@@ -81,7 +128,7 @@ impl Handled {
 /// transaction; the events of a batch in one multi-row insert.
 #[derive(Debug, Clone)]
 pub(super) struct InboxHandler {
-    pub(super) handled: Arc<Handled>,
+    pub(super) handled: Arc<Times>,
 }
 
 /// The order row of an event: its order id and quantity.
@@ -163,6 +210,10 @@ pub(super) struct RunResult {
     pub(super) e2e_elapsed: Duration,
     /// Handled time minus commit time, per event, in microseconds.
     pub(super) latency: Histogram<u64>,
+    /// Of that, commit to handed to the broker by the relay...
+    pub(super) to_broker: Histogram<u64>,
+    /// ... and handed to the broker to handled.
+    pub(super) from_broker: Histogram<u64>,
 }
 
 impl RunResult {
@@ -185,7 +236,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) store: &'a Arc<dyn EventStore>,
     pub(super) relay: &'a Relay,
     pub(super) consumer: &'a ConsumerHandle,
-    pub(super) handled: &'a Handled,
+    pub(super) handled: &'a Times,
+    pub(super) sent: &'a Times,
     pub(super) tenant: &'a TenantId,
 }
 
@@ -201,14 +253,23 @@ impl Pipeline<'_> {
             handled_reached(self.consumer, before + count)
         );
         let (relay_at, consumer_at) = (relay_at?, consumer_at?);
-        let mut latency = latency_histogram();
+        let (mut latency, mut to_broker, mut from_broker) = (
+            latency_histogram(),
+            latency_histogram(),
+            latency_histogram(),
+        );
         let mut handled = 0;
         {
-            let times = self.handled.0.lock().expect("handled lock");
+            let times = self.handled.0.lock().expect("times lock");
+            let sent = self.sent.0.lock().expect("times lock");
             for (id, committed) in &appended.commits {
                 if let Some(at) = times.get(id) {
                     handled += 1;
                     record(&mut latency, at.saturating_duration_since(*committed));
+                    if let Some(sent) = sent.get(id) {
+                        record(&mut to_broker, sent.saturating_duration_since(*committed));
+                        record(&mut from_broker, at.saturating_duration_since(*sent));
+                    }
                 }
             }
         }
@@ -219,6 +280,8 @@ impl Pipeline<'_> {
             relay_elapsed: relay_at.saturating_duration_since(appended.start),
             e2e_elapsed: consumer_at.saturating_duration_since(appended.start),
             latency,
+            to_broker,
+            from_broker,
         })
     }
 }
