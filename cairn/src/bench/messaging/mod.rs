@@ -46,6 +46,7 @@ use cairn_store::EventStore;
 use cairn_store_postgres::{PostgresOptions, PostgresStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 
 use self::pipeline::{GROUP, InboxHandler, Load, Pipeline, RunResult, SERVICE, Timed, Times};
 use super::{
@@ -599,41 +600,27 @@ async fn suite(
         Metric::new("paced_e2e", paced.e2e_rate(), "events/s").against(baseline),
     ]);
     metrics.extend(latency("paced", &paced));
-    metrics.extend([
-        Metric::new(
-            "paced_to_broker_p50",
-            quantile_ms(&paced.to_broker, 0.50),
-            "ms",
-        ),
-        Metric::new(
-            "paced_to_broker_p99",
-            quantile_ms(&paced.to_broker, 0.99),
-            "ms",
-        ),
-        Metric::new(
-            "paced_from_broker_p50",
-            quantile_ms(&paced.from_broker, 0.50),
-            "ms",
-        ),
-        Metric::new(
-            "paced_from_broker_p99",
-            quantile_ms(&paced.from_broker, 0.99),
-            "ms",
-        ),
-    ]);
+    metrics.extend(quantiles("paced_to_broker", &paced.to_broker));
+    metrics.extend(quantiles("paced_from_broker", &paced.from_broker));
     Ok(metrics)
 }
 
 /// p50, p99 and max of a run's end-to-end latency.
 fn latency(name: &str, run: &RunResult) -> [Metric; 3] {
+    let [p50, p99] = quantiles(name, &run.latency);
+    let max = Metric::new(
+        format!("{name}_max"),
+        run.latency.max() as f64 / 1_000.0,
+        "ms",
+    );
+    [p50, p99, max]
+}
+
+/// p50 and p99 of a latency histogram (microseconds), in milliseconds.
+fn quantiles(name: &str, histogram: &Histogram<u64>) -> [Metric; 2] {
     [
-        Metric::new(format!("{name}_p50"), quantile_ms(&run.latency, 0.50), "ms"),
-        Metric::new(format!("{name}_p99"), quantile_ms(&run.latency, 0.99), "ms"),
-        Metric::new(
-            format!("{name}_max"),
-            run.latency.max() as f64 / 1_000.0,
-            "ms",
-        ),
+        Metric::new(format!("{name}_p50"), quantile_ms(histogram, 0.50), "ms"),
+        Metric::new(format!("{name}_p99"), quantile_ms(histogram, 0.99), "ms"),
     ]
 }
 
