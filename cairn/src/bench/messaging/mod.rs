@@ -722,51 +722,36 @@ async fn ceiling(
                 .await
                 .with_context(|| format!("cannot connect to NATS at {}", redact(url)))?;
             let js = broker.jetstream();
-            raw::nats_publish(js, &subject, bodies, warmup).await?;
-            let mut rounds = Vec::with_capacity(RAW_ROUNDS);
-            for _ in 0..RAW_ROUNDS {
-                rounds.push(raw::nats_publish(js, &subject, bodies, messages).await?);
-            }
-            let publish = median(rounds);
+            let publish = rounds(warmup, messages, async |n| {
+                raw::nats_publish(js, &subject, bodies, n).await
+            })
+            .await?;
             let mut consumer =
                 raw::NatsRoundTrip::open(js, broker.stream_name(), &round_trip_subject).await?;
-            consumer
-                .run(js, &round_trip_subject, bodies, warmup)
-                .await?;
-            let mut rounds = Vec::with_capacity(RAW_ROUNDS);
-            for _ in 0..RAW_ROUNDS {
-                rounds.push(
-                    consumer
-                        .run(js, &round_trip_subject, bodies, messages)
-                        .await?,
-                );
-            }
+            let round_trip = rounds(warmup, messages, async |n| {
+                consumer.run(js, &round_trip_subject, bodies, n).await
+            })
+            .await?;
             let ceilings = Ceilings {
                 publish,
-                round_trip: median(rounds),
+                round_trip,
             };
             Ok((ceilings, Some(Arc::new(broker))))
         }
         BrokerKind::Amqp => {
             let mut amqp = raw::AmqpRaw::open(url, &names.raw_prefix, SERVICE).await?;
             let outcome = async {
-                amqp.publish(&subject, SERVICE, bodies, warmup).await?;
-                let mut rounds = Vec::with_capacity(RAW_ROUNDS);
-                for _ in 0..RAW_ROUNDS {
-                    rounds.push(amqp.publish(&subject, SERVICE, bodies, messages).await?);
-                }
-                let publish = median(rounds);
-                amqp.round_trip(&round_trip_subject, bodies, warmup).await?;
-                let mut rounds = Vec::with_capacity(RAW_ROUNDS);
-                for _ in 0..RAW_ROUNDS {
-                    rounds.push(
-                        amqp.round_trip(&round_trip_subject, bodies, messages)
-                            .await?,
-                    );
-                }
+                let publish = rounds(warmup, messages, async |n| {
+                    amqp.publish(&subject, SERVICE, bodies, n).await
+                })
+                .await?;
+                let round_trip = rounds(warmup, messages, async |n| {
+                    amqp.round_trip(&round_trip_subject, bodies, n).await
+                })
+                .await?;
                 anyhow::Ok(Ceilings {
                     publish,
-                    round_trip: median(rounds),
+                    round_trip,
                 })
             }
             .await;
@@ -774,6 +759,21 @@ async fn ceiling(
             Ok((outcome?, None))
         }
     }
+}
+
+/// `round(warmup)` untimed, then [`RAW_ROUNDS`] timed `round(messages)`;
+/// the median round.
+async fn rounds(
+    warmup: u64,
+    messages: u64,
+    mut round: impl AsyncFnMut(u64) -> anyhow::Result<raw::Ceiling>,
+) -> anyhow::Result<raw::Ceiling> {
+    round(warmup).await?;
+    let mut timed = Vec::with_capacity(RAW_ROUNDS);
+    for _ in 0..RAW_ROUNDS {
+        timed.push(round(messages).await?);
+    }
+    Ok(median(timed))
 }
 
 #[cfg(test)]
