@@ -1,6 +1,8 @@
 //! `cairn dlq`: the dead letters of a service's consumers. Dead letters live
-//! in the service's database (for `cairn up`, `data/read-models.db`; for a
-//! PostgreSQL deployment, the service's read-model schema). `list` prints
+//! in the service's database, named by `--store` (for `cairn up`,
+//! `data/read-models.db`, the default; for a PostgreSQL deployment, the
+//! service's read-model schema, `…?schema=<service>_read`). No command
+//! creates that database or its table. `list` prints
 //! one JSON object per line; `show` prints one letter with its message;
 //! `replay` marks letters for the running consumer to handle again within
 //! about a second; `drop` deletes them for good.
@@ -13,11 +15,29 @@ use cairn_projection::ReadDb;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::store_url::{Expect, StoreArgs, StoreUrl, Usage, require_existing};
+
+/// The table a service database keeps its dead letters in.
+const DEAD_LETTERS_TABLE: &str = "cairn_dead_letters";
+
 #[derive(Debug, Args)]
+#[command(mut_arg("store", |a| a.help(
+    "The service's own database (`cairn run`'s --db), e.g. \
+     postgres://USER@HOST/DB?schema=passengers_read. Default: \
+     read-models.db under --data-dir, as `cairn up` keeps it",
+)))]
 pub(crate) struct DbArgs {
-    /// The service database: sqlite://PATH or postgres://USER@HOST/DB?schema=S.
-    #[arg(long, env = "CAIRN_DB", default_value = "sqlite://data/read-models.db")]
-    db: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Older name of --store.
+    #[arg(
+        long,
+        env = "CAIRN_DB",
+        hide = true,
+        hide_env = true,
+        conflicts_with = "store"
+    )]
+    db: Option<String>,
     /// Only this consumer's dead letters.
     #[arg(long)]
     consumer: Option<String>,
@@ -58,16 +78,30 @@ pub(crate) enum DlqCommand {
     },
 }
 
+/// Opens the dead letters of an existing service database; creates
+/// nothing, even for `replay` and `drop` (no table, no letters to change).
 async fn open(args: &DbArgs) -> anyhow::Result<DeadLetters> {
-    let db = ReadDb::open(&args.db)
+    let url = match &args.db {
+        Some(db) => db.clone(),
+        None => args.store.service_db_url(),
+    };
+    require_existing(
+        &url,
+        Expect::ServiceDb {
+            tables: &[DEAD_LETTERS_TABLE],
+        },
+    )
+    .await?;
+    let what = StoreUrl::parse(&url)?.redacted();
+    let db = ReadDb::open(&url)
         .await
-        .with_context(|| format!("cannot open {}", args.db))?;
+        .with_context(|| format!("cannot open {what}"))?;
     Ok(DeadLetters::open(db).await?)
 }
 
 fn filter(args: &DbArgs, id: Option<String>, all: bool) -> anyhow::Result<DeadLetterFilter> {
     if id.is_none() && !all {
-        bail!("name a dead letter's event id, or pass --all");
+        return Err(Usage("name a dead letter's event id, or pass --all".into()).into());
     }
     Ok(DeadLetterFilter {
         consumer: args.consumer.clone(),

@@ -1,31 +1,41 @@
 //! `cairn events`: operator access to a store. Every command prints JSON
 //! (one object per line for lists) on stdout, and errors as one line on
-//! stderr with a non-zero exit.
+//! stderr with a non-zero exit (2 for bad input or a missing store).
+//!
+//! Only `append` writes, and only it may create the store. It writes into
+//! the same store the services read, so a payload of a type a service
+//! declares is checked first with that service's own event types
+//! (`check_event`): what it could not read is refused, not stored.
 
-use std::io::Write;
+use std::{io::Write, sync::Arc};
 
 use anyhow::{Context, anyhow};
-use cairn_core::{EventId, Metadata, NewEvent, StreamId, TenantId};
-use cairn_store::{AllFilter, ExpectedVersion, ReadStream, StoreError};
+use cairn_core::{DecodeError, EventId, Metadata, NewEvent, StreamId, TenantId};
+use cairn_store::{AllFilter, EventStore, ExpectedVersion, ReadStream, StoreError};
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::store_url::open_store;
+use crate::store_url::{IfMissing, StoreArgs, Usage, open_event_store};
 
+/// The store and the tenant every `cairn events` command works on.
 #[derive(Debug, Args)]
-pub(crate) struct StoreArgs {
-    /// Store URL: memory:, sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "CAIRN_STORE", default_value = "sqlite://data/events.db")]
-    store: String,
+pub(crate) struct EventStoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     /// Tenant whose streams to use.
     #[arg(long, env = "CAIRN_TENANT")]
     tenant: String,
 }
 
-impl StoreArgs {
+impl EventStoreArgs {
     fn tenant(&self) -> anyhow::Result<TenantId> {
         Ok(TenantId::new(&self.tenant)?)
+    }
+
+    /// Opens the event store; only `append` may create it.
+    async fn open(&self, if_missing: IfMissing) -> anyhow::Result<Arc<dyn EventStore>> {
+        open_event_store(&self.store.event_store_url(), if_missing).await
     }
 }
 
@@ -34,7 +44,7 @@ pub(crate) enum EventsCommand {
     /// Append one event; prints the stored version and position.
     Append {
         #[command(flatten)]
-        store: StoreArgs,
+        store: EventStoreArgs,
         #[arg(long)]
         stream: String,
         /// Event type, e.g. FlightScheduled.
@@ -55,11 +65,15 @@ pub(crate) enum EventsCommand {
         /// Schema version of the payload.
         #[arg(long, default_value_t = 1)]
         schema_version: u32,
+        /// Store the payload unchecked. Without it, a payload of an event
+        /// type a service declares must decode as that service reads it.
+        #[arg(long)]
+        raw: bool,
     },
     /// Read one stream, one event per line.
     Read {
         #[command(flatten)]
-        store: StoreArgs,
+        store: EventStoreArgs,
         #[arg(long)]
         stream: String,
         /// First version to read (last when --backward).
@@ -74,7 +88,7 @@ pub(crate) enum EventsCommand {
     /// Read the global log, one event per line.
     All {
         #[command(flatten)]
-        store: StoreArgs,
+        store: EventStoreArgs,
         #[command(flatten)]
         filter: FilterArgs,
         /// Start after this global position.
@@ -86,7 +100,7 @@ pub(crate) enum EventsCommand {
     /// Follow the global log live, one event per line.
     Tail {
         #[command(flatten)]
-        store: StoreArgs,
+        store: EventStoreArgs,
         #[command(flatten)]
         filter: FilterArgs,
         /// Start after this global position (default: the current end).
@@ -99,7 +113,7 @@ pub(crate) enum EventsCommand {
     /// List the tenant's streams, one per line.
     Streams {
         #[command(flatten)]
-        store: StoreArgs,
+        store: EventStoreArgs,
         /// Start after this stream id.
         #[arg(long)]
         after: Option<String>,
@@ -133,6 +147,37 @@ impl FilterArgs {
     }
 }
 
+/// A service's check of its own event payloads (`check_event`).
+type PayloadCheck = fn(&str, u32, &Value) -> Option<Result<(), DecodeError>>;
+
+/// Every service whose events share the store, asked in turn who declares
+/// an event type.
+const PAYLOAD_CHECKS: &[(&str, PayloadCheck)] = &[
+    ("flights", cairn_flights::check_event),
+    ("passengers", cairn_passengers::check_event),
+    ("identity", cairn_identity::check_event),
+];
+
+/// Refuses a payload the service owning its type could not read: written
+/// into the store the services read, it would stop their projections.
+/// Returns whether a service declares the type.
+fn check_payload(event_type: &str, schema_version: u32, data: &Value) -> anyhow::Result<bool> {
+    for (service, check) in PAYLOAD_CHECKS {
+        match check(event_type, schema_version, data) {
+            None => continue,
+            Some(Ok(())) => return Ok(true),
+            Some(Err(e)) => {
+                return Err(Usage(format!(
+                    "{service} would not read this {event_type}: {e}; nothing was written \
+                     (--raw stores it unchecked)"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Store errors keep their stable code on the one line the user sees.
 fn store_error(e: StoreError) -> anyhow::Error {
     anyhow!("{e} [{}]", e.code())
@@ -156,29 +201,37 @@ pub(crate) async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
             expected,
             metadata,
             schema_version,
+            raw,
         } => {
             let tenant = store.tenant()?;
             let stream = StreamId::new(&stream)?;
             let expected: ExpectedVersion = expected.parse()?;
-            let data: Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let data: Value = serde_json::from_str(&data)
+                .map_err(|e| Usage(format!("--data is not valid JSON: {e}")))?;
+            let unchecked = !raw && !check_payload(&event_type, schema_version, &data)?;
             let metadata: Metadata = match metadata {
                 Some(m) => {
                     serde_json::from_str(&m).context("--metadata is not valid metadata JSON")?
                 }
                 None => Metadata::default(),
             };
-            let mut event = NewEvent::new(event_type, data)
+            let mut event = NewEvent::new(event_type.clone(), data)
                 .with_metadata(metadata)
                 .with_schema_version(schema_version);
             if let Some(id) = id {
                 event = event.with_id(id.parse::<EventId>()?);
             }
             let event_id = event.id;
-            let store = open_store(&store.store).await?;
+            let store = store.open(IfMissing::Create).await?;
             let out = store
                 .append(&tenant, &stream, expected, vec![event])
                 .await
                 .map_err(store_error)?;
+            if unchecked {
+                eprintln!(
+                    "note: no service declares event type {event_type}; its payload was stored unchecked"
+                );
+            }
             print_line(&json!({
                 "tenant": tenant,
                 "stream": stream,
@@ -203,7 +256,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
                 (true, Some(v)) => ReadStream::backward_from(v),
             }
             .limit(limit);
-            let store = open_store(&store.store).await?;
+            let store = store.open(IfMissing::Fail).await?;
             for e in store
                 .read_stream(&tenant, &stream, read)
                 .await
@@ -220,7 +273,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
             limit,
         } => {
             let filter = filter.filter(store.tenant()?);
-            let store = open_store(&store.store).await?;
+            let store = store.open(IfMissing::Fail).await?;
             let mut after = after;
             let mut left = limit;
             while left > 0 {
@@ -244,7 +297,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
             count,
         } => {
             let filter = filter.filter(store.tenant()?);
-            let store = open_store(&store.store).await?;
+            let store = store.open(IfMissing::Fail).await?;
             let after = match after {
                 Some(a) => a,
                 None => *store.head().borrow(),
@@ -270,7 +323,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
         } => {
             let tenant = store.tenant()?;
             let after = after.map(StreamId::new).transpose()?;
-            let store = open_store(&store.store).await?;
+            let store = store.open(IfMissing::Fail).await?;
             let mut after = after;
             let mut left = limit;
             while left > 0 {

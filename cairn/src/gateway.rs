@@ -62,6 +62,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     options.upstream_timeout = settings.upstream_timeout;
     options.verifier = verifier;
     options.metrics = Some(metrics);
+    options.cors = settings.cors.clone();
     let gateway = Gateway::new(options).context("the gateway's routes")?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
@@ -98,6 +99,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         "  upstreams:    {} ms to answer",
         settings.upstream_timeout.as_millis()
     );
+    if let Some(line) = crate::cors::banner(&settings.cors) {
+        println!("{line}");
+    }
     match &revocations {
         Some((_, _, broker)) => println!("  revocations:  heard on {broker}, refused at the edge"),
         None if matches!(settings.access, Access::Tokens { .. }) => {

@@ -4,9 +4,10 @@
 //!
 //! The stores are found exactly as `cairn up` finds them, and the master key
 //! too, except that a missing key is an error, never a new key: a new key
-//! could not open the signing keys already sealed in the store. Input is
+//! could not open the signing keys already sealed in the store. No command
+//! here creates a store: a missing store or key is exit code 2. Input is
 //! checked before anything is written; an error is one line on stderr with
-//! exit code 1. Secrets never come from argv: a password is read from a
+//! exit code 1 (2 for bad usage). Secrets never come from argv: a password is read from a
 //! file or generated and printed once.
 
 use std::{
@@ -24,7 +25,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     auth::{self, IdentityArgs},
-    up::{self, IfMissing, Stores},
+    store_url::{IfMissing, StoreArgs, Usage},
+    up::{self, Stores},
 };
 
 /// The actor recorded on the events these commands write.
@@ -35,15 +37,11 @@ const MAX_TOKEN_TTL: u32 = 86_400;
 /// Where the identity data is, and the key that opens it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct IdentityStoreArgs {
-    /// Directory of the embedded SQLite databases and of `master.key`, as
-    /// for `cairn up`.
-    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    /// Event store URL instead of the embedded one, as for `cairn up`:
-    /// postgres://…[?schema=S] (read models in schema `S_read`) or
-    /// sqlite://PATH (read models in `PATH.read`).
-    #[arg(long, env = "CAIRN_STORE")]
-    store: Option<String>,
+    /// The event store, as for `cairn up`: the read models are beside it
+    /// (schema `S_read` for postgres://…?schema=S, `PATH.read` for
+    /// sqlite://PATH, `read-models.db` under --data-dir).
+    #[command(flatten)]
+    store: StoreArgs,
     /// File holding the master key that seals the signing keys. Default:
     /// `CAIRN_MASTER_KEY` if set, else `<data-dir>/master.key`. Never
     /// created here: start `cairn up` once first.
@@ -291,7 +289,12 @@ async fn open(args: &IdentityStoreArgs) -> anyhow::Result<(Identity, Stores)> {
         );
     }
     let master = master_key(args)?;
-    let stores = up::open_stores(args.store.as_deref(), &args.data_dir, IfMissing::Fail).await?;
+    let stores = up::open_stores(
+        args.store.store.as_deref(),
+        &args.store.data_dir,
+        IfMissing::Fail,
+    )
+    .await?;
     let identity = Identity::open(
         stores.events.clone(),
         stores.read_db.clone(),
@@ -306,18 +309,19 @@ async fn open(args: &IdentityStoreArgs) -> anyhow::Result<(Identity, Stores)> {
 
 /// The master key, found as `cairn up` finds it, but only if it exists.
 fn master_key(args: &IdentityStoreArgs) -> anyhow::Result<MasterKey> {
-    let missing = |path: &Path| {
-        anyhow!(
+    let missing = |path: &Path| -> anyhow::Error {
+        Usage(format!(
             "no master key at {}; start `cairn up` once or pass --master-key-file",
             path.display()
-        )
+        ))
+        .into()
     };
     match &args.master_key_file {
         Some(path) if !path.exists() => return Err(missing(path)),
         Some(_) => {}
         None if std::env::var("CAIRN_MASTER_KEY").is_ok() => {}
         None => {
-            let path = args.data_dir.join("master.key");
+            let path = args.store.data_dir.join("master.key");
             if !path.exists() {
                 return Err(missing(&path));
             }
@@ -327,7 +331,7 @@ fn master_key(args: &IdentityStoreArgs) -> anyhow::Result<MasterKey> {
         master_key_file: args.master_key_file.clone(),
         ..IdentityArgs::default()
     };
-    let (key, _) = auth::master_key(&identity, Some(&args.data_dir))?;
+    let (key, _) = auth::master_key(&identity, Some(&args.store.data_dir))?;
     Ok(key)
 }
 

@@ -5,10 +5,12 @@
 
 mod auth;
 mod bench;
+mod cors;
 mod dlq;
 mod events;
 mod gateway;
 mod identity_cli;
+mod projections_cli;
 mod run;
 mod store_url;
 mod up;
@@ -48,6 +50,10 @@ enum Command {
     /// Run one service on its own, talking to the others through a broker,
     /// or the gateway in front of them.
     Run(run::RunArgs),
+    /// See, retry, skip or rebuild the projections of a running system
+    /// (through its admin API).
+    #[command(subcommand)]
+    Projections(projections_cli::ProjectionsCommand),
     /// List, show, replay or drop the dead letters of a service's consumers.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -61,6 +67,19 @@ enum Command {
     /// the token.
     Token(identity_cli::TokenArgs),
 }
+
+/// A failure that is the caller's (bad input, a store that does not
+/// exist): exit code 2, for every command.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 /// Logs go to stderr (stdout carries command output): `RUST_LOG` picks
 /// what (default `warn`, lapin's own at `error`), `CAIRN_LOG_FORMAT=json` prints one JSON object
@@ -82,6 +101,7 @@ fn init_logs() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
+    quiet_on_broken_pipe();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,17 +118,64 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Up(args) => up::run(args).await,
             Command::Dlq(cmd) => dlq::run(cmd).await,
+            Command::Projections(cmd) => projections_cli::run(cmd).await,
             Command::Run(args) => run::run(args).await,
             Command::Tenants(cmd) => identity_cli::tenants(cmd).await,
             Command::Users(cmd) => identity_cli::users(cmd).await,
             Command::Token(args) => identity_cli::token(args).await,
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    exit_code(result)
+}
+
+/// Exit codes, the same for every command: 0 done, 1 failed, 2 the
+/// caller's mistake ([`Usage`]: bad input, a store that
+/// does not exist). A reader that stopped reading (`cairn events all | head`)
+/// is not a failure: the command ends quietly with 0.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if is_broken_pipe(&e) {
+        return ExitCode::SUCCESS;
     }
+    eprintln!("error: {e:#}");
+    if e.chain().any(|cause| cause.is::<Usage>()) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `println!` panics when stdout is a closed pipe; for every command that
+/// is a reader gone away, not a crash: end quietly with 0. Any other panic
+/// is reported as before.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // The panic carries only text: the OS's words for EPIPE (Rust
+        // programs run in the C locale).
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }

@@ -19,7 +19,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use axum::{Json, Router, routing::get};
+use axum::Router;
 use cairn_auth::{RemoteJwks, Revocations, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
 use cairn_core::TenantId;
 use cairn_domain::{CommandBus, QueryBus};
@@ -29,7 +29,8 @@ use cairn_flightops_contracts::{
 use cairn_gateway::{DEFAULT_UPSTREAM_TIMEOUT, Route, Url};
 use cairn_http::{
     AuthOptions, CrossTenantAudit, Health, HttpOptions, IdempotencyOptions, IdempotencyStore,
-    TenantHeaderOptions, app, openapi_document, openapi_router, serve, shutdown_signal,
+    ProjectionsOpenApi, TenantHeaderOptions, app, openapi_document, openapi_router,
+    projections_router, serve, shutdown_signal,
 };
 use cairn_identity::{
     BootstrapUser, Identity,
@@ -41,7 +42,7 @@ use cairn_messaging::{
 };
 use cairn_messaging_amqp::{AmqpBroker, AmqpOptions};
 use cairn_messaging_nats::{NatsBroker, NatsOptions};
-use cairn_projection::{Projection, ProjectionOptions, ProjectionStatus, Projections, ReadDb};
+use cairn_projection::{Projection, Projections, ReadDb};
 use cairn_store::EventStore;
 use cairn_telemetry::Metrics;
 use serde::{Deserialize, Serialize};
@@ -82,8 +83,9 @@ pub(crate) struct RunArgs {
     service: ServiceName,
     /// A TOML file with any of: store, db, broker, listen, prefix,
     /// default_tenant, request_timeout_ms, issuer, identity_url,
-    /// trust_issuer, insecure_tenant_header, public_url, master_key_file;
-    /// for the gateway `[[route]]` tables (prefix, upstreams) and
+    /// trust_issuer, insecure_tenant_header, public_url, master_key_file,
+    /// cors_origin (a list), cors_credentials, cors_max_age; for the
+    /// gateway `[[route]]` tables (prefix, upstreams) and
     /// upstream_timeout_ms.
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
@@ -132,8 +134,16 @@ pub(crate) struct RunArgs {
     /// head before the caller gets 504 (default 30000).
     #[arg(long, env = "CAIRN_UPSTREAM_TIMEOUT_MS")]
     upstream_timeout_ms: Option<u64>,
+    /// What a projection does at a poison event, as NAME=stop (wait for an
+    /// operator; the default) or NAME=park (record it in the projection's
+    /// dead letters and go on). Repeatable; adds to the file's
+    /// `projection_policy` list.
+    #[arg(long = "projection-policy", value_name = "NAME=stop|park")]
+    projection_policy: Vec<String>,
     #[command(flatten)]
     identity: IdentityArgs,
+    #[command(flatten)]
+    cors: crate::cors::CorsArgs,
 }
 
 /// The settings file.
@@ -155,8 +165,14 @@ struct FileConfig {
     public_url: Option<String>,
     master_key_file: Option<PathBuf>,
     #[serde(default)]
+    cors_origin: Vec<String>,
+    cors_credentials: Option<bool>,
+    cors_max_age: Option<u64>,
+    #[serde(default)]
     route: Vec<FileRoute>,
     upstream_timeout_ms: Option<u64>,
+    #[serde(default)]
+    projection_policy: Vec<String>,
 }
 
 /// A `[[route]]` of the settings file (the gateway's).
@@ -204,6 +220,10 @@ pub(crate) struct Settings {
     pub(crate) routes: Vec<Route>,
     /// How long the gateway waits for an upstream's response head.
     pub(crate) upstream_timeout: Duration,
+    /// Which browser origins may call (none by default).
+    pub(crate) cors: cairn_http::CorsOptions,
+    /// The projections' options (their poison-event policies).
+    projection_options: cairn_projection::ProjectionOptions,
 }
 
 impl RunArgs {
@@ -231,6 +251,15 @@ impl RunArgs {
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_UPSTREAM_TIMEOUT,
         };
+        let cors = crate::cors::cors_options(
+            if self.cors.cors_origin.is_empty() {
+                &file.cors_origin
+            } else {
+                &self.cors.cors_origin
+            },
+            self.cors.cors_credentials || file.cors_credentials == Some(true),
+            self.cors.cors_max_age.or(file.cors_max_age),
+        )?;
         // The gateway keeps no events. Given a database and a broker both,
         // it also keeps the list of revoked tokens; otherwise the services
         // alone refuse them.
@@ -255,6 +284,9 @@ impl RunArgs {
             };
             (store, Some(db), Some(broker))
         };
+        let mut projection_policy = file.projection_policy;
+        projection_policy.extend(self.projection_policy);
+        let projection_options = crate::projections_cli::options(&projection_policy)?;
         let prefix = self
             .prefix
             .or(file.prefix)
@@ -320,6 +352,8 @@ impl RunArgs {
             master_key_file: self.identity.master_key_file.or(file.master_key_file),
             routes,
             upstream_timeout,
+            cors,
+            projection_options,
         })
     }
 }
@@ -546,23 +580,18 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let idempotency = IdempotencyStore::open(db.pool().clone(), IdempotencyOptions::default())
         .await
         .context("opening the idempotency-key store")?;
-    let health = Health::new().with_sql_check("database", db.pool().clone());
-    let status_projections = running.projections.clone();
+    let mut health = Health::new().with_sql_check("database", db.pool().clone());
+    if let Some(projections) = &running.projections {
+        health = health.with_projections(projections);
+        running.api = running
+            .api
+            .clone()
+            .merge(projections_router(projections.clone()));
+        running.doc.merge(ProjectionsOpenApi::openapi());
+    }
     let mut public = Router::new()
         .merge(health.router())
-        .merge(openapi_router(running.doc.clone()))
-        .route(
-            "/api/projections",
-            get(move || {
-                let status = status_projections.clone();
-                async move {
-                    Json::<Vec<ProjectionStatus>>(match status {
-                        Some(p) => p.status().await,
-                        None => Vec::new(),
-                    })
-                }
-            }),
-        );
+        .merge(openapi_router(running.doc.clone()));
     if let Some(extra) = running.public.take() {
         public = public.merge(extra);
     }
@@ -590,6 +619,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         metrics: Some(metrics),
         auth,
+        cors: settings.cors.clone(),
         ..HttpOptions::default()
     };
     let router = app(running.api.clone(), public, &options, Some(&idempotency));
@@ -599,6 +629,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     println!("  database:     {}", redact(db_url));
     println!("  broker:       {}", link.what);
+    if let Some(line) = crate::cors::banner(&settings.cors) {
+        println!("{line}");
+    }
     match &settings.access {
         Access::Header { default_tenant } => {
             println!("  tenant:       X-Cairn-Tenant, unauthenticated (default {default_tenant})");
@@ -702,11 +735,13 @@ fn redact(url: &str) -> String {
 }
 
 async fn start_projections(
+    settings: &Settings,
     db: &ReadDb,
     store: Arc<dyn EventStore>,
     projections: Vec<Arc<dyn Projection>>,
 ) -> anyhow::Result<Projections> {
-    Projections::start(db.clone(), store, projections, ProjectionOptions::default())
+    let options = settings.projection_options.clone();
+    Projections::start(db.clone(), store, projections, options)
         .await
         .context("starting the projections")
 }
@@ -730,8 +765,13 @@ async fn flights(
     forward_command::<CloseBoarding>(commands, remote.clone())?;
     forward_command::<ReopenBoarding>(commands, remote.clone())?;
     forward_command::<RemoveFlightPassengers>(commands, remote)?;
-    let projections =
-        start_projections(db, store.clone(), vec![Arc::new(OwnFlightsProjection)]).await?;
+    let projections = start_projections(
+        settings,
+        db,
+        store.clone(),
+        vec![Arc::new(OwnFlightsProjection)],
+    )
+    .await?;
     let flights = Flights::register(store.clone(), commands, queries, &projections)
         .context("wiring the flights service")?;
     let sagas = flights.start_sagas(Duration::from_secs(1));
@@ -791,8 +831,13 @@ async fn passengers(
     let remote =
         Remote::new(link.transport.clone(), "flights").with_timeout(settings.request_timeout);
     forward_query::<GetFlightForBooking>(queries, remote)?;
-    let projections =
-        start_projections(db, store.clone(), vec![Arc::new(PassengersProjection)]).await?;
+    let projections = start_projections(
+        settings,
+        db,
+        store.clone(),
+        vec![Arc::new(PassengersProjection)],
+    )
+    .await?;
     let passengers = Passengers::register(store.clone(), commands, queries, &projections)
         .context("wiring the passengers service")?;
     let serving = RpcServer::new()
@@ -1207,5 +1252,50 @@ mod tests {
             ],
             "routes are the gateway's",
         );
+    }
+
+    #[test]
+    fn cors_comes_from_the_file_unless_flags_name_origins() {
+        let (_dir, path) = config(
+            r#"
+            cors_origin = ["https://console.example", "http://127.0.0.1:3000"]
+            cors_credentials = true
+            cors_max_age = 120
+            "#,
+        );
+        let gateway = [
+            "gateway",
+            "--route",
+            "/=http://a",
+            "--insecure-tenant-header",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = gateway.to_vec();
+            args.extend_from_slice(extra);
+            settings(&args)
+        };
+        let s = with(&["--config", &path]).unwrap();
+        assert_eq!(
+            s.cors.origins(),
+            ["https://console.example", "http://127.0.0.1:3000"]
+        );
+        assert!(s.cors.credentials());
+        assert_eq!(s.cors.max_age(), Duration::from_secs(120));
+        let s = with(&[
+            "--config",
+            &path,
+            "--cors-origin",
+            "https://other.example",
+            "--cors-max-age",
+            "60",
+        ])
+        .unwrap();
+        assert_eq!(s.cors.origins(), ["https://other.example"], "flags win");
+        assert_eq!(s.cors.max_age(), Duration::from_secs(60));
+        assert!(!with(&[]).unwrap().cors.is_enabled(), "off by default");
+
+        let (_dir, path) = config("cors_origin = [\"*\"]\ncors_credentials = true\n");
+        let err = format!("{:#}", with(&["--config", &path]).unwrap_err());
+        assert!(err.contains("cannot be used with credentials"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use axum::{Json, Router, routing::get};
+use axum::Router;
 use cairn_audit::{AuditApi, AuditOpenApi, AuditProjection};
 use cairn_core::TenantId;
 use cairn_domain::{CommandBus, QueryBus};
@@ -36,22 +36,25 @@ use cairn_flights::{
     view::FlightsProjection,
 };
 use cairn_http::{
-    AuthOptions, Health, HttpOptions, IdempotencyOptions, IdempotencyStore, app, openapi_document,
-    openapi_router, serve, shutdown_signal,
+    AuthOptions, Health, HttpOptions, IdempotencyOptions, IdempotencyStore, ProjectionsOpenApi,
+    app, openapi_document, openapi_router, projections_router, serve, shutdown_signal,
 };
 use cairn_passengers::{
     app::Passengers,
     http::{PassengersApi, PassengersOpenApi},
     view::PassengersProjection,
 };
-use cairn_projection::{Projection, ProjectionOptions, ProjectionStatus, Projections, ReadDb};
+use cairn_projection::{Projection, Projections, ReadDb};
 use cairn_store::{EventStore, MemoryStore};
 use cairn_telemetry::Metrics;
 use utoipa::OpenApi;
 
 use crate::{
     auth::{self, IdentityArgs},
-    store_url::{StoreUrl, open_store, split_schema},
+    store_url::{
+        EVENTS_DB, Expect, IfMissing, READ_MODELS_DB, StoreUrl, open_store, require_existing,
+        split_schema,
+    },
 };
 
 /// Options of `cairn up`.
@@ -70,16 +73,58 @@ pub(crate) struct UpArgs {
     /// or sqlite://PATH.
     #[arg(long, env = "CAIRN_STORE")]
     pub(crate) store: Option<String>,
+    /// What a projection does at a poison event, as NAME=stop (wait for an
+    /// operator; the default) or NAME=park (record it in the projection's
+    /// dead letters and go on). Repeatable.
+    #[arg(
+        long = "projection-policy",
+        value_name = "NAME=stop|park",
+        env = "CAIRN_PROJECTION_POLICY",
+        value_delimiter = ','
+    )]
+    pub(crate) projection_policy: Vec<String>,
     /// Development mode: also prints a ready access token for the `demo`
     /// tenant's admin (valid 12 hours) on a line starting `token:`.
     #[arg(long)]
     pub(crate) dev: bool,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
+    #[command(flatten)]
+    pub(crate) cors: crate::cors::CorsArgs,
 }
 
 /// Runs the platform until SIGINT or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Input, the port and the data's lock come before anything is created:
+    // a `cairn up` that cannot start leaves no trace.
+    let trusted = auth::trusted_issuers(&args.identity.trust_issuer)?;
+    let cors = args.cors.options()?;
+    let projection_options = crate::projections_cli::options(&args.projection_policy)?;
+    let projection_names = [
+        cairn_flights::view::PROJECTION,
+        cairn_passengers::view::PROJECTION,
+        cairn_audit::PROJECTION,
+    ];
+    if let Some(unknown) = projection_options
+        .policies
+        .keys()
+        .find(|name| !projection_names.contains(&name.as_str()))
+    {
+        bail!(
+            "--projection-policy names {unknown:?}: the projections are {}",
+            projection_names.join(", ")
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Held until the process ends, however it ends.
+    let _lock = if args.ephemeral {
+        None
+    } else {
+        lock_data(args.store.as_deref(), &args.data_dir)?
+    };
     // Before anything starts, so nothing it counts is lost.
     let metrics = Metrics::install();
     let Stores {
@@ -96,11 +141,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         &args.identity,
         (!args.ephemeral).then_some(args.data_dir.as_path()),
     )?;
-    let trusted = auth::trusted_issuers(&args.identity.trust_issuer)?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let public_url = args
         .identity
         .public_url
@@ -120,16 +160,23 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         None
     };
 
+    let published = [
+        cairn_flights::messaging::public_events()?,
+        cairn_passengers::messaging::public_events()?,
+    ];
+    let identity_events = cairn_identity::revocations::public_events()?;
     let projections: Vec<Arc<dyn Projection>> = vec![
         Arc::new(FlightsProjection),
         Arc::new(PassengersProjection),
-        Arc::new(AuditProjection),
+        Arc::new(AuditProjection::new(
+            published.iter().chain([&identity_events]),
+        )),
     ];
     let projections = Projections::start(
         read_db.clone(),
         store.clone(),
         projections,
-        ProjectionOptions::default(),
+        projection_options,
     )
     .await
     .context("starting the projections")?;
@@ -144,10 +191,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let log_broker: Arc<dyn cairn_messaging::Broker> = Arc::new(cairn_messaging::LogBroker::new(
         store.clone(),
         read_db.clone(),
-        vec![
-            cairn_flights::messaging::public_events()?,
-            cairn_passengers::messaging::public_events()?,
-        ],
+        published.to_vec(),
     ));
     let flight_events =
         cairn_passengers::messaging::flight_events(read_db.clone(), log_broker, commands.clone())
@@ -160,7 +204,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let idempotency = IdempotencyStore::open(read_db.pool().clone(), IdempotencyOptions::default())
         .await
         .context("opening the idempotency-key store")?;
-    let health = Health::new().with_sql_check("read-models", read_db.pool().clone());
+    let health = Health::new()
+        .with_sql_check("read-models", read_db.pool().clone())
+        .with_projections(&projections);
 
     let api = Router::new()
         .merge(cairn_flights::http::router(FlightsApi {
@@ -174,6 +220,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             queries: queries.clone(),
         }))
         .merge(cairn_audit::router(AuditApi::Log(projections.clone())))
+        .merge(projections_router(projections.clone()))
         .merge(cairn_identity::http::admin_router(identity.clone()));
     let doc = openapi_document(
         "Cairn flight operations",
@@ -183,20 +230,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             PassengersOpenApi::openapi(),
             AuditOpenApi::openapi(),
             cairn_identity::IdentityOpenApi::openapi(),
+            ProjectionsOpenApi::openapi(),
         ],
     );
-    let status = projections.clone();
     let public = Router::new()
         .merge(health.router())
         .merge(openapi_router(doc))
-        .merge(cairn_identity::http::realm_router(identity.clone()))
-        .route(
-            "/api/projections",
-            get(move || {
-                let status = status.clone();
-                async move { Json::<Vec<ProjectionStatus>>(status.status().await) }
-            }),
-        );
+        .merge(cairn_identity::http::realm_router(identity.clone()));
     let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (store.clone(), projections.clone());
         move || {
@@ -217,6 +257,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "crossread".into(),
             ))),
         ))),
+        cors: cors.clone(),
         ..HttpOptions::default()
     };
     let router = app(api, public, &options, Some(&idempotency));
@@ -228,6 +269,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  openapi:      http://{addr}/openapi.json");
     println!("  health:       http://{addr}/health/ready");
     println!("  metrics:      http://{addr}/metrics");
+    if let Some(line) = crate::cors::banner(&cors) {
+        println!("{line}");
+    }
     println!("  identity:     {public_url}/realms/<tenant> (master key: {master_what})");
     println!("  api:          needs Authorization: Bearer <token> from a realm's token endpoint");
     for user in &created {
@@ -267,13 +311,6 @@ pub(crate) struct Stores {
     pub(crate) read_at: String,
 }
 
-/// What to do when the embedded SQLite event store does not exist yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IfMissing {
-    Create,
-    Fail,
-}
-
 async fn ephemeral_stores() -> anyhow::Result<Stores> {
     let db = ReadDb::ephemeral()
         .await
@@ -286,75 +323,97 @@ async fn ephemeral_stores() -> anyhow::Result<Stores> {
     })
 }
 
+/// The file whose OS lock marks a data dir as in use by a `cairn up`.
+pub(crate) const LOCK_FILE: &str = "cairn.lock";
+
+/// Takes the exclusive lock on the embedded data one `cairn up` owns: the
+/// data dir (`<data-dir>/cairn.lock`), or with `--store sqlite://PATH` that
+/// store (`PATH.lock`). PostgreSQL needs none: it is shared by design. The
+/// lock is the OS's (advisory, on an open file), so it goes with the
+/// process however that ends, kill -9 included; the file stays behind,
+/// harmless. A second `cairn up` on the same data fails here, before it
+/// creates anything.
+fn lock_data(store: Option<&str>, data_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let (path, what) = match store.map(StoreUrl::parse).transpose()? {
+        Some(StoreUrl::Postgres(_) | StoreUrl::Memory) => return Ok(None),
+        Some(StoreUrl::Sqlite(path)) => (
+            PathBuf::from(format!("{path}.lock")),
+            format!("the store sqlite://{path}"),
+        ),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            (
+                data_dir.join(LOCK_FILE),
+                format!("the data dir {}", data_dir.display()),
+            )
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{what} is in use by another `cairn up` (it holds {}); stop it, or pass another --data-dir",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+}
+
 /// Opens the stores where `cairn up` keeps them: `store` when given
 /// (PostgreSQL with the read models in schema `<schema>_read` of the same
 /// database, or `sqlite://PATH` with them in `PATH.read`), else
-/// `events.db` and `read-models.db` under `data_dir`.
+/// `events.db` and `read-models.db` under `data_dir`. With
+/// [`IfMissing::Fail`] both must exist; nothing is created.
 pub(crate) async fn open_stores(
     store: Option<&str>,
     data_dir: &Path,
     if_missing: IfMissing,
 ) -> anyhow::Result<Stores> {
-    let must_exist = |path: &Path| {
-        if if_missing == IfMissing::Fail && !path.exists() {
-            bail!(
-                "no event store at {}; start `cairn up` once or pass --data-dir or --store",
-                path.display()
-            );
-        }
-        Ok(())
-    };
-    match store.map(StoreUrl::parse).transpose()? {
+    let (events_url, read_url, read_at) = match store.map(StoreUrl::parse).transpose()? {
         Some(StoreUrl::Postgres(url)) => {
-            let store = open_store(&url).await?;
             let (base, schema) = split_schema(&url);
             let read_schema = format!("{}_read", schema.as_deref().unwrap_or("cairn"));
             let read_url = format!(
                 "{base}{}schema={read_schema}",
                 if base.contains('?') { "&" } else { "?" }
             );
-            let db = ReadDb::open(&read_url)
-                .await
-                .context("opening the read models on PostgreSQL")?;
             let what = StoreUrl::Postgres(url.clone()).redacted();
-            Ok(Stores {
-                events: store,
-                events_at: what.clone(),
-                read_db: db,
-                read_at: format!("{what} schema {read_schema}"),
-            })
+            (url, read_url, format!("{what} schema {read_schema}"))
         }
         Some(StoreUrl::Memory) => bail!("use --ephemeral for an in-memory store"),
         Some(StoreUrl::Sqlite(path)) => {
-            must_exist(Path::new(&path))?;
-            let store = open_store(&format!("sqlite://{path}")).await?;
-            let read_path = format!("{path}.read");
-            let db = ReadDb::open_sqlite(&read_path)
-                .await
-                .context("opening the read models")?;
-            Ok(Stores {
-                events: store,
-                events_at: format!("sqlite://{path}"),
-                read_db: db,
-                read_at: format!("sqlite://{read_path}"),
-            })
+            let read_url = format!("sqlite://{path}.read");
+            (format!("sqlite://{path}"), read_url.clone(), read_url)
         }
         None => {
-            let events = data_dir.join("events.db");
-            must_exist(&events)?;
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
-            let read = data_dir.join("read-models.db");
-            let store = open_store(&format!("sqlite://{}", events.display())).await?;
-            let db = ReadDb::open_sqlite(&read)
-                .await
-                .context("opening the read models")?;
-            Ok(Stores {
-                events: store,
-                events_at: format!("sqlite://{}", events.display()),
-                read_db: db,
-                read_at: format!("sqlite://{}", read.display()),
-            })
+            let read_url = format!("sqlite://{}", data_dir.join(READ_MODELS_DB).display());
+            (
+                format!("sqlite://{}", data_dir.join(EVENTS_DB).display()),
+                read_url.clone(),
+                read_url,
+            )
         }
+    };
+    if if_missing == IfMissing::Fail {
+        require_existing(&events_url, Expect::EventStore).await?;
+        require_existing(&read_url, Expect::ServiceDb { tables: &[] }).await?;
     }
+    let events = open_store(&events_url).await?;
+    let read_db = ReadDb::open(&read_url)
+        .await
+        .context("opening the read models")?;
+    Ok(Stores {
+        events,
+        events_at: StoreUrl::parse(&events_url)?.redacted(),
+        read_db,
+        read_at,
+    })
 }

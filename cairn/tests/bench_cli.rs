@@ -1,8 +1,12 @@
-//! End-to-end checks of `cairn bench store` and `cairn bench messaging`: the
-//! real binary, run in quick mode on each backend, must exit 0 and write a
-//! JSON array holding every metric with a positive value, with baselines and
+//! End-to-end checks of `cairn bench store`, `cairn bench messaging` and
+//! `cairn bench commands`: the real binary, run small on each backend, must
+//! exit 0 and write a JSON array holding every metric, with baselines and
 //! ratios where the backend has SQL to compare against; bad input must fail
 //! with one clear line.
+//!
+//! `cairn bench commands` starts a real `cairn up` on embedded SQLite and on
+//! PostgreSQL; its run must do every command asked for, none failing, and
+//! leave no data directory or schema behind.
 //!
 //! PostgreSQL runs only when reachable at `CAIRN_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); otherwise the test is skipped
@@ -500,4 +504,195 @@ fn messaging_refuses_a_memory_store_with_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--store"), "{stderr}");
+}
+
+// `cairn bench commands`: a small run of the flow through a real `cairn up`
+// on each store kind must do every command it was asked for with no
+// failure, report every figure with the ratio it claims, and leave no data
+// directory or schema behind. Speed is not asserted.
+
+/// Timed commands of the small run: ten rounds of the flow (1 flight, 4
+/// passengers added, 4 boarded) over two clients.
+const COMMANDS: u64 = 90;
+
+/// Runs `cairn bench commands` on `store` and returns its pid, stdout and
+/// the JSON it wrote.
+async fn commands_run(store: &str, tag: &str) -> (u32, String, Vec<Value>) {
+    let dir = scratch(tag);
+    let json = dir.join("commands.json");
+    let json_arg = json.to_str().expect("utf-8 temp path").to_owned();
+    let commands = COMMANDS.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "bench",
+            "commands",
+            "--store",
+            store,
+            "--commands",
+            &commands,
+        ])
+        .args(["--concurrency", "2", "--json", &json_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    let pid = child.id();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("wait for cairn");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stdout.contains("token") && !stderr.contains("Bearer"),
+        "the dev token must not be printed:\n{stdout}\n{stderr}"
+    );
+    let text = std::fs::read_to_string(&json).expect("JSON file written");
+    let metrics: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+    std::fs::remove_dir_all(&dir).ok();
+    (pid, stdout, metrics)
+}
+
+/// Every figure present with every field; all commands done and none
+/// failed; the kinds in the flow's order (no passenger boarded who was not
+/// added, none added without a flight); latencies ordered; the
+/// command rate against the store's append rate and that against raw SQL,
+/// with the ratios they claim.
+fn check_commands(metrics: &[Value]) {
+    for m in metrics {
+        for field in [
+            "name",
+            "value",
+            "unit",
+            "baseline",
+            "baseline_value",
+            "ratio",
+        ] {
+            assert!(m.get(field).is_some(), "{field} missing in {m}");
+        }
+        assert!(m["value"].as_f64().is_some_and(|v| v >= 0.0), "{m}");
+    }
+    assert_eq!(value(metrics, "commands_done"), COMMANDS as f64);
+    assert_eq!(value(metrics, "errors"), 0.0);
+    // Each client follows every tenth of its commands to the read models;
+    // the two clients share the 90 commands in some split.
+    let probes = value(metrics, "read_model_probes");
+    assert!(probes == 8.0 || probes == 9.0, "{probes} probes");
+    let total = value(metrics, "commands");
+    let (flights, added, boarded) = (
+        value(metrics, "create_flight"),
+        value(metrics, "add_passenger"),
+        value(metrics, "board_passenger"),
+    );
+    assert!(
+        (flights + added + boarded - total).abs() < 1e-6 * total,
+        "kinds {flights} + {added} + {boarded} vs all {total}"
+    );
+    assert!(
+        flights > 0.0 && boarded > 0.0 && boarded <= added && added <= 4.0 * flights,
+        "{flights} {added} {boarded}"
+    );
+    for name in [
+        "commands",
+        "create_flight",
+        "add_passenger",
+        "board_passenger",
+        "command_to_read_model",
+        "audit_probe",
+    ] {
+        let (p50, p99) = (
+            value(metrics, &format!("{name}_p50")),
+            value(metrics, &format!("{name}_p99")),
+        );
+        assert!(0.0 < p50 && p50 <= p99, "{name}: p50 {p50}, p99 {p99}");
+        assert_eq!(metric(metrics, &format!("{name}_p99"))["unit"], "ms");
+    }
+    // Reading the audit log comes after the command's answer.
+    assert!(value(metrics, "command_to_read_model_p50") > value(metrics, "audit_probe_p50"));
+    for (name, unit, baseline) in [
+        ("commands", "commands/s", "store_append"),
+        ("store_append", "events/s", "raw_insert_1_per_tx"),
+    ] {
+        let m = metric(metrics, name);
+        assert_eq!(m["unit"], unit, "{m}");
+        assert_eq!(m["baseline"], baseline, "{m}");
+        let base = value(metrics, baseline);
+        assert_eq!(m["baseline_value"].as_f64(), Some(base), "{m}");
+        let ratio = m["ratio"].as_f64().expect("ratio");
+        assert!(
+            base > 0.0 && (ratio - m["value"].as_f64().unwrap() / base).abs() < 1e-9,
+            "{m}"
+        );
+    }
+}
+
+/// No `cairn_bench_cmd_*_<pid>` directory left in the temp dir.
+fn assert_no_commands_scratch(pid: u32) {
+    let suffix = format!("_{pid}");
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("read the temp dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cairn_bench_cmd_") && n.ends_with(&suffix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn commands_embedded_does_every_command_and_cleans_up() {
+    let (pid, stdout, metrics) = commands_run("embedded", "commands-embedded").await;
+    assert!(stdout.contains("store:       embedded"), "{stdout}");
+    check_commands(&metrics);
+    assert_no_commands_scratch(pid);
+}
+
+#[tokio::test]
+async fn commands_postgres_does_every_command_and_drops_its_schemas() {
+    let Some(mut conn) = postgres_conn().await else {
+        return;
+    };
+    let (pid, _, metrics) = commands_run(&postgres_url(), "commands-postgres").await;
+    check_commands(&metrics);
+    assert_no_commands_scratch(pid);
+    let left: Vec<String> = schemas_like(&mut conn, "cairn_bench_")
+        .await
+        .into_iter()
+        .filter(|s| s.contains(&format!("_{pid}")))
+        .collect();
+    assert!(left.is_empty(), "schemas left behind: {left:?}");
+}
+
+#[test]
+fn commands_refuse_bad_options_with_one_clear_line() {
+    for (args, expected) in [
+        (&["--store", "sqlite://x.db"][..], "--store"),
+        (&["--store", "memory:"][..], "--store"),
+        (&["--concurrency", "0"][..], "--concurrency"),
+        (&["--concurrency", "5000"][..], "--concurrency"),
+        (&["--commands", "0"][..], "--commands"),
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["bench", "commands"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run cairn");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait for cairn");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error:") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        // Refused before anything is made.
+        assert_no_commands_scratch(pid);
+    }
 }

@@ -24,9 +24,22 @@ fn cairn(db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
         .arg("dlq")
         .args(args)
-        .args(["--db", db])
+        .args(["--store", db])
+        .env_remove("CAIRN_STORE")
+        .env_remove("CAIRN_DB")
         .output()
         .expect("run cairn")
+}
+
+/// Expects exit code 2 with `message` on stderr and nothing on stdout.
+fn missing(out: &Output, message: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(message),
+        "{stderr:?} does not say {message:?}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 fn lines(out: &Output) -> Vec<Value> {
@@ -138,12 +151,18 @@ async fn list_show_replay_and_drop_dead_letters() {
     assert_eq!(shown["body"]["specversion"], "1.0");
 
     // Bad input: unknown id, neither id nor --all.
-    let missing = cairn(&url, &["show", "0190b3f0-0000-7000-8000-000000000000"]);
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter"));
-    let neither = cairn(&url, &["replay"]);
-    assert!(!neither.status.success());
-    assert!(String::from_utf8_lossy(&neither.stderr).contains("--all"));
+    let unknown = cairn(&url, &["show", "0190b3f0-0000-7000-8000-000000000000"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no dead letter"));
+    missing(&cairn(&url, &["replay"]), "--all");
+
+    // The older flag still names the database.
+    let old_flag = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["dlq", "list", "--db", &url])
+        .env_remove("CAIRN_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(lines(&old_flag), listed);
 
     // Fixed: replay one; the running consumer handles it once.
     broken.store(false, Ordering::SeqCst);
@@ -165,4 +184,84 @@ async fn list_show_replay_and_drop_dead_letters() {
     assert_eq!(dropped[0]["dropped"], 1);
     assert!(lines(&cairn(&url, &["list"])).is_empty());
     consumer.shutdown().await;
+}
+
+const COMMANDS: [&[&str]; 4] = [
+    &["list"],
+    &["show", "0190b3f0-0000-7000-8000-000000000000"],
+    &["replay", "--all"],
+    &["drop", "--all"],
+];
+
+#[tokio::test]
+async fn a_missing_service_database_is_an_error_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("nowhere").join("service.db");
+    for args in COMMANDS {
+        missing(
+            &cairn(&format!("sqlite://{}", absent.display()), args),
+            &format!("the file {} does not exist", absent.display()),
+        );
+    }
+    assert!(!dir.path().join("nowhere").exists());
+
+    // By default, the database `cairn up` keeps under the data dir.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .current_dir(dir.path())
+        .args(["dlq", "list"])
+        .env_remove("CAIRN_STORE")
+        .env_remove("CAIRN_DB")
+        .env_remove("CAIRN_DATA_DIR")
+        .output()
+        .unwrap();
+    missing(&out, "data/read-models.db does not exist");
+    assert!(!dir.path().join("data").exists());
+
+    // A database without dead letters (another service's, an event store)
+    // gets no table.
+    let other = dir.path().join("other.db");
+    let url = format!("sqlite://{}", other.display());
+    let db = ReadDb::open(&url).await.unwrap();
+    sqlx::query("CREATE TABLE handled (event_id TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    for args in COMMANDS {
+        missing(&cairn(&url, args), "has no table cairn_dead_letters");
+    }
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(tables, ["handled"]);
+    db.close().await;
+
+    // PostgreSQL: a schema that does not exist is not made.
+    let base = std::env::var("CAIRN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            let _: Option<()> = cairn_store::testkit::service_absent("PostgreSQL", e);
+            return;
+        }
+    };
+    let schema = format!(
+        "dlq_cli_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    for args in COMMANDS {
+        missing(
+            &cairn(&format!("{base}?schema={schema}"), args),
+            &format!("the schema \"{schema}\" does not exist"),
+        );
+    }
+    let made: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!made, "the schema was created");
 }

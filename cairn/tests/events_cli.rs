@@ -59,6 +59,7 @@ fn workflow(store: &str) {
             "flight-1",
             "--type",
             "FlightScheduled",
+            "--raw",
             "--data",
             r#"{"number":"SK1421"}"#,
             "--expected",
@@ -78,6 +79,7 @@ fn workflow(store: &str) {
         "flight-1",
         "--type",
         "FlightDeparted",
+        "--raw",
         "--data",
         "{}",
         "--id",
@@ -186,6 +188,7 @@ fn workflow(store: &str) {
             "passenger-1",
             "--type",
             "PassengerAdded",
+            "--raw",
             "--data",
             "{}",
         ],
@@ -237,6 +240,7 @@ fn workflow(store: &str) {
             "flight-2",
             "--type",
             "FlightScheduled",
+            "--raw",
             "--data",
             "{}",
         ],
@@ -272,15 +276,237 @@ fn events_commands_on_postgres() {
         &uuid::Uuid::now_v7().simple().to_string()[24..]
     );
     let url = format!("{base}?schema={schema}");
+    // A reachable server answers "no such schema" (2); an absent one fails (1).
     let probe = cairn(&url, &["streams"]);
-    if !probe.status.success() {
+    if probe.status.code() != Some(2) {
         let _: Option<()> = cairn_store::testkit::service_absent(
             "PostgreSQL",
             String::from_utf8_lossy(&probe.stderr),
         );
         return;
     }
+    let err = error_line(&probe);
+    assert!(
+        err.contains(&format!("schema \"{schema}\" does not exist")),
+        "{err}"
+    );
+    for read in [
+        &["read", "--stream", "flight-1"][..],
+        &["all"],
+        &["tail", "--count", "1"],
+    ] {
+        assert_eq!(cairn(&url, read).status.code(), Some(2), "{read:?}");
+    }
+    assert!(
+        !schema_exists(&base, &schema),
+        "a read command created the schema"
+    );
     workflow(&url);
+    assert!(schema_exists(&base, &schema), "append creates the store");
+    // A schema that holds something else is not an event store either.
+    let other = format!("{base}?schema=information_schema");
+    let err = error_line(&cairn(&other, &["streams"]));
+    assert!(err.contains("has no table events, streams"), "{err}");
+}
+
+fn schema_exists(base: &str, schema: &str) -> bool {
+    use sqlx::Connection as _;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    })
+}
+
+/// `cairn events ARGS` in `dir` with no store named: the default applies.
+fn cairn_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .current_dir(dir)
+        .arg("events")
+        .args(args)
+        .args(["--tenant", "acme"])
+        .env_remove("CAIRN_STORE")
+        .env_remove("CAIRN_DATA_DIR")
+        .env_remove("CAIRN_TENANT")
+        .output()
+        .expect("run cairn")
+}
+
+const READ_COMMANDS: [&[&str]; 4] = [
+    &["read", "--stream", "flight-1"],
+    &["all"],
+    &["streams"],
+    &["tail", "--count", "1"],
+];
+
+#[test]
+fn read_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere").join("store.db");
+    let url = format!("sqlite://{}", missing.display());
+    for read in READ_COMMANDS {
+        let out = cairn(&url, read);
+        assert_eq!(out.status.code(), Some(2), "{read:?}");
+        let err = error_line(&out);
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+    assert!(!dir.path().join("nowhere").exists(), "nothing is created");
+
+    // The default is the data dir `cairn up` uses, moved by --data-dir.
+    for read in READ_COMMANDS {
+        let err = error_line(&cairn_in(dir.path(), read));
+        assert!(err.contains("data/events.db"), "{err}");
+        let mut moved = read.to_vec();
+        moved.extend(["--data-dir", "elsewhere"]);
+        let err = error_line(&cairn_in(dir.path(), &moved));
+        assert!(err.contains("elsewhere/events.db"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no data dir was made"
+    );
+
+    // A SQLite file that is not an event store stays as it was.
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INTEGER)")
+        .unwrap();
+    let url = format!("sqlite://{}", foreign.display());
+    for read in READ_COMMANDS {
+        let out = cairn(&url, read);
+        assert_eq!(out.status.code(), Some(2), "{read:?}");
+        assert!(error_line(&out).contains("has no table events, streams"));
+    }
+    let tables: i64 = rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1, "no table was added");
+
+    // Writing creates, under the default data dir.
+    let out = cairn_in(
+        dir.path(),
+        &[
+            "append", "--stream", "s-1", "--type", "Noted", "--data", "{}",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data/events.db").is_file());
+    assert_eq!(ok_lines(&cairn_in(dir.path(), &["all"])).len(), 1);
+}
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly() {
+    let (dir, url) = temp_db();
+    for i in 0..3 {
+        ok_lines(&cairn(
+            &url,
+            &[
+                "append",
+                "--stream",
+                &format!("s-{i}"),
+                "--type",
+                "Noted",
+                "--data",
+                "{}",
+            ],
+        ));
+    }
+    for read in [&["all"][..], &["streams"], &["read", "--stream", "s-1"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("events")
+            .args(read)
+            .args(["--store", &url, "--tenant", "acme"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command writes: its first line meets a broken pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{read:?}: {:?}", out.status);
+        assert!(
+            out.stderr.is_empty(),
+            "{read:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn payloads_of_service_event_types_are_checked_unless_raw() {
+    let (dir, url) = temp_db();
+    let append = |event_type: &str, data: &str, extra: &[&str]| {
+        let mut args = vec![
+            "append", "--stream", "flight-9", "--type", event_type, "--data", data,
+        ];
+        args.extend(extra);
+        cairn(&url, &args)
+    };
+    // The README's old example: no flightId. Refused, nothing written.
+    let no_id = r#"{"departure":"2030-01-01T10:00:00Z","arrival":"2030-01-01T12:00:00Z"}"#;
+    let out = append("FlightRescheduled", no_id, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = error_line(&out);
+    assert!(err.contains("FlightRescheduled"), "{err}");
+    assert!(err.contains("missing field `flightId`"), "{err}");
+    // Types of each service are checked by that service.
+    for (event_type, data) in [
+        ("PassengerAdded", r#"{"flightId":"f"}"#),
+        ("TenantCreated", r#"{"name":1}"#),
+        ("FlightDeparted", r#"{"flightId":"f","at":"yesterday"}"#),
+    ] {
+        let out = append(event_type, data, &[]);
+        assert_eq!(out.status.code(), Some(2), "{event_type}");
+        assert!(error_line(&out).contains(event_type));
+    }
+    assert!(
+        !dir.join("store.db").exists(),
+        "refused payloads wrote nothing, not even an empty store"
+    );
+
+    let with_id = r#"{"flightId":"flight-9","departure":"2030-01-01T10:00:00Z","arrival":"2030-01-01T12:00:00Z"}"#;
+    let out = append("FlightRescheduled", with_id, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "a checked type needs no note");
+    let out = append("FlightRescheduled", no_id, &["--raw"]);
+    assert!(out.status.success(), "--raw stores it unchecked");
+    // Nobody's type: stored, with a note.
+    let out = append("SomethingNoted", "{}", &[]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("SomethingNoted") && note.lines().count() == 1,
+        "{note}"
+    );
+
+    let types: Vec<_> = ok_lines(&cairn(&url, &["read", "--stream", "flight-9"]))
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["FlightRescheduled", "FlightRescheduled", "SomethingNoted"]
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

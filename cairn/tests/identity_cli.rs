@@ -79,6 +79,19 @@ fn fails(backend: &Backend, args: &[&str], message: &str) {
     assert!(out.stdout.is_empty(), "cairn {args:?} printed on failure");
 }
 
+/// Runs `args`, expecting exit code 2 (something named is missing) and a
+/// stderr containing `message`.
+fn missing(backend: &Backend, args: &[&str], message: &str) {
+    let out = backend.run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "cairn {args:?}: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "cairn {args:?}: {stderr:?} does not say {message:?}"
+    );
+    assert!(out.stdout.is_empty(), "cairn {args:?} printed on failure");
+}
+
 /// The word after `password: ` on the line that has it.
 fn printed_password(stdout: &str) -> String {
     let line = stdout
@@ -443,14 +456,14 @@ async fn a_missing_master_key_is_an_error_not_a_new_key() {
     let moved = dir.path().join("kept.key");
     std::fs::rename(&key, &moved).unwrap();
 
-    fails(
+    missing(
         &backend,
         &["tenants", "list"],
         &format!("no master key at {}", key.display()),
     );
     assert!(!key.exists(), "the CLI made a master key");
     let absent = dir.path().join("absent.key");
-    fails(
+    missing(
         &backend,
         &[
             "tenants",
@@ -476,8 +489,8 @@ async fn a_missing_master_key_is_an_error_not_a_new_key() {
     // No store at all: nothing is created either.
     let empty_dir = dir.path().join("empty");
     let empty = Backend::Sqlite(empty_dir.clone());
-    fails(&empty, &["tenants", "list"], "no master key at");
-    fails(
+    missing(&empty, &["tenants", "list"], "no master key at");
+    missing(
         &empty,
         &[
             "tenants",
@@ -487,9 +500,42 @@ async fn a_missing_master_key_is_an_error_not_a_new_key() {
             moved.to_str().unwrap(),
         ],
         &format!(
-            "no event store at {}",
+            "the file {} does not exist",
             empty_dir.join("events.db").display()
         ),
     );
     assert!(!empty_dir.exists(), "the CLI made a data directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_postgres_schema_is_an_error_and_is_not_created() {
+    let Some(backend) = postgres().await else {
+        return;
+    };
+    let Backend::Postgres(url) = &backend else {
+        unreachable!()
+    };
+    let (base, schema) = url.split_once("?schema=").unwrap();
+    for args in [
+        &["tenants", "list"][..],
+        &["users", "list", "--tenant", "demo"],
+        &["tenants", "create", "acme"],
+        &["token", "--tenant", "demo", "--user", "admin"],
+    ] {
+        missing(
+            &backend,
+            args,
+            &format!("the schema \"{schema}\" does not exist"),
+        );
+    }
+    let pool = sqlx::PgPool::connect(base).await.unwrap();
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1")
+        .bind(format!("{schema}%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        made, 0,
+        "neither the store's schema nor its read models' was made"
+    );
 }

@@ -660,7 +660,7 @@ impl Deployment {
             .client
             .get(
                 self.audit()
-                    .url("/api/audit?type=FlightScheduled&limit=500"),
+                    .url("/api/audit?type=FlightScheduled&limit=200"),
             )
             .send()
             .await

@@ -10,8 +10,11 @@
 //! - `cairn bench messaging` ([`messaging`]): integration events from append
 //!   to a consumer's handler through the relay and NATS JetStream or
 //!   RabbitMQ, against acknowledged publishes with the broker's raw client.
+//! - `cairn bench commands` ([`commands`]): HTTP commands through a real
+//!   `cairn up`, against the store's append rate at the same concurrency.
 
 mod baseline;
+mod commands;
 mod messaging;
 mod report;
 mod store;
@@ -28,11 +31,17 @@ pub(crate) enum BenchCommand {
     /// beside the broker's raw acknowledged-publish ceiling.
     #[command(long_about = messaging::LONG_ABOUT)]
     Messaging(messaging::MessagingArgs),
+    /// HTTP commands through a real `cairn up` (schedule, add, board):
+    /// throughput, latency and command-to-read-model time beside the
+    /// store's append rate.
+    #[command(long_about = commands::LONG_ABOUT)]
+    Commands(commands::CommandsArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Messaging(args) => messaging::run(args).await,
+        BenchCommand::Commands(args) => commands::run(args).await,
     }
 }

@@ -184,16 +184,16 @@ impl Sizes {
 }
 
 /// The store under test and what comes with it.
-struct Target {
-    store: Arc<dyn EventStore>,
+pub(super) struct Target {
+    pub(super) store: Arc<dyn EventStore>,
     /// Write transactions the store has committed, where it counts them.
-    commits: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
-    baseline: Option<Baseline>,
+    pub(super) commits: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+    pub(super) baseline: Option<Baseline>,
 }
 
 /// What to remove once the run is over.
 #[derive(Debug)]
-enum Cleanup {
+pub(super) enum Cleanup {
     Nothing,
     SqliteFile(PathBuf),
     PgSchemas { url: String, schemas: Vec<String> },
@@ -252,7 +252,7 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
 
 /// Opens the store and its baseline. The cleanup is returned even when
 /// opening fails halfway, so whatever was created can still be removed.
-async fn open(url: &StoreUrl, tenant: &TenantId) -> (anyhow::Result<Target>, Cleanup) {
+pub(super) async fn open(url: &StoreUrl, tenant: &TenantId) -> (anyhow::Result<Target>, Cleanup) {
     match url {
         StoreUrl::Memory => (
             Ok(Target {
@@ -364,7 +364,7 @@ fn keep_notice(cleanup: &Cleanup) {
     }
 }
 
-async fn clean(cleanup: Cleanup) -> anyhow::Result<()> {
+pub(super) async fn clean(cleanup: Cleanup) -> anyhow::Result<()> {
     match cleanup {
         Cleanup::Nothing => Ok(()),
         Cleanup::SqliteFile(path) => {
@@ -424,7 +424,7 @@ async fn suite(target: Target, tenant: &TenantId, sizes: Sizes) -> anyhow::Resul
     // 2. 64 writers, one event per append, each on its own stream.
     progress("append_64_writers", sizes.per_writer * WRITERS as u64);
     let commits_before = commits.as_ref().map(|c| c());
-    let many = append_concurrent(&store, tenant, sizes.per_writer).await?;
+    let many = append_concurrent(&store, tenant, WRITERS, sizes.per_writer).await?;
     let commits_after = commits.as_ref().map(|c| c());
     head = head.max(many.last_position);
     push_append(&mut metrics, "append_64_writers", &many, raw_1_rate);
@@ -598,17 +598,17 @@ fn push_append(
 }
 
 /// One append workload's raw figures.
-struct AppendRun {
-    events: u64,
-    elapsed: Duration,
+pub(super) struct AppendRun {
+    pub(super) events: u64,
+    pub(super) elapsed: Duration,
     /// Per-append latency, microseconds.
-    latency: Histogram<u64>,
-    last_position: u64,
+    pub(super) latency: Histogram<u64>,
+    pub(super) last_position: u64,
 }
 
 /// One task making `appends` appends of `per_append` events to `stream`,
 /// each expecting the version the previous one left (as an aggregate does).
-async fn append_loop(
+pub(super) async fn append_loop(
     store: &Arc<dyn EventStore>,
     tenant: &TenantId,
     stream: StreamId,
@@ -644,20 +644,21 @@ async fn append_loop(
     })
 }
 
-/// 64 tasks, each running [`append_loop`] with single events on its own
-/// stream; latency is merged over all of them, throughput is over the
+/// `writers` tasks, each running [`append_loop`] with single events on its
+/// own stream; latency is merged over all of them, throughput is over the
 /// wall-clock time until the last one finishes.
-async fn append_concurrent(
+pub(super) async fn append_concurrent(
     store: &Arc<dyn EventStore>,
     tenant: &TenantId,
+    writers: usize,
     per_writer: u64,
 ) -> anyhow::Result<AppendRun> {
     let mut tasks = JoinSet::new();
     let start = Instant::now();
-    for writer in 0..WRITERS {
+    for writer in 0..writers {
         let store = Arc::clone(store);
         let tenant = tenant.clone();
-        let stream = stream(&format!("order-w64-{writer}"))?;
+        let stream = stream(&format!("order-w{writers}-{writer}"))?;
         tasks.spawn(async move { append_loop(&store, &tenant, stream, per_writer, 1).await });
     }
     let mut latency = latency_histogram();
@@ -670,7 +671,7 @@ async fn append_concurrent(
         last_position = last_position.max(run.last_position);
     }
     Ok(AppendRun {
-        events: per_writer * WRITERS as u64,
+        events: per_writer * writers as u64,
         elapsed: start.elapsed(),
         latency,
         last_position,

@@ -15,6 +15,7 @@ mod password;
 mod role_map;
 mod verify;
 
+use cairn_core::ErrorCode;
 pub use claims::{AccessClaims, Audience, RealmAccess};
 pub use jsonwebtoken::{
     Algorithm,
@@ -32,49 +33,94 @@ pub use verify::{
 /// The audience of tokens Cairn's issuer writes for Cairn's APIs.
 pub const AUDIENCE: &str = "cairn";
 
-/// Why a token was refused. The HTTP edge answers every reason with the same
-/// 401; the reason is for logs, metrics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a token was refused. Its `Display` is the sentence a caller may be
+/// told, and [`Rejection::code`] the stable code it is answered with (every
+/// one a 401): neither ever carries the token, says which part of a
+/// signature failed, or whether a user exists. The issuers and audiences a
+/// rejection names are what OIDC discovery publishes anyway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error("no token")]
+    /// No `Authorization: Bearer` token (no header, another scheme).
+    #[error("an access token is required (Authorization: Bearer <token>)")]
     Missing,
-    #[error("not a well-formed token")]
+    #[error("the bearer token is not a well-formed access token")]
     Malformed,
-    #[error("issuer not trusted")]
-    UnknownIssuer,
-    #[error("algorithm not allowed")]
+    /// `iss` names no trusted issuer. `issuer` is the token's (shortened,
+    /// printable ASCII only); `expected` the issuers trusted for the
+    /// token's tenant, when the token says which tenant it is for.
+    #[error("{}", issuer_mismatch(issuer, expected))]
+    UnknownIssuer {
+        issuer: String,
+        expected: Vec<String>,
+    },
+    /// The header's `alg` is not on the issuer's allow-list; told to the
+    /// caller as a bad signature.
+    #[error("the token's signature is not valid")]
     AlgorithmNotAllowed,
-    #[error("signing key not known")]
+    #[error("the token's signing key (kid) is not among its issuer's keys")]
     UnknownKey,
-    #[error("bad signature")]
+    #[error("the token's signature is not valid")]
     BadSignature,
-    #[error("expired")]
+    #[error("the access token has expired")]
     Expired,
-    #[error("not yet valid")]
+    #[error("the access token is not valid yet (nbf)")]
     NotYetValid,
-    #[error("wrong audience")]
-    WrongAudience,
-    #[error("issued for another tenant")]
+    /// `aud` names none of `expected`.
+    #[error("the token is not meant for this API: its audience (aud) must name {}", expected.join(" or "))]
+    WrongAudience { expected: Vec<String> },
+    #[error("the token's tenant claim is not its issuer's tenant")]
     WrongTenant,
-    #[error("revoked")]
+    /// The issuer is a realm of Cairn's whose tenant does not exist.
+    #[error("the token's issuer is the realm of a tenant that does not exist")]
+    UnknownTenant,
+    #[error("the access token was revoked")]
     Revoked,
 }
 
+fn issuer_mismatch(issuer: &str, expected: &[String]) -> String {
+    if expected.is_empty() {
+        format!("the token's issuer (iss) {issuer} is not trusted here")
+    } else {
+        format!(
+            "the token's issuer (iss) is {issuer}, but tokens for its tenant must be issued by {}",
+            expected.join(" or ")
+        )
+    }
+}
+
 impl Rejection {
-    /// A stable name (logs, metrics labels).
-    pub fn as_str(self) -> &'static str {
+    /// A stable name, finer than [`Rejection::code`] (logs, metrics labels).
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::Malformed => "malformed",
-            Self::UnknownIssuer => "unknown_issuer",
+            Self::UnknownIssuer { .. } => "unknown_issuer",
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::UnknownKey => "unknown_key",
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
-            Self::WrongAudience => "wrong_audience",
+            Self::WrongAudience { .. } => "wrong_audience",
             Self::WrongTenant => "wrong_tenant",
+            Self::UnknownTenant => "unknown_tenant",
             Self::Revoked => "revoked",
+        }
+    }
+
+    /// The error code the caller is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Missing => ErrorCode::MissingToken,
+            Self::Malformed => ErrorCode::MalformedToken,
+            Self::UnknownIssuer { .. } => ErrorCode::IssuerMismatch,
+            Self::AlgorithmNotAllowed | Self::BadSignature => ErrorCode::InvalidSignature,
+            Self::UnknownKey => ErrorCode::UnknownKey,
+            Self::Expired => ErrorCode::Expired,
+            Self::NotYetValid => ErrorCode::NotYetValid,
+            Self::WrongAudience { .. } => ErrorCode::AudienceMismatch,
+            Self::WrongTenant => ErrorCode::TenantMismatch,
+            Self::UnknownTenant => ErrorCode::UnknownTenant,
+            Self::Revoked => ErrorCode::Revoked,
         }
     }
 }
@@ -102,9 +148,9 @@ impl AuthError {
     }
 
     /// The rejection, if the token was refused.
-    pub fn rejection(&self) -> Option<Rejection> {
+    pub fn rejection(&self) -> Option<&Rejection> {
         match self {
-            Self::Rejected(r) => Some(*r),
+            Self::Rejected(r) => Some(r),
             _ => None,
         }
     }

@@ -19,6 +19,12 @@ pub mod permissions {
     pub const TENANTS_ADMIN: &str = "tenants:admin";
     /// Read another tenant's data; every such read is audited (super-tenant).
     pub const CROSS_TENANT_READ: &str = "tenants:read-any";
+    /// See the projections' status, lag, failures and dead letters.
+    pub const PROJECTIONS_READ: &str = "projections:read";
+    /// Retry a stopped projection, skip the event it stopped at (one's own
+    /// tenant's event, unless super-tenant); a rebuild also needs
+    /// [`TENANTS_ADMIN`], as it empties every tenant's read model for a while.
+    pub const PROJECTIONS_ADMIN: &str = "projections:admin";
 }
 
 /// The built-in roles.
@@ -57,7 +63,11 @@ impl Default for RoleMap {
             .with_role(roles::OPERATOR, read.into_iter().chain(write))
             .with_role(
                 roles::ADMIN,
-                read.into_iter().chain(write).chain([USERS_ADMIN]),
+                read.into_iter().chain(write).chain([
+                    USERS_ADMIN,
+                    PROJECTIONS_READ,
+                    PROJECTIONS_ADMIN,
+                ]),
             )
             .with_role(
                 roles::SUPER_ADMIN,
@@ -65,6 +75,8 @@ impl Default for RoleMap {
                     USERS_ADMIN,
                     TENANTS_ADMIN,
                     CROSS_TENANT_READ,
+                    PROJECTIONS_READ,
+                    PROJECTIONS_ADMIN,
                 ]),
             );
         map

@@ -14,8 +14,10 @@
 //! 6. the token's `tenant` claim, when present, is the issuer's tenant;
 //! 7. its `jti` is not revoked (when a [`Revocations`] is installed).
 //!
-//! A refused token gets a [`Rejection`] saying why, for logs and tests; the
-//! HTTP edge answers every one of them with the same 401.
+//! A refused token gets a [`Rejection`] saying why. The HTTP edge answers
+//! each with a 401 whose code and detail say why (an unknown issuer names
+//! the issuers trusted for the token's tenant), never more: which part of
+//! a signature failed, or anything about users, is not told.
 
 use std::{
     collections::HashMap,
@@ -134,7 +136,17 @@ impl KeySource for RemoteJwks {
                 else {
                     return Err(unavailable(format!("not a realm of {issuer_base}")));
                 };
-                format!("{fetch_base}/realms/{realm}/protocol/openid-connect/certs")
+                let url = format!("{fetch_base}/realms/{realm}/protocol/openid-connect/certs");
+                // The identity service answers a realm it does not have
+                // with a problem 404: the token's tenant does not exist (a
+                // fact its public discovery document tells anyone).
+                return fetch_json(&self.client, &url).await.map_err(|e| {
+                    if e.no_such_realm {
+                        AuthError::Rejected(Rejection::UnknownTenant)
+                    } else {
+                        unavailable(e.reason)
+                    }
+                });
             }
             JwksFrom::Discovery => {
                 #[derive(serde::Deserialize)]
@@ -146,7 +158,9 @@ impl KeySource for RemoteJwks {
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
-                let doc: Discovery = fetch_json(&self.client, &url).await.map_err(unavailable)?;
+                let doc: Discovery = fetch_json(&self.client, &url)
+                    .await
+                    .map_err(|e| unavailable(e.reason))?;
                 if doc.issuer != issuer {
                     return Err(unavailable(format!(
                         "discovery names issuer {} instead",
@@ -156,23 +170,48 @@ impl KeySource for RemoteJwks {
                 doc.jwks_uri
             }
         };
-        fetch_json(&self.client, &url).await.map_err(unavailable)
+        fetch_json(&self.client, &url)
+            .await
+            .map_err(|e| unavailable(e.reason))
     }
+}
+
+/// Why keys could not be fetched.
+struct FetchError {
+    reason: String,
+    /// A 404 problem: the server has no such resource (rather than being
+    /// down or not the expected server).
+    no_such_realm: bool,
 }
 
 async fn fetch_json<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,
-) -> Result<T, String> {
+) -> Result<T, FetchError> {
+    let failed = |reason: String| FetchError {
+        reason,
+        no_such_realm: false,
+    };
     let response = client
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| failed(format!("GET {url}: {e}")))?;
     if !response.status().is_success() {
-        return Err(format!("GET {url}: {}", response.status()));
+        let problem = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/problem+json"));
+        return Err(FetchError {
+            reason: format!("GET {url}: {}", response.status()),
+            no_such_realm: problem && response.status() == reqwest::StatusCode::NOT_FOUND,
+        });
     }
-    response.json().await.map_err(|e| format!("GET {url}: {e}"))
+    response
+        .json()
+        .await
+        .map_err(|e| failed(format!("GET {url}: {e}")))
 }
 
 /// Which `iss` values an issuer entry covers, and the tenant of each.
@@ -186,6 +225,19 @@ pub enum IssuerMatch {
 }
 
 impl IssuerMatch {
+    /// The issuer this entry trusts for `tenant`'s tokens, if any; with no
+    /// tenant known, the pattern of Cairn's realms.
+    fn expected_for(&self, tenant: Option<&TenantId>) -> Option<String> {
+        match (self, tenant) {
+            (Self::Exact { issuer, tenant: t }, Some(tenant)) => {
+                (t == tenant).then(|| issuer.clone())
+            }
+            (Self::Exact { .. }, None) => None,
+            (Self::Realms { base }, Some(tenant)) => Some(format!("{base}/realms/{tenant}")),
+            (Self::Realms { base }, None) => Some(format!("{base}/realms/<tenant>")),
+        }
+    }
+
     fn tenant_of(&self, iss: &str) -> Option<TenantId> {
         match self {
             Self::Exact { issuer, tenant } => (iss == issuer).then(|| tenant.clone()),
@@ -358,17 +410,21 @@ impl Verifier {
         #[derive(serde::Deserialize)]
         struct Iss {
             iss: String,
+            #[serde(default)]
+            tenant: Option<serde_json::Value>,
         }
-        let Ok(Iss { iss }) = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token) else {
+        let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token) else {
             return reject(Rejection::Malformed);
         };
+        let iss = unverified.iss;
         let Some((issuer, tenant)) = self
             .inner
             .issuers
             .iter()
             .find_map(|i| i.matcher.tenant_of(&iss).map(|t| (i, t)))
         else {
-            return reject(Rejection::UnknownIssuer);
+            let claimed = unverified.tenant.as_ref().and_then(|t| t.as_str());
+            return reject(self.unknown_issuer(&iss, claimed));
         };
         if !issuer.algorithms.contains(&header.alg) {
             return reject(Rejection::AlgorithmNotAllowed);
@@ -394,8 +450,10 @@ impl Verifier {
                 return reject(match e.kind() {
                     ErrorKind::ExpiredSignature => Rejection::Expired,
                     ErrorKind::ImmatureSignature => Rejection::NotYetValid,
-                    ErrorKind::InvalidAudience => Rejection::WrongAudience,
-                    ErrorKind::InvalidIssuer => Rejection::UnknownIssuer,
+                    ErrorKind::InvalidAudience => Rejection::WrongAudience {
+                        expected: issuer.audiences.clone(),
+                    },
+                    ErrorKind::InvalidIssuer => self.unknown_issuer(&iss, Some(tenant.as_str())),
                     ErrorKind::InvalidSignature => Rejection::BadSignature,
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         Rejection::AlgorithmNotAllowed
@@ -448,6 +506,26 @@ impl Verifier {
         })
     }
 
+    /// The rejection of a token whose `iss` no entry trusts, naming the
+    /// issuers trusted for the token's tenant: its `tenant` claim, or else
+    /// the realm its `iss` names (`…/realms/{tenant}`).
+    fn unknown_issuer(&self, iss: &str, claimed_tenant: Option<&str>) -> Rejection {
+        let tenant = claimed_tenant
+            .or_else(|| iss.rsplit_once("/realms/").map(|(_, realm)| realm))
+            .and_then(|t| TenantId::new(t).ok());
+        let mut expected: Vec<String> = self
+            .inner
+            .issuers
+            .iter()
+            .filter_map(|i| i.matcher.expected_for(tenant.as_ref()))
+            .collect();
+        expected.dedup();
+        Rejection::UnknownIssuer {
+            issuer: shown(iss),
+            expected,
+        }
+    }
+
     async fn key_for(
         &self,
         issuer: &TrustedIssuer,
@@ -488,6 +566,28 @@ impl Verifier {
             .insert(iss.to_owned(), cached.clone());
         Ok(cached)
     }
+}
+
+/// Longest issuer echoed back to a caller, in characters.
+const MAX_SHOWN_ISSUER: usize = 200;
+
+/// A token's `iss` as it may be echoed back: printable ASCII only (anything
+/// else, quotes and backslashes included, becomes `?`, so it fits a
+/// `WWW-Authenticate` quoted string as it is), and at most
+/// [`MAX_SHOWN_ISSUER`] characters.
+fn shown(iss: &str) -> String {
+    let mut shown: String = iss
+        .chars()
+        .take(MAX_SHOWN_ISSUER)
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect();
+    if iss.chars().nth(MAX_SHOWN_ISSUER).is_some() {
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// The key the header asks for: by `kid`, or the only key when the token

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use cairn_auth::{
     AUDIENCE, AccessClaims, Audience, AuthError, JwkSet, KeySource, MasterKey, Rejection,
-    Revocations, RoleMap, SigningKey, TrustedIssuer, Verifier, VerifierOptions, now_secs,
-    permissions,
+    RemoteJwks, Revocations, RoleMap, SigningKey, TrustedIssuer, Verifier, VerifierOptions,
+    now_secs, permissions,
 };
-use cairn_core::TenantId;
+use cairn_core::{ErrorCode, TenantId};
 
 const BASE: &str = "http://id.test";
 
@@ -198,7 +198,12 @@ async fn hostile_and_stale_tokens_are_refused_for_the_right_reason() {
             ..good.clone()
         })
         .unwrap();
-    assert_eq!(rejection(v, &wrong_aud).await, Rejection::WrongAudience);
+    assert_eq!(
+        rejection(v, &wrong_aud).await,
+        Rejection::WrongAudience {
+            expected: vec![AUDIENCE.to_owned()]
+        }
+    );
     let no_aud = f
         .key
         .sign(&AccessClaims {
@@ -208,7 +213,7 @@ async fn hostile_and_stale_tokens_are_refused_for_the_right_reason() {
         .unwrap();
     assert!(matches!(
         rejection(v, &no_aud).await,
-        Rejection::WrongAudience | Rejection::Malformed
+        Rejection::WrongAudience { .. } | Rejection::Malformed
     ));
 
     // Unknown issuer (another host; a path that only looks like a realm).
@@ -224,7 +229,10 @@ async fn hostile_and_stale_tokens_are_refused_for_the_right_reason() {
                 ..good.clone()
             })
             .unwrap();
-        assert_eq!(rejection(v, &t).await, Rejection::UnknownIssuer, "{iss}");
+        assert!(
+            matches!(rejection(v, &t).await, Rejection::UnknownIssuer { .. }),
+            "{iss}"
+        );
     }
 
     // A token of realm acme that claims tenant globex.
@@ -338,10 +346,22 @@ async fn an_external_issuer_maps_to_its_tenant_and_keycloak_roles_count() {
         rejection(&verifier, &key.sign(&c).unwrap()).await,
         Rejection::WrongTenant
     );
-    // Cairn's realms are not trusted by this verifier.
+    // Cairn's realms are not trusted by this verifier: the refusal names
+    // the issuer trusted for the token's tenant.
     assert_eq!(
         rejection(&verifier, &key.sign(&claims("acme")).unwrap()).await,
-        Rejection::UnknownIssuer
+        Rejection::UnknownIssuer {
+            issuer: "http://id.test/realms/acme".into(),
+            expected: vec!["https://kc.test/realms/acme-prod".into()],
+        }
+    );
+    // Nothing is said about the issuers of tenants the token is not for.
+    assert_eq!(
+        rejection(&verifier, &key.sign(&claims("globex")).unwrap()).await,
+        Rejection::UnknownIssuer {
+            issuer: "http://id.test/realms/globex".into(),
+            expected: Vec::new(),
+        }
     );
 }
 
@@ -370,4 +390,189 @@ async fn tenant_groups_come_from_cairn_realms_only_and_never_name_the_own_tenant
     assert!(who.shares(&globex, "flights"));
     assert!(!who.shares(&globex, "passengers"));
     assert_eq!(who.shared.len(), 1, "{:?}", who.shared);
+}
+
+#[tokio::test]
+async fn a_token_of_another_issuer_url_is_told_which_issuer_was_expected() {
+    let f = fixture(Duration::ZERO);
+    // The same realm under another public URL (localhost instead of the
+    // configured host): the usual mistake.
+    let moved = f
+        .key
+        .sign(&AccessClaims {
+            iss: "http://localhost:8080/realms/acme".into(),
+            ..claims("acme")
+        })
+        .unwrap();
+    let refused = rejection(&f.verifier, &moved).await;
+    assert_eq!(
+        refused,
+        Rejection::UnknownIssuer {
+            issuer: "http://localhost:8080/realms/acme".into(),
+            expected: vec![format!("{BASE}/realms/acme")],
+        }
+    );
+    assert_eq!(refused.code(), ErrorCode::IssuerMismatch);
+    assert_eq!(
+        refused.to_string(),
+        "the token's issuer (iss) is http://localhost:8080/realms/acme, but tokens for \
+         its tenant must be issued by http://id.test/realms/acme"
+    );
+    // The tenant claim, when there is one, says which tenant it is for.
+    let claimed = f
+        .key
+        .sign(&AccessClaims {
+            iss: "https://elsewhere.test/".into(),
+            tenant: Some("globex".into()),
+            ..claims("acme")
+        })
+        .unwrap();
+    assert_eq!(
+        rejection(&f.verifier, &claimed).await,
+        Rejection::UnknownIssuer {
+            issuer: "https://elsewhere.test/".into(),
+            expected: vec![format!("{BASE}/realms/globex")],
+        }
+    );
+    // No tenant known: the pattern of the trusted realms.
+    let anonymous = f
+        .key
+        .sign(&AccessClaims {
+            iss: "https://elsewhere.test/".into(),
+            tenant: None,
+            ..claims("acme")
+        })
+        .unwrap();
+    assert_eq!(
+        rejection(&f.verifier, &anonymous).await,
+        Rejection::UnknownIssuer {
+            issuer: "https://elsewhere.test/".into(),
+            expected: vec![format!("{BASE}/realms/<tenant>")],
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_echoed_back_is_short_and_printable() {
+    let f = fixture(Duration::ZERO);
+    let hostile = format!("http://evil.test/\"\\\r\n\u{e9}{}", "a".repeat(500));
+    let t = f
+        .key
+        .sign(&AccessClaims {
+            iss: hostile,
+            tenant: None,
+            ..claims("acme")
+        })
+        .unwrap();
+    let Rejection::UnknownIssuer { issuer, .. } = rejection(&f.verifier, &t).await else {
+        panic!("an unknown issuer");
+    };
+    assert!(issuer.starts_with("http://evil.test/?????aaa"), "{issuer}");
+    assert!(issuer.ends_with("..."), "{issuer}");
+    assert!(issuer.len() <= 203, "{}", issuer.len());
+    assert!(
+        issuer
+            .chars()
+            .all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\')
+    );
+}
+
+#[test]
+fn every_rejection_has_its_code_and_says_no_more_than_why() {
+    let cases = [
+        (Rejection::Missing, ErrorCode::MissingToken),
+        (Rejection::Malformed, ErrorCode::MalformedToken),
+        (
+            Rejection::UnknownIssuer {
+                issuer: "http://a".into(),
+                expected: vec!["http://b/realms/acme".into()],
+            },
+            ErrorCode::IssuerMismatch,
+        ),
+        (Rejection::AlgorithmNotAllowed, ErrorCode::InvalidSignature),
+        (Rejection::UnknownKey, ErrorCode::UnknownKey),
+        (Rejection::BadSignature, ErrorCode::InvalidSignature),
+        (Rejection::Expired, ErrorCode::Expired),
+        (Rejection::NotYetValid, ErrorCode::NotYetValid),
+        (
+            Rejection::WrongAudience {
+                expected: vec!["cairn".into()],
+            },
+            ErrorCode::AudienceMismatch,
+        ),
+        (Rejection::WrongTenant, ErrorCode::TenantMismatch),
+        (Rejection::UnknownTenant, ErrorCode::UnknownTenant),
+        (Rejection::Revoked, ErrorCode::Revoked),
+    ];
+    for (rejection, code) in &cases {
+        assert_eq!(rejection.code(), *code, "{rejection:?}");
+        assert!(!rejection.to_string().is_empty());
+    }
+    // Which part of a signature failed is never told.
+    assert_eq!(
+        Rejection::AlgorithmNotAllowed.to_string(),
+        Rejection::BadSignature.to_string()
+    );
+    assert_eq!(
+        Rejection::WrongAudience {
+            expected: vec!["cairn".into()]
+        }
+        .to_string(),
+        "the token is not meant for this API: its audience (aud) must name cairn"
+    );
+}
+
+/// Answers every request on a local port with `status` and `content_type`
+/// (a JWKS server that does not have the realm asked for, or a stranger).
+async fn answering(status: u16, content_type: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let body = r#"{"code":"not_found"}"#;
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_realm_the_identity_service_does_not_have_is_an_unknown_tenant() {
+    let key = SigningKey::generate(now_secs()).unwrap();
+    let verifier_of = |base: String| {
+        Verifier::new(
+            vec![TrustedIssuer::cairn(
+                base.clone(),
+                Arc::new(RemoteJwks::realms(base.clone(), base)),
+            )],
+            RoleMap::default(),
+        )
+    };
+    let token_of = |base: &str| {
+        key.sign(&AccessClaims {
+            iss: format!("{base}/realms/gone"),
+            ..claims("gone")
+        })
+        .unwrap()
+    };
+    // The identity service answers "no such realm" (a problem 404).
+    let base = answering(404, "application/problem+json").await;
+    let refused = rejection(&verifier_of(base.clone()), &token_of(&base)).await;
+    assert_eq!(refused, Rejection::UnknownTenant);
+    // Anything else that fails is the keys being unavailable (503), not
+    // the token's fault.
+    for (status, content_type) in [(404, "text/html"), (500, "application/problem+json")] {
+        let base = answering(status, content_type).await;
+        match verifier_of(base.clone()).verify(&token_of(&base)).await {
+            Err(AuthError::KeysUnavailable { .. }) => {}
+            other => panic!("{status} {content_type}: {other:?}"),
+        }
+    }
 }

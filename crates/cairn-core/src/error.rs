@@ -47,6 +47,34 @@ pub enum ErrorCode {
     RateLimited,
     /// A dependency did not answer in time (504).
     Timeout,
+    /// The write is committed, but the read model that would show it has
+    /// stopped (a poison event): do not resend the command.
+    ReadModelBehind,
+    /// No bearer access token came with the request (401). This and the
+    /// codes after it, up to `Revoked`, say why an access token was refused
+    /// (all 401); `Unauthenticated` stays for failed logins.
+    MissingToken,
+    /// The bearer token is not a well-formed token (401).
+    MalformedToken,
+    /// The token's signature does not verify, or is of an algorithm the
+    /// issuer is not trusted with (401); which of them is never said.
+    InvalidSignature,
+    /// The token names a signing key its issuer does not publish (401).
+    UnknownKey,
+    /// The token's issuer (`iss`) is not one trusted here (401).
+    IssuerMismatch,
+    /// The token is not meant for this API (`aud`, 401).
+    AudienceMismatch,
+    /// The token's `tenant` claim is not its issuer's tenant (401).
+    TenantMismatch,
+    /// The token's issuer is a realm of a tenant that does not exist (401).
+    UnknownTenant,
+    /// The access token has expired (401).
+    Expired,
+    /// The access token is not valid yet (`nbf`, 401).
+    NotYetValid,
+    /// The access token was revoked (401).
+    Revoked,
 }
 
 impl ErrorCode {
@@ -72,13 +100,25 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::ReadModelBehind => "read_model_behind",
+            ErrorCode::MissingToken => "missing_token",
+            ErrorCode::MalformedToken => "malformed_token",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::UnknownKey => "unknown_key",
+            ErrorCode::IssuerMismatch => "issuer_mismatch",
+            ErrorCode::AudienceMismatch => "audience_mismatch",
+            ErrorCode::TenantMismatch => "tenant_mismatch",
+            ErrorCode::UnknownTenant => "unknown_tenant",
+            ErrorCode::Expired => "expired",
+            ErrorCode::NotYetValid => "not_yet_valid",
+            ErrorCode::Revoked => "revoked",
         }
     }
 }
 
 impl ErrorCode {
     /// Every code, for parsing and documentation.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidInput,
         ErrorCode::WrongExpectedVersion,
         ErrorCode::IdempotencyConflict,
@@ -98,6 +138,18 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::Timeout,
+        ErrorCode::ReadModelBehind,
+        ErrorCode::MissingToken,
+        ErrorCode::MalformedToken,
+        ErrorCode::InvalidSignature,
+        ErrorCode::UnknownKey,
+        ErrorCode::IssuerMismatch,
+        ErrorCode::AudienceMismatch,
+        ErrorCode::TenantMismatch,
+        ErrorCode::UnknownTenant,
+        ErrorCode::Expired,
+        ErrorCode::NotYetValid,
+        ErrorCode::Revoked,
     ];
 
     /// The code with wire name `name`, if there is one (codes cross process

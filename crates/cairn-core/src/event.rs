@@ -71,9 +71,40 @@ pub fn decode_event<E: DomainEvent>(
     upcasters: &Upcasters,
     recorded: &RecordedEvent,
 ) -> Result<E, DecodeError> {
-    let event_type = recorded.event_type.as_str();
-    let (version, data) =
-        upcasters.upcast(event_type, recorded.schema_version, recorded.data.clone())?;
+    decode_payload(
+        upcasters,
+        &recorded.event_type,
+        recorded.schema_version,
+        recorded.data.clone(),
+    )
+}
+
+/// Checks a payload before it is stored, exactly as [`decode_event`] will
+/// read it back: `None` when `event_type` is none of `E`'s types, else
+/// whether the payload decodes.
+pub fn check_payload<E: DomainEvent>(
+    upcasters: &Upcasters,
+    event_type: &str,
+    schema_version: u32,
+    data: &Value,
+) -> Option<Result<(), DecodeError>> {
+    event_types::<E>().contains(&event_type).then(|| {
+        decode_payload::<E>(upcasters, event_type, schema_version, data.clone()).map(|_| ())
+    })
+}
+
+/// The event types `E` declares (its variants' names, as stored).
+pub fn event_types<E: DomainEvent>() -> &'static [&'static str] {
+    variants::of::<E>()
+}
+
+fn decode_payload<E: DomainEvent>(
+    upcasters: &Upcasters,
+    event_type: &str,
+    schema_version: u32,
+    data: Value,
+) -> Result<E, DecodeError> {
+    let (version, data) = upcasters.upcast(event_type, schema_version, data)?;
     let expected = E::schema_version(event_type);
     if version != expected {
         return Err(DecodeError::SchemaVersion {
@@ -91,6 +122,112 @@ pub fn decode_event<E: DomainEvent>(
         event_type: event_type.to_owned(),
         source,
     })
+}
+
+/// Reads an enum's variant names from its `Deserialize` impl: serde hands
+/// them to the deserializer when it reads an adjacently tagged enum's tag
+/// (`deserialize_enum`), and to the error for an unknown one. A probe
+/// deserializer presents `{"type": <tag>}` and keeps the list.
+mod variants {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+
+    pub(super) fn of<E: super::DomainEvent>() -> &'static [&'static str] {
+        match E::deserialize(Tagged { tag_given: false }) {
+            Err(Found(Some(names))) => names,
+            // An enum that reads its tag some other way declares nothing
+            // this can see: no types, so nothing is claimed.
+            Ok(_) | Err(Found(None)) => &[],
+        }
+    }
+
+    /// The probe's error: carries the variant names once seen.
+    #[derive(Debug)]
+    struct Found(Option<&'static [&'static str]>);
+
+    impl fmt::Display for Found {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("variant probe")
+        }
+    }
+
+    impl std::error::Error for Found {}
+
+    impl de::Error for Found {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Found(None)
+        }
+
+        fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+            Found(Some(expected))
+        }
+    }
+
+    /// `{"type": <tag>}`.
+    struct Tagged {
+        tag_given: bool,
+    }
+
+    impl<'de> Deserializer<'de> for Tagged {
+        type Error = Found;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Found> {
+            visitor.visit_map(self)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct enum identifier ignored_any
+        }
+    }
+
+    impl<'de> MapAccess<'de> for Tagged {
+        type Error = Found;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, Found> {
+            if self.tag_given {
+                return Ok(None);
+            }
+            self.tag_given = true;
+            seed.deserialize(de::value::StrDeserializer::new("type"))
+                .map(Some)
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Found> {
+            seed.deserialize(Tag)
+        }
+    }
+
+    /// The tag's value: a name no enum declares.
+    struct Tag;
+
+    impl<'de> Deserializer<'de> for Tag {
+        type Error = Found;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Found> {
+            visitor.visit_str("")
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(Some(variants)))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +315,37 @@ mod tests {
                 seat_capacity: 9
             }
         );
+    }
+
+    #[test]
+    fn an_enum_declares_its_variants_as_event_types() {
+        assert_eq!(
+            event_types::<FlightEvent>(),
+            ["FlightScheduled", "FlightDeparted"]
+        );
+    }
+
+    #[test]
+    fn payloads_are_checked_as_they_will_be_read() {
+        let up = Upcasters::new();
+        let good = json!({"number": "SK1", "seatCapacity": 3});
+        assert!(matches!(
+            check_payload::<FlightEvent>(&up, "FlightScheduled", 2, &good),
+            Some(Ok(()))
+        ));
+        let missing = json!({"number": "SK1"});
+        let err = check_payload::<FlightEvent>(&up, "FlightScheduled", 2, &missing)
+            .expect("a type of the enum")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `seatCapacity`"),
+            "{err}"
+        );
+        assert!(matches!(
+            check_payload::<FlightEvent>(&up, "FlightScheduled", 1, &good),
+            Some(Err(DecodeError::SchemaVersion { .. }))
+        ));
+        assert!(check_payload::<FlightEvent>(&up, "SomethingElse", 1, &good).is_none());
     }
 
     #[test]

@@ -22,6 +22,6 @@ pub use envelope::{
     RecordedEvent, validate_event_type,
 };
 pub use error::{ErrorCode, ValidationError};
-pub use event::{DecodeError, DomainEvent, decode_event, encode_event};
+pub use event::{DecodeError, DomainEvent, check_payload, decode_event, encode_event, event_types};
 pub use ids::{Category, EventId, MAX_STREAM_ID_BYTES, MAX_TENANT_ID_BYTES, StreamId, TenantId};
 pub use upcast::{UpcastError, Upcasters};

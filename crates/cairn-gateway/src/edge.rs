@@ -1,10 +1,10 @@
 //! Tokens at the edge: with a [`Verifier`], a request for a path outside
 //! the public prefixes needs a valid bearer token before anything is
-//! forwarded. The answers are the services' own (`cairn-http`'s bearer
-//! layer): 401 `unauthenticated` with `WWW-Authenticate: Bearer
-//! realm="cairn"` when there is no token, the same with
-//! `error="invalid_token"` for a refused one (the reason goes to the log,
-//! never to the caller), 503 `unavailable` when an issuer's keys cannot be
+//! forwarded. The answers are the services' own (`cairn-http`'s
+//! [`unauthenticated`]): 401 `missing_token` with `WWW-Authenticate: Bearer
+//! realm="cairn"` when there is no token, 401 with the reason's code
+//! (`issuer_mismatch`, `expired`, `revoked`, …) and `error="invalid_token"`
+//! for a refused one, 503 `unavailable` when an issuer's keys cannot be
 //! fetched.
 //!
 //! The check is only a first wall. The token travels on untouched and each
@@ -30,10 +30,10 @@ pub(crate) async fn check_token(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), Response> {
-    let token = bearer_token(headers).map_err(|r| unauthenticated(r, method, path))?;
+    let token = bearer_token(headers).map_err(|r| unauthenticated(&r, method, path))?;
     match verifier.verify(token).await {
         Ok(_) => Ok(()),
-        Err(AuthError::Rejected(r)) => Err(unauthenticated(r, method, path)),
+        Err(AuthError::Rejected(r)) => Err(unauthenticated(&r, method, path)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot validate an access token");
             Err(ApiError::new(

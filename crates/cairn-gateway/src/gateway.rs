@@ -2,13 +2,16 @@
 //! [`router`](Gateway::router) is served like any Cairn service
 //! ([`cairn_http::serve`]).
 //!
-//! Each request goes through, in order: the gateway's own endpoints
-//! (`/health/live`, `/health/ready`, `/metrics`), a refusal of paths with
-//! `.` or `..` segments (400), the token check at the edge unless the path
-//! is public (401), the route (404 when none matches), the body limit (413
-//! at once for a declared length, or when a streamed body passes it), and
-//! the upstream call (502 when it fails, 504 when no response head arrives
-//! within the upstream timeout).
+//! Each request goes through, in order: CORS (when origins are allowed:
+//! every `OPTIONS` is a preflight answered here, never forwarded), the
+//! gateway's own endpoints (`/health/live`, `/health/ready`, `/metrics`,
+//! `/openapi.json`), a refusal of paths with `.` or `..` segments (400),
+//! the token check at the edge unless the path is public (401), the
+//! projections API the gateway composes (`/api/projections`), the route
+//! (404 when none matches), the body limit (413 at once for a declared
+//! length, or when a streamed body passes it), and the upstream call (502
+//! when it fails, 504 when no response head arrives within the upstream
+//! timeout).
 
 use std::{
     net::SocketAddr,
@@ -22,11 +25,12 @@ use axum::{
     extract::{ConnectInfo, Request},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header},
     response::{IntoResponse, Response},
+    routing::get,
 };
 use cairn_auth::Verifier;
 use cairn_core::{ErrorCode, EventId, Metadata};
 use cairn_http::{
-    ApiError, CORRELATION_ID_HEADER, Health, HttpMetricsLayer, UNMATCHED_ROUTE,
+    ApiError, CORRELATION_ID_HEADER, CorsOptions, Health, HttpMetricsLayer, UNMATCHED_ROUTE,
     method_not_allowed_fallback, metrics_router, trace_layer,
 };
 use cairn_telemetry::{Metrics, names};
@@ -39,6 +43,8 @@ use hyper_util::{
 use crate::{
     edge,
     forward::{self, body_too_large, describe},
+    openapi::OpenApiCache,
+    projections::{PROJECTIONS_PREFIX, is_projections_path},
     route::{Route, RouteError, RouteTable, Target, Upstream, is_dot_segment, prefix_matches},
 };
 
@@ -75,11 +81,13 @@ pub struct GatewayOptions {
     pub public_prefixes: Vec<String>,
     /// When set, `GET /metrics` serves this handle's scrape.
     pub metrics: Option<Metrics>,
+    /// Cross-origin requests, answered at the edge (off by default).
+    pub cors: CorsOptions,
 }
 
 impl GatewayOptions {
     /// `routes` with the defaults: 30 s upstream timeout, 16 MiB bodies, no
-    /// token check, [`PUBLIC_PREFIXES`], no `/metrics`.
+    /// token check, [`PUBLIC_PREFIXES`], no `/metrics`, no CORS.
     pub fn new(routes: Vec<Route>) -> Self {
         Self {
             routes,
@@ -88,6 +96,7 @@ impl GatewayOptions {
             verifier: None,
             public_prefixes: PUBLIC_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
             metrics: None,
+            cors: CorsOptions::default(),
         }
     }
 }
@@ -99,20 +108,22 @@ pub struct Gateway {
     inner: Arc<Inner>,
     health: Health,
     metrics: Option<Metrics>,
+    cors: CorsOptions,
 }
 
-type HttpClient = Client<HttpConnector, Body>;
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     /// As configured, for display.
     routes: Vec<Route>,
-    table: RouteTable,
-    client: HttpClient,
-    upstream_timeout: Duration,
+    pub(crate) table: RouteTable,
+    pub(crate) client: HttpClient,
+    pub(crate) upstream_timeout: Duration,
     body_limit: usize,
     verifier: Option<Verifier>,
     public_prefixes: Vec<String>,
+    openapi: OpenApiCache,
 }
 
 impl Gateway {
@@ -145,9 +156,11 @@ impl Gateway {
                 body_limit: options.body_limit_bytes,
                 verifier: options.verifier,
                 public_prefixes,
+                openapi: OpenApiCache::default(),
             }),
             health,
             metrics: options.metrics,
+            cors: options.cors,
         })
     }
 
@@ -170,13 +183,28 @@ impl Gateway {
             own = own.merge(metrics_router(metrics.clone()));
         }
         let inner = self.inner.clone();
-        own.route_layer(HttpMetricsLayer)
+        own = own.route(
+            "/openapi.json",
+            get(move || {
+                let inner = inner.clone();
+                async move { inner.openapi.serve(&inner.table, &inner.client).await }
+            }),
+        );
+        let inner = self.inner.clone();
+        let router = own
+            .route_layer(HttpMetricsLayer)
             .method_not_allowed_fallback(method_not_allowed_fallback)
             .fallback(move |req: Request| {
                 let inner = inner.clone();
                 async move { inner.proxy(req).await }
-            })
-            .layer(trace_layer())
+            });
+        // Outside the token check and the proxy: a preflight carries no
+        // token, and it is the gateway's to answer, not an upstream's.
+        let router = match self.cors.layer() {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
+        router.layer(trace_layer())
     }
 }
 
@@ -220,7 +248,11 @@ impl Inner {
         let started = Instant::now();
         let method = method_label(req.method());
         let target = self.table.find(req.uri().path());
-        let route = target.map_or(UNMATCHED_ROUTE, |t| t.route.prefix.as_str());
+        let route = if is_projections_path(req.uri().path()) {
+            PROJECTIONS_PREFIX
+        } else {
+            target.map_or(UNMATCHED_ROUTE, |t| t.route.prefix.as_str())
+        };
         let correlation_id = correlation_id(req.headers());
         if let Ok(id) = correlation_id.to_str() {
             tracing::Span::current().record("correlation_id", id);
@@ -251,6 +283,9 @@ impl Inner {
         {
             return refused;
         }
+        if is_projections_path(path) {
+            return self.projections(req, correlation_id).await;
+        }
         let Some(target) = target else {
             return ApiError::not_found("no route of the gateway serves this path").into_response();
         };
@@ -277,8 +312,23 @@ impl Inner {
         req: Request,
         correlation_id: &HeaderValue,
     ) -> Response {
-        let upstream = target.next_upstream();
-        let prefix = &target.route.prefix;
+        self.forward_to(
+            target.next_upstream(),
+            &target.route.prefix,
+            req,
+            correlation_id,
+        )
+        .await
+    }
+
+    /// Proxies `req` to `upstream`; `prefix` names the route in problems.
+    pub(crate) async fn forward_to(
+        &self,
+        upstream: &Upstream,
+        prefix: &str,
+        req: Request,
+        correlation_id: &HeaderValue,
+    ) -> Response {
         let (parts, body) = req.into_parts();
         let caller = parts
             .extensions

@@ -23,22 +23,40 @@
 //! - serves its own `/health/live`, `/health/ready` (ready when each route
 //!   has an upstream whose `/health/live` answers within 2 s, checked on
 //!   request) and `/metrics` (the services' RED metrics, labelled by route
-//!   prefix).
+//!   prefix);
+//! - serves its own `/openapi.json`: the upstreams' documents merged, each
+//!   cut to the paths the gateway routes to it, kept for
+//!   [`OPENAPI_CACHE`] (503 `unavailable` when no upstream gives one);
+//! - serves its own `/api/projections` ([`PROJECTIONS_PREFIX`]), composed
+//!   from the upstreams' projections APIs: the list is every upstream's,
+//!   concatenated, and `/api/projections/{name}/…` goes to the upstream
+//!   that owns `{name}` (404 when none does); behind a token like any API
+//!   path;
+//! - answers CORS at the edge when given origins
+//!   ([`cairn_http::CorsOptions`], as the services apply it): every
+//!   `OPTIONS` is a preflight answered by the gateway, before the token
+//!   check and never forwarded, and proxied answers get the CORS headers.
 //!
 //! What it does not do yet: balancing other than round robin, active or
 //! passive health checks that take upstreams out of turn, retries, circuit
-//! breaking, rate limits, CORS, compression, host or method routing and
+//! breaking, rate limits, compression, host or method routing and
 //! rewrites, TLS to upstreams, hot reload of routes, WebSocket upgrades and
 //! the realtime (RES) protocol.
 //!
 //! Architecture invariant: the gateway never answers for an upstream. A
 //! response either comes from the upstream (status, headers minus
-//! hop-by-hop, body as it streams) or is a problem the gateway made about
-//! its own part: no route, no token, too large, unreachable, too slow.
+//! hop-by-hop, body as it streams; plus CORS headers when configured) or
+//! is a problem the gateway made about its own part: no route, no token,
+//! too large, unreachable, too slow. Its own endpoints compose what
+//! upstreams answered (a merged document, a concatenated list, an
+//! upstream's refusal passed on) and never invent an upstream's answer.
 
+mod compose;
 mod edge;
 mod forward;
 mod gateway;
+mod openapi;
+mod projections;
 mod route;
 
 pub use forward::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
@@ -46,5 +64,7 @@ pub use gateway::{
     DEFAULT_BODY_LIMIT_BYTES, DEFAULT_UPSTREAM_TIMEOUT, Gateway, GatewayOptions, PUBLIC_PREFIXES,
     READY_TIMEOUT,
 };
+pub use openapi::OPENAPI_CACHE;
+pub use projections::PROJECTIONS_PREFIX;
 pub use route::{Route, RouteError};
 pub use url::Url;

@@ -245,6 +245,18 @@ impl RouteTable {
     pub(crate) fn targets(&self) -> &[Target] {
         &self.targets
     }
+
+    /// Every upstream once, however many routes it serves, in matching
+    /// order.
+    pub(crate) fn distinct_upstreams(&self) -> Vec<&Upstream> {
+        let mut distinct: Vec<&Upstream> = Vec::new();
+        for upstream in self.targets.iter().flat_map(|t| &t.upstreams) {
+            if distinct.iter().all(|u| u.origin != upstream.origin) {
+                distinct.push(upstream);
+            }
+        }
+        distinct
+    }
 }
 
 impl Target {
@@ -373,5 +385,21 @@ mod tests {
             ]
         );
         assert_eq!(target.upstreams[0].host, "a:1");
+    }
+
+    #[test]
+    fn an_upstream_of_several_routes_counts_once() {
+        let table = RouteTable::new(&[
+            route("/realms=http://id:8084"),
+            route("/api/admin=http://id:8084/"),
+            route("/api/flights=http://f1,http://f2"),
+        ])
+        .unwrap();
+        let origins: Vec<&str> = table
+            .distinct_upstreams()
+            .iter()
+            .map(|u| u.origin.as_str())
+            .collect();
+        assert_eq!(origins, ["http://f1", "http://f2", "http://id:8084"]);
     }
 }

@@ -573,7 +573,7 @@ async fn without_a_valid_token_nothing_reaches_an_upstream() {
         .await
         .unwrap();
     assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="cairn""#);
-    problem(r, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    problem(r, StatusCode::UNAUTHORIZED, "missing_token").await;
     let token = issuer.token("demo");
     let (unsigned, _) = token.rsplit_once('.').unwrap();
     for bad in [
@@ -592,9 +592,10 @@ async fn without_a_valid_token_nothing_reaches_an_upstream() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
         if bad.starts_with("Bearer ") {
-            assert_eq!(
-                r.headers()["www-authenticate"],
-                r#"Bearer realm="cairn", error="invalid_token""#
+            let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+            assert!(
+                challenge.starts_with(r#"Bearer realm="cairn", error="invalid_token", "#),
+                "{challenge}"
             );
         }
     }
@@ -648,10 +649,14 @@ async fn public_paths_need_no_token() {
         .await
         .unwrap();
     assert_eq!(body(r).await["upstream"], "identity");
-    assert_eq!(
-        body(get("/openapi.json").await.unwrap()).await["upstream"],
-        "root"
-    );
+    // The gateway's own document, without a token (this root upstream
+    // has none to give).
+    problem(
+        get("/openapi.json").await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
     assert_eq!(get("/health/live").await.unwrap().status(), StatusCode::OK);
     // Public on a segment boundary only.
     assert_eq!(
@@ -672,7 +677,11 @@ async fn public_paths_need_no_token() {
         .await;
         assert_eq!(status, 400, "{path}: {head}");
     }
-    assert_eq!(root.hits(), 1, "only /openapi.json reached the root route");
+    assert_eq!(
+        root.hits(),
+        1,
+        "only the gateway's own ask for /openapi.json reached the root route"
+    );
 }
 
 #[tokio::test]
@@ -758,4 +767,615 @@ async fn health_and_metrics_are_the_gateways_own() {
     assert!(text.contains(r#"route="/health/ready""#), "{text}");
     assert!(!text.contains("secret-id"), "{text}");
     assert!(!text.contains("/unrouted"), "{text}");
+}
+
+/// A service as the gateway sees one: its own OpenAPI document (paths under
+/// its prefixes, one path the gateway does not route, and the projections
+/// API) and the projections admin API over the projections it runs, with
+/// opaque tokens (`Bearer admin` may, `Bearer viewer` is 403, anything
+/// else 401).
+#[derive(Clone)]
+struct Service {
+    name: &'static str,
+    base: String,
+    prefixes: Vec<&'static str>,
+    projections: Vec<&'static str>,
+    /// Requests under `/api/projections` that reached it.
+    hits: Arc<AtomicUsize>,
+    /// `GET /openapi.json` asked of it.
+    documents: Arc<AtomicUsize>,
+    /// Headers of the last request under `/api/projections`.
+    last_headers: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+impl Service {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn documents(&self) -> usize {
+        self.documents.load(Ordering::SeqCst)
+    }
+
+    fn last_header(&self, name: &str) -> Option<String> {
+        self.last_headers.lock().unwrap().get(name).cloned()
+    }
+}
+
+async fn service(
+    name: &'static str,
+    prefixes: &[&'static str],
+    projections: &[&'static str],
+) -> Service {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc = Service {
+        name,
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        prefixes: prefixes.to_vec(),
+        projections: projections.to_vec(),
+        hits: Arc::default(),
+        documents: Arc::default(),
+        last_headers: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/health/live", get(|| async { "live" }))
+        .route("/openapi.json", get(document))
+        .route("/api/projections", get(projection_list))
+        .route("/api/projections/{name}", get(projection_status))
+        .route(
+            "/api/projections/{name}/{*rest}",
+            axum::routing::any(projection_action),
+        )
+        .with_state(svc.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    svc
+}
+
+async fn document(State(svc): State<Service>) -> Json<Value> {
+    svc.documents.fetch_add(1, Ordering::SeqCst);
+    let mut paths = serde_json::Map::new();
+    let op = |what: &str| json!({"get": {"responses": {"200": {"description": what}}}});
+    for prefix in &svc.prefixes {
+        paths.insert((*prefix).to_owned(), op(svc.name));
+        paths.insert(format!("{prefix}/{{id}}"), op(svc.name));
+    }
+    paths.insert("/internal/debug".into(), op("not routed"));
+    paths.insert("/health/live".into(), op("the service's own"));
+    paths.insert("/api/projections".into(), op("projections"));
+    paths.insert("/api/projections/{name}".into(), op("one projection"));
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": svc.name, "version": "1"},
+        "paths": paths,
+        "components": {"schemas": {format!("{}Thing", svc.name): {"type": "object"}}},
+    }))
+}
+
+/// The admin API's token rule, on the contract's terms.
+fn refused(svc: &Service, headers: &axum::http::HeaderMap) -> Option<Response> {
+    svc.hits.fetch_add(1, Ordering::SeqCst);
+    let mut seen = BTreeMap::new();
+    for (name, value) in headers {
+        seen.insert(name.to_string(), value.to_str().unwrap_or("?").to_owned());
+    }
+    *svc.last_headers.lock().unwrap() = seen;
+    let problem = |status: u16, code: &str| {
+        (
+            axum::http::StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/problem+json")],
+            json!({"status": status, "code": code, "from": svc.name}).to_string(),
+        )
+            .into_response()
+    };
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some("Bearer admin") => None,
+        Some("Bearer viewer") => Some(problem(403, "forbidden")),
+        _ => {
+            let mut r = problem(401, "unauthenticated");
+            r.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static(r#"Bearer realm="cairn""#),
+            );
+            Some(r)
+        }
+    }
+}
+
+fn unknown_projection(svc: &Service) -> Response {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        [("content-type", "application/problem+json")],
+        json!({"status": 404, "code": "not_found", "from": svc.name}).to_string(),
+    )
+        .into_response()
+}
+
+async fn projection_list(State(svc): State<Service>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(refusal) = refused(&svc, &headers) {
+        return refusal;
+    }
+    if svc.projections.is_empty() {
+        // A service without projections mounts no admin API.
+        return unknown_projection(&svc);
+    }
+    let list: Vec<Value> = svc
+        .projections
+        .iter()
+        .map(|p| json!({"name": p, "state": "running", "reportedBy": svc.name}))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn projection_status(
+    State(svc): State<Service>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(refusal) = refused(&svc, &headers) {
+        return refusal;
+    }
+    if !svc.projections.contains(&name.as_str()) {
+        return unknown_projection(&svc);
+    }
+    Json(json!({"name": name, "state": "failed", "reportedBy": svc.name})).into_response()
+}
+
+async fn projection_action(
+    State(svc): State<Service>,
+    axum::extract::Path((name, rest)): axum::extract::Path<(String, String)>,
+    req: Request,
+) -> Response {
+    if let Some(refusal) = refused(&svc, req.headers()) {
+        return refusal;
+    }
+    if !svc.projections.contains(&name.as_str()) {
+        return unknown_projection(&svc);
+    }
+    let method = req.method().to_string();
+    let target = req.uri().to_string();
+    let body = axum::body::to_bytes(req.into_body(), 1024).await.unwrap();
+    let status = if rest == "rebuild" {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({
+            "upstream": svc.name,
+            "method": method,
+            "target": target,
+            "body": String::from_utf8_lossy(&body),
+        })),
+    )
+        .into_response()
+}
+
+fn svc_route(prefix: &str, services: &[&Service]) -> Route {
+    Route::new(
+        prefix,
+        services.iter().map(|s| s.base.parse().unwrap()).collect(),
+    )
+    .unwrap()
+}
+
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn the_gateway_serves_one_document_merged_from_its_routes() {
+    let flights = service("flights", &["/api/flights"], &["flights"]).await;
+    // One upstream behind two routes (as the identity service is): asked once.
+    let shared = service("shared", &["/api/passengers", "/api/audit"], &[]).await;
+    let not_openapi = upstream("plain").await;
+    let gw = serve(GatewayOptions::new(vec![
+        // A dead upstream first: the next one of the route is asked.
+        Route::new(
+            "/api/flights",
+            vec![
+                closed_port().parse().unwrap(),
+                flights.base.parse().unwrap(),
+            ],
+        )
+        .unwrap(),
+        svc_route("/api/passengers", &[&shared]),
+        svc_route("/api/audit", &[&shared]),
+        // Answers JSON that is no OpenAPI document: left out.
+        route("/api/other", &[&not_openapi]),
+    ]))
+    .await;
+    let client = Client::new();
+    let r = client
+        .get(format!("{gw}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc = body(r).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for routed in [
+        "/api/flights",
+        "/api/flights/{id}",
+        "/api/passengers",
+        "/api/passengers/{id}",
+        "/api/audit",
+        "/api/audit/{id}",
+        "/api/projections",
+        "/api/projections/{name}",
+        "/health/live",
+        "/health/ready",
+    ] {
+        assert!(paths.contains(&routed), "{routed} missing: {paths:?}");
+    }
+    assert!(
+        !paths.contains(&"/internal/debug"),
+        "a path the gateway does not route is not advertised: {paths:?}"
+    );
+    assert_eq!(
+        doc["paths"]["/health/live"]["get"]["responses"]["200"]["description"]
+            .as_str()
+            .map(|d| d != "the service's own"),
+        Some(true),
+        "health is the gateway's own: {}",
+        doc["paths"]["/health/live"]
+    );
+    assert_eq!(
+        doc["paths"]["/api/flights"]["get"]["responses"]["200"]["description"],
+        "flights"
+    );
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in ["flightsThing", "sharedThing", "Problem"] {
+        assert!(schemas.contains_key(schema), "{schema}: {schemas:?}");
+    }
+    assert_eq!(
+        shared.documents(),
+        1,
+        "an upstream of two routes is asked once"
+    );
+    assert_eq!(flights.documents(), 1);
+
+    // Kept for a while: a burst of requests asks the upstreams once.
+    for _ in 0..5 {
+        let r = client
+            .get(format!("{gw}/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!((flights.documents(), shared.documents()), (1, 1));
+}
+
+#[tokio::test]
+async fn without_any_upstream_document_openapi_is_503() {
+    let plain = upstream("plain").await;
+    let gw = serve(GatewayOptions::new(vec![
+        Route::new("/api/flights", vec![closed_port().parse().unwrap()]).unwrap(),
+        route("/api/other", &[&plain]),
+    ]))
+    .await;
+    let r = Client::new()
+        .get(format!("{gw}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
+
+#[tokio::test]
+async fn the_projections_list_is_every_services_list() {
+    let flights = service("flights", &["/api/flights"], &["flights"]).await;
+    let replica = service("flights-2", &["/api/flights"], &["flights"]).await;
+    let passengers = service("passengers", &["/api/passengers"], &["passengers"]).await;
+    let audit = service("audit", &["/api/audit"], &[]).await;
+    let gw = serve(GatewayOptions::new(vec![
+        svc_route("/api/flights", &[&flights, &replica]),
+        svc_route("/api/passengers", &[&passengers]),
+        svc_route("/api/audit", &[&audit]),
+    ]))
+    .await;
+    let client = Client::new();
+    let list = |token: &'static str| {
+        client
+            .get(format!("{gw}/api/projections"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-correlation-id", "list-1")
+            .send()
+    };
+
+    let r = list("admin").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-correlation-id"], "list-1");
+    let items = body(r).await;
+    let mut names: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["flights", "passengers"],
+        "replicas listed once: {items}"
+    );
+    for svc in [&flights, &replica, &passengers, &audit] {
+        assert_eq!(svc.hits(), 1, "{} asked once", svc.name);
+        assert_eq!(
+            svc.last_header("authorization").as_deref(),
+            Some("Bearer admin")
+        );
+        assert_eq!(
+            svc.last_header("x-correlation-id").as_deref(),
+            Some("list-1")
+        );
+    }
+
+    // No upstream answers 200: its refusal is passed through as it came.
+    let r = list("viewer").await.unwrap();
+    let refusal = problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+    assert!(refusal["from"].is_string(), "the upstream's own: {refusal}");
+    let r = client
+        .get(format!("{gw}/api/projections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="cairn""#);
+    problem(r, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+
+    // The list is read-only.
+    let r = client
+        .post(format!("{gw}/api/projections"))
+        .header("authorization", "Bearer admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["allow"], "GET");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn an_unreachable_or_empty_backend_for_projections() {
+    let audit = service("audit", &["/api/audit"], &[]).await;
+    // Only services without projections: an empty list, not an error.
+    let gw = serve(GatewayOptions::new(vec![svc_route(
+        "/api/audit",
+        &[&audit],
+    )]))
+    .await;
+    let client = Client::new();
+    let r = client
+        .get(format!("{gw}/api/projections"))
+        .header("authorization", "Bearer admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, json!([]));
+    let r = client
+        .get(format!("{gw}/api/projections/flights"))
+        .header("authorization", "Bearer admin")
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::NOT_FOUND, "not_found").await;
+
+    // Nobody reachable: the gateway's own 502, not an empty list.
+    let gw = serve(GatewayOptions::new(vec![
+        Route::new("/api/flights", vec![closed_port().parse().unwrap()]).unwrap(),
+    ]))
+    .await;
+    for path in ["/api/projections", "/api/projections/flights/retry"] {
+        let r = client
+            .post(format!("{gw}{path}"))
+            .header("authorization", "Bearer admin")
+            .send()
+            .await
+            .unwrap();
+        if path == "/api/projections" {
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+            continue;
+        }
+        problem(r, StatusCode::BAD_GATEWAY, "unavailable").await;
+    }
+    let r = client
+        .get(format!("{gw}/api/projections"))
+        .header("authorization", "Bearer admin")
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::BAD_GATEWAY, "unavailable").await;
+}
+
+#[tokio::test]
+async fn a_projections_requests_go_to_the_service_that_owns_it() {
+    let flights = service("flights", &["/api/flights"], &["flights"]).await;
+    let passengers = service("passengers", &["/api/passengers"], &["passengers"]).await;
+    let gw = serve(GatewayOptions::new(vec![
+        svc_route("/api/flights", &[&flights]),
+        svc_route("/api/passengers", &[&passengers]),
+    ]))
+    .await;
+    let client = Client::new();
+    let admin = "Bearer admin";
+
+    let r = client
+        .get(format!("{gw}/api/projections/passengers"))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["reportedBy"], "passengers");
+
+    let r = client
+        .post(format!("{gw}/api/projections/passengers/skip"))
+        .header("authorization", admin)
+        .header("x-correlation-id", "skip-1")
+        .json(&json!({"position": 42}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = body(r).await;
+    assert_eq!(seen["upstream"], "passengers");
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body"], r#"{"position":42}"#);
+    assert_eq!(
+        passengers.last_header("x-correlation-id").as_deref(),
+        Some("skip-1")
+    );
+
+    let r = client
+        .post(format!("{gw}/api/projections/flights/rebuild"))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "the owner's status, unchanged"
+    );
+    assert_eq!(body(r).await["upstream"], "flights");
+
+    let r = client
+        .get(format!(
+            "{gw}/api/projections/flights/dead-letters?after=3&limit=2"
+        ))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    let seen = body(r).await;
+    assert_eq!(seen["upstream"], "flights");
+    assert_eq!(
+        seen["target"],
+        "/api/projections/flights/dead-letters?after=3&limit=2"
+    );
+
+    // Unknown everywhere: 404, and nothing was done anywhere.
+    let before = flights.hits() + passengers.hits();
+    let r = client
+        .post(format!("{gw}/api/projections/nope/retry"))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, StatusCode::NOT_FOUND, "not_found").await;
+    assert!(p["detail"].as_str().unwrap().contains("nope"), "{p}");
+    assert_eq!(
+        flights.hits() + passengers.hits(),
+        before + 2,
+        "only the two status lookups"
+    );
+
+    // A caller the owner refuses gets the owner's refusal.
+    let r = client
+        .post(format!("{gw}/api/projections/flights/retry"))
+        .header("authorization", "Bearer viewer")
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_preflights_answered_at_the_edge() {
+    let issuer = Issuer::new();
+    let up = upstream("api").await;
+    let flights = service("flights", &["/api/flights"], &["flights"]).await;
+    let console = "https://console.example";
+    let mut options = GatewayOptions::new(vec![
+        route("/api/passengers", &[&up]),
+        svc_route("/api/flights", &[&flights]),
+    ]);
+    options.verifier = Some(issuer.verifier());
+    options.cors = cairn_http::CorsOptions::new([console], true).unwrap();
+    let gw = serve(options).await;
+    let client = Client::new();
+
+    // The composed projections need a token like any API path.
+    let r = client
+        .get(format!("{gw}/api/projections"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNAUTHORIZED, "missing_token").await;
+    assert_eq!(flights.hits(), 0, "refused at the edge");
+    // The document does not.
+    let r = client
+        .get(format!("{gw}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Preflights: answered here on any path, without a token, never
+    // forwarded; only the allowed origin is allowed.
+    let before = up.hits();
+    for path in ["/api/passengers/7", "/api/projections", "/nowhere"] {
+        let r = client
+            .request(reqwest::Method::OPTIONS, format!("{gw}{path}"))
+            .header("origin", console)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, if-match")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["access-control-allow-origin"], console);
+        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+        let refused = client
+            .request(reqwest::Method::OPTIONS, format!("{gw}{path}"))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !refused
+                .headers()
+                .contains_key("access-control-allow-origin"),
+            "{path}"
+        );
+    }
+    assert_eq!(up.hits(), before, "no preflight was forwarded");
+
+    // An actual request: the upstream's answer, with the edge's CORS headers.
+    let r = client
+        .get(format!("{gw}/api/passengers/7"))
+        .header("origin", console)
+        .bearer_auth(issuer.token("demo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["access-control-allow-origin"], console);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["location", "etag", "x-cairn-position", "x-correlation-id"] {
+        assert!(exposed.contains(h), "{h}: {exposed}");
+    }
+    assert_eq!(body(r).await["upstream"], "api");
+    // Refused at the edge, a page can still read why.
+    let r = client
+        .get(format!("{gw}/api/passengers/7"))
+        .header("origin", console)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["access-control-allow-origin"], console);
 }

@@ -3,10 +3,16 @@
 //! caller's [`RequestContext`] (tenant, subject, permissions, correlation
 //! id, trace context) into the request, where [`crate::Context`] finds it.
 //!
-//! - No token: 401 `unauthenticated`, `WWW-Authenticate: Bearer`.
-//! - A refused token, whatever the reason: the same 401 with
-//!   `error="invalid_token"`; the reason goes to the log (at `info`,
-//!   without the token), never to the caller.
+//! - No token: 401 `missing_token`, `WWW-Authenticate: Bearer
+//!   realm="cairn"`.
+//! - A refused token: 401 with a code saying why (`malformed_token`,
+//!   `invalid_signature`, `unknown_key`, `issuer_mismatch`,
+//!   `audience_mismatch`, `tenant_mismatch`, `unknown_tenant`, `expired`,
+//!   `not_yet_valid`, `revoked`), the same sentence as `detail` and as the
+//!   challenge's `error_description`, next to `error="invalid_token"`
+//!   (RFC 6750). It never carries the token, which part of a signature
+//!   failed, or anything about users; the reason also goes to the log (at
+//!   `info`, without the token).
 //! - An issuer whose keys cannot be fetched: 503 `unavailable`.
 //! - `X-Cairn-Tenant` naming another tenant: allowed only for reads (GET,
 //!   HEAD), and only to a token with [`permissions::CROSS_TENANT_READ`]
@@ -190,7 +196,7 @@ async fn authenticate(
     options: &AuthOptions,
     req: &Parts,
 ) -> Result<(RequestContext, Principal), Response> {
-    let refuse = |r| unauthenticated(r, &req.method, req.uri.path());
+    let refuse = |r| unauthenticated(&r, &req.method, req.uri.path());
     let token = bearer_token(&req.headers).map_err(refuse)?;
     let principal = match options.verifier.verify(token).await {
         Ok(p) => p,
@@ -273,30 +279,32 @@ async fn authenticate(
     Ok((ctx, principal))
 }
 
-/// The bearer token of a request's headers: [`Rejection::Missing`] without
-/// an `Authorization` header, [`Rejection::Malformed`] for another scheme.
+/// The bearer token of a request's headers: [`Rejection::Missing`] when
+/// there is none (no `Authorization` header, one of another scheme, or one
+/// that is not text, or `Bearer` alone).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Rejection> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(Rejection::Missing)?
         .to_str()
-        .map_err(|_| Rejection::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Rejection::Malformed);
+        .map_err(|_| Rejection::Missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Rejection::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(Rejection::Missing);
     }
-    Ok(token.trim())
+    Ok(token)
 }
 
-/// The one answer to a refused token (401 with a `WWW-Authenticate`
-/// challenge), whatever the reason; the reason goes to the log (at
-/// `info`, with the method and path, never the token).
-pub fn unauthenticated(reason: Rejection, method: &Method, path: &str) -> Response {
-    let (detail, challenge) = if reason == Rejection::Missing {
-        (
-            "an access token is required (Authorization: Bearer …)",
-            r#"Bearer realm="cairn""#,
-        )
+/// The one answer to a refused token: 401 with the rejection's code, its
+/// sentence as `detail`, and a `WWW-Authenticate` challenge that carries
+/// the same sentence as `error_description` (no `error` when there was no
+/// token at all, as RFC 6750 asks). The reason goes to the log (at `info`,
+/// with the method and path, never the token).
+pub fn unauthenticated(reason: &Rejection, method: &Method, path: &str) -> Response {
+    let detail = reason.to_string();
+    let challenge = if *reason == Rejection::Missing {
+        HeaderValue::from_static(r#"Bearer realm="cairn""#)
     } else {
         tracing::info!(
             reason = reason.as_str(),
@@ -304,15 +312,26 @@ pub fn unauthenticated(reason: Rejection, method: &Method, path: &str) -> Respon
             path,
             "access token refused"
         );
-        (
-            "the access token is not valid",
-            r#"Bearer realm="cairn", error="invalid_token""#,
-        )
+        HeaderValue::from_str(&format!(
+            r#"Bearer realm="cairn", error="invalid_token", error_description="{}""#,
+            quoted_string_safe(&detail)
+        ))
+        .unwrap_or_else(|_| {
+            HeaderValue::from_static(r#"Bearer realm="cairn", error="invalid_token""#)
+        })
     };
-    ApiError::new(ErrorCode::Unauthenticated, detail)
-        .with_header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        )
+    ApiError::new(reason.code(), detail)
+        .with_header(header::WWW_AUTHENTICATE, challenge)
         .into_response()
+}
+
+/// `text` with only the characters RFC 6750 allows in `error_description`
+/// (printable ASCII but `"` and `\`); others become `?`.
+fn quoted_string_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
 }

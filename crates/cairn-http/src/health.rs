@@ -8,7 +8,13 @@
 //! by [`Health::with_timeout`] (default 2 s), and answers 200
 //! `{"status":"ready","checks":{"store":{"status":"up"}}}` when all pass, or
 //! 503 `{"status":"unready","checks":{"store":{"status":"down","error":"…"}}}`
-//! naming what failed. After [`Health::set_draining`] (shutdown begun) it
+//! naming what failed. A check can also report the process **degraded**:
+//! it still serves, but a part of it needs an operator (a projection stopped
+//! at a poison event, say). Then it answers 200
+//! `{"status":"degraded","checks":{"projection:flights":{"status":"degraded","error":"…"}}}`:
+//! 200 because taking the process out of a load balancer, or restarting
+//! it, would not help, while the body names what needs attention. After
+//! [`Health::set_draining`] (shutdown begun) it
 //! answers 503 `{"status":"draining"}` so load balancers stop sending new
 //! requests while in-flight ones finish. The error text of a check is sent
 //! as is: checks must not put secrets in it.
@@ -34,8 +40,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-type CheckFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// A check's verdict: `Ok(None)` up, `Ok(Some(why))` degraded, `Err(why)`
+/// down.
+type Verdict = Result<Option<String>, String>;
+
+type CheckFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync>;
 
 /// The registered readiness checks. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -67,9 +76,9 @@ impl Default for Health {
 /// The status of one readiness check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckReport {
-    /// `up` or `down`.
+    /// `up`, `degraded` or `down`.
     pub status: String,
-    /// Why it is down.
+    /// Why it is down or degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -77,7 +86,7 @@ pub struct CheckReport {
 /// The body of `/health/live` and `/health/ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthReport {
-    /// `live`, `ready`, `unready` or `draining`.
+    /// `live`, `ready`, `degraded`, `unready` or `draining`.
     pub status: String,
     /// Each readiness check by name (absent for `live` and `draining`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,10 +113,50 @@ impl Health {
     {
         let check: CheckFn = Arc::new(move || {
             let fut = check();
-            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+            Box::pin(async move { fut.await.map(|()| None).map_err(|e| e.to_string()) })
         });
         Arc::make_mut(&mut self.checks).push((name.into(), check));
         self
+    }
+
+    /// Adds a check that can only degrade readiness, never fail it: the
+    /// future resolves to `Some(why)` when the part named `name` needs an
+    /// operator. The text is sent as is: it must not carry secrets.
+    pub fn with_degradation_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        let check: CheckFn = Arc::new(move || {
+            let fut = check();
+            Box::pin(async move { Ok(fut.await) })
+        });
+        Arc::make_mut(&mut self.checks).push((name.into(), check));
+        self
+    }
+
+    /// Adds one degradation check per projection, named
+    /// `projection:<name>`: degraded while the projection is failed (the
+    /// poison event's position and type, and the error), up otherwise.
+    pub fn with_projections(self, projections: &cairn_projection::Projections) -> Self {
+        projections.names().into_iter().fold(self, |health, name| {
+            let projections = projections.clone();
+            health.with_degradation_check(format!("projection:{name}"), move || {
+                let projections = projections.clone();
+                async move {
+                    let status = projections.status_of(name).await.ok()?;
+                    let failure = status.failure?;
+                    Some(if failure.event_type.is_empty() {
+                        format!("failed: {}", failure.error)
+                    } else {
+                        format!(
+                            "failed at position {} ({}): {}",
+                            failure.position, failure.event_type, failure.error
+                        )
+                    })
+                }
+            })
+        })
     }
 
     /// Adds a check that runs `SELECT 1` on `pool`.
@@ -162,13 +211,18 @@ impl Health {
         });
         let results = futures_util::future::join_all(runs).await;
         let ready = results.iter().all(|(_, r)| r.is_ok());
+        let degraded = results.iter().any(|(_, r)| matches!(r, Ok(Some(_))));
         let checks = results
             .into_iter()
             .map(|(name, result)| {
                 let report = match result {
-                    Ok(()) => CheckReport {
+                    Ok(None) => CheckReport {
                         status: "up".into(),
                         error: None,
+                    },
+                    Ok(Some(why)) => CheckReport {
+                        status: "degraded".into(),
+                        error: Some(why),
                     },
                     Err(error) => CheckReport {
                         status: "down".into(),
@@ -178,7 +232,11 @@ impl Health {
                 (name, report)
             })
             .collect();
-        let status = if ready { "ready" } else { "unready" };
+        let status = match (ready, degraded) {
+            (false, _) => "unready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        };
         (
             ready,
             HealthReport {
@@ -213,13 +271,14 @@ pub(crate) async fn live() -> Json<HealthReport> {
     })
 }
 
-/// Readiness: 200 when every check passes, 503 naming those that failed.
+/// Readiness: 200 when every check passes (`degraded`, naming the parts
+/// that need an operator, when some do), 503 naming those that failed.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "health",
     responses(
-        (status = 200, description = "Every readiness check passed", body = HealthReport),
+        (status = 200, description = "Every readiness check passed (status `ready`), or the process serves while a part of it needs an operator (status `degraded`)", body = HealthReport),
         (status = 503, description = "A check failed, or the process is shutting down", body = HealthReport)
     )
 )]
@@ -261,6 +320,37 @@ mod tests {
         assert_eq!(checks["ok"].status, "up");
         assert_eq!(checks["broken"].error.as_deref(), Some("disk full"));
         assert_eq!(checks["stuck"].status, "down");
+    }
+
+    #[tokio::test]
+    async fn a_degraded_part_is_named_but_the_process_stays_ready() {
+        let health = Health::new()
+            .with_check("db", || async { Ok::<_, String>(()) })
+            .with_degradation_check("projection:flights", || async {
+                Some("failed at position 7 (FlightRescheduled): missing field".to_owned())
+            })
+            .with_degradation_check("projection:audit", || async { None });
+        let (ready, report) = health.readiness().await;
+        assert!(ready, "a degraded process still takes traffic");
+        assert_eq!(report.status, "degraded");
+        let checks = report.checks.unwrap();
+        assert_eq!(checks["projection:flights"].status, "degraded");
+        assert!(
+            checks["projection:flights"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("position 7")
+        );
+        assert_eq!(checks["projection:audit"].status, "up");
+
+        // Down wins over degraded.
+        let health = Health::new()
+            .with_check("db", || async { Err("gone") })
+            .with_degradation_check("p", || async { Some("failed".to_owned()) });
+        let (ready, report) = health.readiness().await;
+        assert!(!ready);
+        assert_eq!(report.status, "unready");
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@
 //!   one OpenAPI 3.1 document at `/openapi.json`.
 //! - [`app`], [`serve`], [`shutdown_signal`], [`BodyLimitLayer`],
 //!   [`trace_layer`]: the standard stack and graceful serving.
+//! - [`CorsOptions`]: cross-origin requests, one policy per deployment,
+//!   preflights answered before tokens and routes.
 //!
 //! Architecture invariant: an error leaves a Cairn service only as a
 //! problem document with a stable `code`, and a 5xx body never carries the
@@ -26,6 +28,7 @@
 
 mod auth;
 mod context;
+mod cors;
 mod etag;
 mod extract;
 mod health;
@@ -34,6 +37,7 @@ mod idempotency;
 mod openapi;
 mod position;
 mod problem;
+mod projections_admin;
 mod server;
 
 pub use auth::{
@@ -44,6 +48,7 @@ pub use context::{
     CORRELATION_ID_HEADER, Context, RequestContextLayer, RequestContextService, TENANT_HEADER,
     TRACEPARENT_HEADER, TenantHeaderOptions, context_from_headers, tenant_from_header,
 };
+pub use cors::{CorsError, CorsOptions, DEFAULT_CORS_MAX_AGE, MAX_CORS_MAX_AGE};
 pub use etag::{ETag, IfMatch};
 pub use extract::{
     ApiJson, ApiPath, ApiQuery, decode_json, decode_query, method_not_allowed_fallback,
@@ -57,12 +62,19 @@ pub use idempotency::{
     is_replayable,
 };
 pub use openapi::{
-    CairnHttpApi, ProblemResponses, openapi_document, openapi_router, problem_response,
+    CairnHttpApi, CommittedResponses, IdempotencyKey, ProblemResponses, QueryProblems,
+    openapi_document, openapi_router, problem_response,
 };
-pub use position::{MinPosition, POSITION_HEADER, Position, wait_for_position};
+pub use position::{
+    Committed, MinPosition, POSITION_HEADER, Position, unwritten_position, wait_for_position,
+};
 pub use problem::{
     ApiError, FieldError, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, Problem, RequestRejected,
     status_for, title_for,
+};
+pub use projections_admin::{
+    DeadLetterPage, DeadLetterParams, MAX_DEAD_LETTERS_PAGE, ProjectionsOpenApi, REDACTED,
+    SkipRequest, projections_router,
 };
 pub use server::{
     BodyLimit, BodyLimitLayer, CairnTraceLayer, DEFAULT_BODY_LIMIT_BYTES, HttpOptions, RequestSpan,

@@ -6,16 +6,26 @@
 //! The waiting belongs to the service (it knows which projection serves the
 //! query); [`wait_for_position`] does it for a projection that publishes its
 //! checkpoint on a `tokio::sync::watch` channel.
+//!
+//! A command's response is honest about its read model ([`Committed`]):
+//! when the write committed but the read model did not show it within the
+//! wait, the answer is `202 Accepted` with `Location`, `X-Cairn-Position`
+//! and the command's result, and when that read model has stopped at a
+//! poison event it is the `read_model_behind` problem (also 202, with
+//! `committed: true`). Neither invites a resend, which without an
+//! `Idempotency-Key` would write the command twice.
 
 use std::time::Duration;
 
 use axum::{
+    Json,
     extract::FromRequestParts,
-    http::{HeaderName, HeaderValue, request::Parts},
-    response::{IntoResponseParts, ResponseParts},
+    http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, IntoResponseParts, Response, ResponseParts},
 };
 use cairn_core::ErrorCode;
-use serde::Deserialize;
+use cairn_projection::CatchUp;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{extract::decode_query, problem::ApiError};
@@ -34,6 +44,70 @@ impl IntoResponseParts for Position {
         res.headers_mut()
             .insert(POSITION_HEADER, HeaderValue::from(self.0));
         Ok(res)
+    }
+}
+
+/// A committed write whose read model did not show it in time: what the
+/// command's response says instead of the resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Committed {
+    /// The aggregate the command wrote (the resource's id).
+    pub id: String,
+    /// Its version after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The global position of the write: read with `?minPosition=` to see it.
+    pub position: u64,
+    /// Where the resource is read.
+    pub location: String,
+    /// `pending` (the read model is on its way) or `failed` (it stopped).
+    pub read_model: String,
+}
+
+impl Committed {
+    /// The response for a write at `position` whose read model `projection`
+    /// stands at `catch_up` after the wait: `None` when it reached the
+    /// write (answer with the resource as usual); 202 with this body when it
+    /// is behind; the `read_model_behind` problem (202) when it failed.
+    pub fn response(
+        mut self,
+        projection: &str,
+        catch_up: CatchUp,
+    ) -> Option<Result<Response, crate::ApiError>> {
+        let location = HeaderValue::try_from(self.location.as_str()).ok();
+        let position = self.position;
+        match catch_up {
+            CatchUp::Reached => None,
+            CatchUp::Behind => {
+                self.read_model = "pending".into();
+                let mut response =
+                    (StatusCode::ACCEPTED, Position(position), Json(self)).into_response();
+                if let Some(location) = location {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                Some(Ok(response))
+            }
+            CatchUp::Failed => {
+                let mut problem = crate::ApiError::new(
+                    ErrorCode::ReadModelBehind,
+                    format!(
+                        "the write is committed at position {position}; the {projection} read model \
+                         has stopped before it and does not show it yet (an operator can see why \
+                         at /api/projections/{projection}); do not send the command again"
+                    ),
+                )
+                .with_extension("committed", true)
+                .with_extension("position", position)
+                .with_extension("id", self.id)
+                .with_extension("projection", projection.to_owned())
+                .with_header(POSITION_HEADER, HeaderValue::from(position));
+                if let Some(location) = location {
+                    problem = problem.with_header(header::LOCATION, location);
+                }
+                Some(Err(problem))
+            }
+        }
     }
 }
 
@@ -100,6 +174,20 @@ pub async fn wait_for_position(
     reached.ok_or_else(|| *checkpoint.borrow())
 }
 
+/// The answer to `?minPosition=P` when no event has been written at `P`
+/// (see `Projections::written`): 422 `validation_failed` at once, since no
+/// wait would see it. A position a client holds comes from a committed
+/// write, so this is a client's mistake, not a slow read model.
+pub fn unwritten_position(min: u64) -> ApiError {
+    ApiError::validation(
+        format!("minPosition: no event has been written at position {min}"),
+        vec![crate::FieldError::new(
+            "minPosition",
+            "no event has been written at this position; use a command's X-Cairn-Position",
+        )],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +229,54 @@ mod tests {
             Err(3)
         );
         assert!(MinPosition(None).wait(&rx, Duration::ZERO).await.is_ok());
+    }
+
+    fn committed() -> Committed {
+        Committed {
+            id: "f-1".into(),
+            version: Some(3),
+            position: 42,
+            location: "/api/flights/f-1".into(),
+            read_model: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_its_read_model_does_not_show_yet_is_accepted_not_failed() {
+        assert!(committed().response("flights", CatchUp::Reached).is_none());
+
+        let response = committed()
+            .response("flights", CatchUp::Behind)
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(response.headers()[header::LOCATION], "/api/flights/f-1");
+        assert_eq!(response.headers()[POSITION_HEADER], "42");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"id": "f-1", "version": 3, "position": 42,
+                "location": "/api/flights/f-1", "readModel": "pending"})
+        );
+
+        let problem = committed()
+            .response("flights", CatchUp::Failed)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(problem.status, StatusCode::ACCEPTED);
+        assert_eq!(problem.code, ErrorCode::ReadModelBehind);
+        assert_eq!(problem.extensions["committed"], true);
+        assert_eq!(problem.extensions["position"], 42);
+        assert_eq!(problem.extensions["projection"], "flights");
+        assert!(problem.detail.contains("do not send the command again"));
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(response.headers()[header::LOCATION], "/api/flights/f-1");
+        assert_eq!(response.headers()[POSITION_HEADER], "42");
     }
 
     #[test]

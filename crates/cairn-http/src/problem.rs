@@ -42,7 +42,9 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// `stream_deleted` is 404, not 410: to a client a deleted aggregate is a
 /// resource that does not exist (reads of it already answer 404 from the read
 /// model), 410 is not among the product's statuses, and the `code` still tells
-/// the two apart for a client that cares. Unknown future codes are 500.
+/// the two apart for a client that cares. `read_model_behind` is 202: the
+/// write it reports is committed, so nothing about it invites a resend.
+/// Unknown future codes are 500.
 pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidInput | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
@@ -56,11 +58,23 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthenticated
+        | ErrorCode::MissingToken
+        | ErrorCode::MalformedToken
+        | ErrorCode::InvalidSignature
+        | ErrorCode::UnknownKey
+        | ErrorCode::IssuerMismatch
+        | ErrorCode::AudienceMismatch
+        | ErrorCode::TenantMismatch
+        | ErrorCode::UnknownTenant
+        | ErrorCode::Expired
+        | ErrorCode::NotYetValid
+        | ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::ReadModelBehind => StatusCode::ACCEPTED,
         ErrorCode::Internal | ErrorCode::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -82,10 +96,22 @@ pub fn title_for(code: ErrorCode) -> &'static str {
         ErrorCode::PayloadTooLarge => "Payload too large",
         ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
         ErrorCode::Unauthenticated => "Unauthenticated",
+        ErrorCode::MissingToken => "Access token missing",
+        ErrorCode::MalformedToken => "Malformed access token",
+        ErrorCode::InvalidSignature => "Invalid token signature",
+        ErrorCode::UnknownKey => "Unknown signing key",
+        ErrorCode::IssuerMismatch => "Token issuer not trusted",
+        ErrorCode::AudienceMismatch => "Token audience not accepted",
+        ErrorCode::TenantMismatch => "Token tenant mismatch",
+        ErrorCode::UnknownTenant => "Unknown tenant",
+        ErrorCode::Expired => "Access token expired",
+        ErrorCode::NotYetValid => "Access token not yet valid",
+        ErrorCode::Revoked => "Access token revoked",
         ErrorCode::Forbidden => "Forbidden",
         ErrorCode::RateLimited => "Rate limited",
         ErrorCode::Unavailable => "Service unavailable",
         ErrorCode::Timeout => "Timeout",
+        ErrorCode::ReadModelBehind => "Committed; the read model is behind",
         ErrorCode::Corrupt => "Corrupt data",
         _ => "Internal error",
     }
@@ -363,34 +389,15 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 19] = [
-        ErrorCode::InvalidInput,
-        ErrorCode::WrongExpectedVersion,
-        ErrorCode::IdempotencyConflict,
-        ErrorCode::StreamDeleted,
-        ErrorCode::NotFound,
-        ErrorCode::Corrupt,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-        ErrorCode::MalformedRequest,
-        ErrorCode::ValidationFailed,
-        ErrorCode::RuleViolation,
-        ErrorCode::ConcurrencyConflict,
-        ErrorCode::PreconditionFailed,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::IdempotencyKeyReused,
-        ErrorCode::Unauthenticated,
-        ErrorCode::Forbidden,
-        ErrorCode::RateLimited,
-        ErrorCode::Timeout,
-    ];
+    const ALL: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
 
     #[test]
     fn every_code_has_its_documented_status() {
         let expected = [
             400, 409, 409, 404, 404, 500, 503, 500, 400, 422, 409, 409, 412, 413, 422, 401, 403,
-            429, 504,
+            429, 504, 202, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401,
         ];
+        assert_eq!(ALL.len(), expected.len(), "every code has its status here");
         for (code, status) in ALL.iter().zip(expected) {
             assert_eq!(status_for(*code).as_u16(), status, "{code}");
         }

@@ -2,10 +2,11 @@
 //! the request body limit, request tracing, graceful serving and the
 //! SIGINT/SIGTERM shutdown signal.
 //!
-//! Layer order of [`app`], outermost first: tracing span, RED metrics, body
-//! limit, then for the API routes only: request context (tenant),
-//! idempotency keys. The public routes (health, OpenAPI, `/metrics`) need no
-//! tenant. The 404/405 fallbacks are set last, on the merged router.
+//! Layer order of [`app`], outermost first: tracing span, RED metrics, CORS
+//! (when origins are allowed), body limit, then for the API routes only:
+//! request context (tenant), idempotency keys. The public routes (health,
+//! OpenAPI, `/metrics`) need no tenant. The 404/405 fallbacks are set last,
+//! on the merged router.
 
 use std::{
     convert::Infallible,
@@ -57,6 +58,10 @@ pub struct HttpOptions {
     /// ([`crate::bearer_auth`]) and the tenant is the token's; the
     /// `tenant` options then no longer choose it.
     pub auth: Option<crate::AuthOptions>,
+    /// Cross-origin requests: off by default (no allowed origin, no CORS
+    /// header); with origins, preflights on every path are answered
+    /// before anything else sees them.
+    pub cors: crate::CorsOptions,
 }
 
 impl Default for HttpOptions {
@@ -66,6 +71,7 @@ impl Default for HttpOptions {
             tenant: TenantHeaderOptions::default(),
             metrics: None,
             auth: None,
+            cors: crate::CorsOptions::default(),
         }
     }
 }
@@ -94,10 +100,16 @@ pub fn app(
         Some(metrics) => public.merge(metrics_router(metrics.clone())),
         None => public,
     };
-    with_problem_fallbacks(api.merge(public))
-        .layer(BodyLimitLayer::new(options.body_limit_bytes))
-        .layer(HttpMetricsLayer)
-        .layer(trace_layer())
+    let router = with_problem_fallbacks(api.merge(public))
+        .layer(BodyLimitLayer::new(options.body_limit_bytes));
+    // Outside tokens and the 405 fallback, so a preflight (which carries no
+    // token) is answered on every path; inside metrics and tracing, so it
+    // is counted and logged like any request.
+    let router = match options.cors.layer() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(HttpMetricsLayer).layer(trace_layer())
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops

@@ -92,6 +92,15 @@ pub enum ReadModelError {
     /// The projections were shut down; nothing more can be started.
     #[error("projections are shut down")]
     ShutDown,
+
+    /// A skip named an event the projection is not stopped at.
+    #[error("projection {projection:?} is not stopped at an event at position {position}")]
+    NotFailedAt {
+        /// The projection.
+        projection: String,
+        /// The position the caller named.
+        position: u64,
+    },
 }
 
 impl ReadModelError {
@@ -100,6 +109,7 @@ impl ReadModelError {
         match self {
             ReadModelError::Invalid { .. } => ErrorCode::InvalidInput,
             ReadModelError::UnknownProjection(_) => ErrorCode::NotFound,
+            ReadModelError::NotFailedAt { .. } => ErrorCode::RuleViolation,
             ReadModelError::Schema { .. } => ErrorCode::Internal,
             ReadModelError::Database(_) | ReadModelError::ShutDown => ErrorCode::Unavailable,
         }

@@ -11,8 +11,11 @@
 //! lag ([`ProjectionStatus`]), and can stop, retry and rebuild a projection.
 //!
 //! A poison event stops only its projection, visibly (status `failed` with
-//! the event and the error, persisted across restarts); it is never skipped
-//! and never takes the process down.
+//! the event and the error, persisted across restarts), and never takes the
+//! process down. It is passed over only where someone decided so: the
+//! projection's [`PoisonPolicy`] is `park` (the event goes to the
+//! projection's dead letters and the runner goes on), or an operator skipped
+//! it ([`Projections::skip`], recorded with who and when).
 //!
 //! Architecture invariant: a projection's checkpoint moves only in the
 //! transaction that applies the events up to it.
@@ -20,6 +23,7 @@
 
 mod checkpoint;
 mod db;
+mod dead_letters;
 mod error;
 mod projection;
 mod projections;
@@ -27,7 +31,8 @@ mod runner;
 mod status;
 
 pub use db::{DbKind, ReadDb, ReadDbOptions, protect_tenant_tables};
+pub use dead_letters::{DeadLetterReason, PoisonPolicy, ProjectionDeadLetter};
 pub use error::{ProjectionError, ReadModelError};
 pub use projection::Projection;
-pub use projections::{ProjectionOptions, Projections};
+pub use projections::{CatchUp, ProjectionOptions, Projections};
 pub use status::{ProjectionFailure, ProjectionState, ProjectionStatus};

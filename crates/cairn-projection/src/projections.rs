@@ -6,11 +6,12 @@
 //! transaction: creates its checkpoint row if missing, runs its schema, and
 //! when the row is new or the projection's version changed, resets the model
 //! first and starts from zero. A projection whose stored row records a
-//! failure starts failed: it waits for [`Projections::restart`] instead of
-//! skipping the event.
+//! failure starts failed: it waits for [`Projections::restart`],
+//! [`Projections::skip`] or [`Projections::rebuild`] instead of passing
+//! over the event on its own.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +25,9 @@ use sqlx::Executor;
 use tokio::sync::{Mutex, watch};
 
 use crate::{
-    Projection, ProjectionState, ProjectionStatus, ReadDb, ReadModelError, checkpoint,
+    PoisonPolicy, Projection, ProjectionDeadLetter, ProjectionState, ProjectionStatus, ReadDb,
+    ReadModelError, checkpoint,
+    dead_letters::{self, DeadLetterReason},
     runner::{self, Progress, Running, Slot},
 };
 
@@ -40,6 +43,21 @@ pub struct ProjectionOptions {
     pub retry_min: Duration,
     /// Longest delay between retries. Default 5 s.
     pub retry_max: Duration,
+    /// What each projection does at a poison event, by name; a projection
+    /// not named here stops ([`PoisonPolicy::Stop`]).
+    pub policies: BTreeMap<String, PoisonPolicy>,
+}
+
+impl ProjectionOptions {
+    /// Sets projection `name`'s policy at a poison event.
+    pub fn with_policy(mut self, name: impl Into<String>, policy: PoisonPolicy) -> Self {
+        self.policies.insert(name.into(), policy);
+        self
+    }
+
+    fn policy_of(&self, name: &str) -> PoisonPolicy {
+        self.policies.get(name).copied().unwrap_or_default()
+    }
 }
 
 impl Default for ProjectionOptions {
@@ -49,8 +67,22 @@ impl Default for ProjectionOptions {
             poll_interval: Duration::from_millis(500),
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
+            policies: BTreeMap::new(),
         }
     }
+}
+
+/// Where a projection stands after [`Projections::catch_up`] waited for a
+/// position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// It has handled the position.
+    Reached,
+    /// Not yet: still on its way (or stopped by an operator or a shutdown).
+    Behind,
+    /// It stopped at a poison event before the position and will not get
+    /// there without an operator.
+    Failed,
 }
 
 /// The projections of a process. Clones are cheap and share the runners;
@@ -106,6 +138,16 @@ impl Projections {
             return Err(ReadModelError::invalid("batch_size", "must be at least 1"));
         }
         let projections: Vec<Arc<dyn Projection>> = projections.into_iter().collect();
+        if let Some(unknown) = options
+            .policies
+            .keys()
+            .find(|name| !projections.iter().any(|p| p.name() == name.as_str()))
+        {
+            return Err(ReadModelError::invalid(
+                "projection policy",
+                format!("no projection named {unknown:?}"),
+            ));
+        }
         let mut names = HashSet::new();
         for p in &projections {
             let name = p.name();
@@ -123,6 +165,7 @@ impl Projections {
             }
         }
         db.pool().execute(checkpoint::TABLE_DDL).await?;
+        db.pool().execute(dead_letters::TABLE_DDL).await?;
 
         let mut slots = Vec::with_capacity(projections.len());
         for projection in projections {
@@ -134,6 +177,7 @@ impl Projections {
             };
             slots.push(Arc::new(Slot {
                 name: projection.name(),
+                policy: options.policy_of(projection.name()),
                 filter: projection.filter(),
                 projection,
                 progress: watch::Sender::new(Progress {
@@ -193,6 +237,47 @@ impl Projections {
         wait_slot(slot, position, timeout).await
     }
 
+    /// Waits as [`wait_for`](Self::wait_for) does, and says why it stopped
+    /// waiting: the projection reached `position`, is still behind it after
+    /// `timeout` (or is stopped, or unknown), or has failed short of it.
+    pub async fn catch_up(&self, name: &str, position: u64, timeout: Duration) -> CatchUp {
+        let Some(slot) = self.slot(name) else {
+            return CatchUp::Behind;
+        };
+        if wait_slot(slot, position, timeout).await {
+            return CatchUp::Reached;
+        }
+        let progress = slot.progress.borrow();
+        if progress.position >= position {
+            CatchUp::Reached
+        } else if progress.state == ProjectionState::Failed {
+            CatchUp::Failed
+        } else {
+            CatchUp::Behind
+        }
+    }
+
+    /// Whether an event has been written at `position`, in any tenant. A
+    /// position past the store's head is one no write has reached, so a
+    /// read waiting for it could only time out. Cheap when the head this
+    /// handle knows is there already; otherwise the store is asked, since
+    /// another process may have written it.
+    pub async fn written(&self, position: u64) -> Result<bool, cairn_store::StoreError> {
+        if position <= *self.inner.store.head().borrow() {
+            return Ok(true);
+        }
+        // Positions are SQL BIGINTs in every backend: none lies past i64::MAX.
+        if i64::try_from(position).is_err() {
+            return Ok(false);
+        }
+        let next = self
+            .inner
+            .store
+            .read_all(position - 1, &cairn_store::AllFilter::all_tenants(), 1)
+            .await?;
+        Ok(!next.is_empty())
+    }
+
     /// Waits until every projection has reached `position`, for at most
     /// `timeout` in all; false as soon as one cannot get there.
     pub async fn wait_for_all(&self, position: u64, timeout: Duration) -> bool {
@@ -238,6 +323,10 @@ impl Projections {
                 .set(flag(status.state == ProjectionState::Running));
             metrics::gauge!("cairn_projection_failed", "projection" => projection)
                 .set(flag(status.state == ProjectionState::Failed));
+            metrics::gauge!("cairn_projection_parked", "projection" => projection)
+                .set(status.parked as f64);
+            metrics::gauge!("cairn_projection_skipped", "projection" => projection)
+                .set(status.skipped as f64);
         }
     }
 
@@ -296,6 +385,73 @@ impl Projections {
         tracing::info!(projection = slot.name, "projection rebuilding from zero");
         *control = Some(self.spawn(slot));
         Ok(())
+    }
+
+    /// Passes over the event projection `name` stopped at, which must be
+    /// at `position` (so an operator skips exactly the event they looked
+    /// at), and runs the projection on from there. The event is recorded in
+    /// the projection's dead letters as skipped by `actor`, in the same
+    /// transaction that forgets the failure.
+    ///
+    /// Refused with [`ReadModelError::NotFailedAt`] when the projection is
+    /// not failed at an event at `position`.
+    pub async fn skip(&self, name: &str, position: u64, actor: &str) -> Result<(), ReadModelError> {
+        let slot = self.slot_or_err(name)?;
+        self.check_running()?;
+        let mut control = slot.control.lock().await;
+        let failure = {
+            let progress = slot.progress.borrow();
+            match (&progress.state, &progress.failure) {
+                (ProjectionState::Failed, Some(f))
+                    if f.position == position && !f.event_id.is_empty() =>
+                {
+                    f.clone()
+                }
+                _ => {
+                    return Err(ReadModelError::NotFailedAt {
+                        projection: name.to_owned(),
+                        position,
+                    });
+                }
+            }
+        };
+        if let Some(running) = control.take() {
+            running.stop().await;
+        }
+        let mut tx = self.inner.db.begin().await?;
+        dead_letters::record(
+            &mut tx,
+            name,
+            &failure,
+            DeadLetterReason::Skipped,
+            Some(actor),
+        )
+        .await?;
+        checkpoint::clear_failure(&mut tx, name).await?;
+        tx.commit().await?;
+        tracing::warn!(
+            projection = slot.name,
+            position,
+            event_id = %failure.event_id,
+            event_type = %failure.event_type,
+            actor,
+            "event skipped by an operator"
+        );
+        *control = Some(self.spawn(slot));
+        Ok(())
+    }
+
+    /// The events projection `name` passed over (parked or skipped) beyond
+    /// position `after`, oldest first, at most `limit`.
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ProjectionDeadLetter>, ReadModelError> {
+        self.slot_or_err(name)?;
+        let mut conn = self.inner.db.pool().acquire().await?;
+        Ok(dead_letters::list(&mut conn, name, after, limit).await?)
     }
 
     /// Stops every runner after its current transaction commits (progress
@@ -366,6 +522,14 @@ impl Projections {
                 }
             }
         };
+        let counts = match self.inner.db.pool().acquire().await {
+            Ok(mut conn) => dead_letters::counts(&mut conn, slot.name).await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            tracing::debug!(projection = slot.name, error = %e, "dead-letter counts unknown");
+            dead_letters::Counts::default()
+        });
         ProjectionStatus {
             name: slot.name.to_owned(),
             state: progress.state,
@@ -376,6 +540,9 @@ impl Projections {
             lag_seconds,
             failure: progress.failure,
             retrying: progress.retrying,
+            policy: slot.policy,
+            parked: counts.parked,
+            skipped: counts.skipped,
         }
     }
 }

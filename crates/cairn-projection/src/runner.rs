@@ -10,7 +10,11 @@
 //!   to move, or the poll interval to pass;
 //! - a poison event (an `apply` error that is not transient, or a panic in
 //!   `apply`) rolls its batch back, stops this projection only, and is
-//!   recorded in the checkpoint row so a restart does not skip it;
+//!   recorded in the checkpoint row so a restart does not skip it; under
+//!   the `park` policy it is instead recorded in the projection's dead
+//!   letters (committed first) and the batch is applied again without it;
+//! - the events in the projection's dead letters beyond its checkpoint
+//!   (parked, or skipped by an operator) are passed over;
 //! - store and database outages are retried with backoff and shown in the
 //!   status as `retrying`, never mistaken for poison;
 //! - a stop request waits for the transaction in flight to commit.
@@ -24,7 +28,7 @@
 //! same as the store's catch-up subscription (head read before the page,
 //! wait on the head watch or the poll interval when caught up).
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use cairn_core::RecordedEvent;
 use cairn_store::{AllFilter, EventStore};
@@ -33,7 +37,9 @@ use futures_util::FutureExt;
 use tokio::sync::{Mutex, watch};
 
 use crate::{
-    Projection, ProjectionFailure, ProjectionOptions, ProjectionState, ReadDb, checkpoint,
+    PoisonPolicy, Projection, ProjectionFailure, ProjectionOptions, ProjectionState, ReadDb,
+    checkpoint,
+    dead_letters::{self, DeadLetterReason},
 };
 
 /// What callers see of a runner, through a watch.
@@ -52,6 +58,7 @@ pub(crate) struct Progress {
 pub(crate) struct Slot {
     pub(crate) projection: Arc<dyn Projection>,
     pub(crate) name: &'static str,
+    pub(crate) policy: PoisonPolicy,
     pub(crate) filter: AllFilter,
     pub(crate) progress: watch::Sender<Progress>,
     /// Serializes stop / restart / rebuild of this projection.
@@ -104,6 +111,7 @@ pub(crate) fn spawn(
         stop: stop_rx,
         checkpoint: 0,
         after: 0,
+        passed_over: BTreeSet::new(),
     };
     let task = tokio::spawn(runner.run());
     Running { stop, task }
@@ -120,6 +128,8 @@ struct Runner {
     checkpoint: u64,
     /// Everything up to here has been looked at.
     after: u64,
+    /// Positions beyond the checkpoint in the projection's dead letters.
+    passed_over: BTreeSet<u64>,
 }
 
 /// How a batch ended.
@@ -239,6 +249,76 @@ impl Runner {
         }
     }
 
+    /// Loads the dead letters beyond the checkpoint, retrying while the
+    /// database is away; false when asked to stop first.
+    async fn load_passed_over(&mut self) -> bool {
+        loop {
+            let loaded = async {
+                let mut conn = self.db.pool().acquire().await?;
+                dead_letters::positions_after(&mut conn, self.slot.name, self.checkpoint).await
+            }
+            .await;
+            match loaded {
+                Ok(positions) => {
+                    self.clear_retrying();
+                    self.passed_over = positions.into_iter().collect();
+                    return true;
+                }
+                Err(e) => {
+                    self.set_retrying("reading the dead letters failed", e.to_string());
+                    let delay = self.backoff.next();
+                    if !self.pause(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the event of `failure` in the dead letters as parked and
+    /// passes over it from now on; retries while the database is away.
+    /// False when asked to stop first.
+    async fn park(&mut self, failure: &ProjectionFailure) -> bool {
+        loop {
+            let recorded = async {
+                let mut conn = self.db.pool().acquire().await?;
+                dead_letters::record(
+                    &mut conn,
+                    self.slot.name,
+                    failure,
+                    DeadLetterReason::Parked,
+                    None,
+                )
+                .await
+            }
+            .await;
+            match recorded {
+                Ok(()) => {
+                    tracing::warn!(
+                        projection = self.slot.name,
+                        position = failure.position,
+                        event_id = %failure.event_id,
+                        event_type = %failure.event_type,
+                        stream = %failure.stream,
+                        tenant = %failure.tenant,
+                        error = %failure.error,
+                        "poison event parked in the projection's dead letters"
+                    );
+                    self.clear_retrying();
+                    self.passed_over.insert(failure.position);
+                    return true;
+                }
+                Err(e) => {
+                    self.set_retrying("parking a poison event failed", e.to_string());
+                    let delay = self.backoff.next();
+                    if !self.pause(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes the stored checkpoint as the starting point; false when the
     /// projection is recorded as failed (and is now marked so).
     fn adopt(&mut self, stored: checkpoint::Stored) -> bool {
@@ -261,6 +341,10 @@ impl Runner {
             return;
         };
         if !self.adopt(stored) {
+            return;
+        }
+        if !self.load_passed_over().await {
+            self.stopped();
             return;
         }
         let head_now = *self.store.head().borrow();
@@ -309,6 +393,10 @@ impl Runner {
             if short {
                 reached = reached.max(head_before);
             }
+            let mut page = page;
+            if !self.passed_over.is_empty() {
+                page.retain(|e| !self.passed_over.contains(&e.position));
+            }
             if !page.is_empty() {
                 match self.apply_batch(&page, reached).await {
                     Batch::Applied => {}
@@ -322,6 +410,20 @@ impl Runner {
                         };
                         if !self.adopt(stored) {
                             return;
+                        }
+                        if !self.load_passed_over().await {
+                            break;
+                        }
+                        continue;
+                    }
+                    Batch::Poisoned(failure)
+                        if self.slot.policy == PoisonPolicy::Park
+                            && !failure.event_id.is_empty() =>
+                    {
+                        // Read the same page again; it now passes over
+                        // the parked event.
+                        if !self.park(&failure).await {
+                            break;
                         }
                         continue;
                     }
@@ -397,6 +499,9 @@ impl Runner {
             match self.attempt(page, to).await {
                 Ok(true) => {
                     self.checkpoint = to;
+                    if self.passed_over.first().is_some_and(|p| *p <= to) {
+                        self.passed_over = self.passed_over.split_off(&(to + 1));
+                    }
                     self.clear_retrying();
                     return Batch::Applied;
                 }

@@ -5,8 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::PoisonPolicy;
+
 /// Whether a projection is consuming events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProjectionState {
     /// Following `$all` (including while it retries a transient failure).
@@ -21,7 +23,7 @@ pub enum ProjectionState {
 /// process still reports it and does not move past the event. The event
 /// fields are empty for the rare failure that is not an event's (the runner
 /// itself crashed, or the checkpoint row was deleted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectionFailure {
     /// Global position of the failing event.
@@ -41,7 +43,7 @@ pub struct ProjectionFailure {
 }
 
 /// One projection's status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectionStatus {
     /// The projection's name.
@@ -66,4 +68,10 @@ pub struct ProjectionStatus {
     /// The last transient error (store or read database unreachable) while it
     /// is being retried; cleared by the next success.
     pub retrying: Option<String>,
+    /// What it does at a poison event: stop there, or park it and go on.
+    pub policy: PoisonPolicy,
+    /// Events parked by the policy (see its dead letters).
+    pub parked: u64,
+    /// Events an operator skipped.
+    pub skipped: u64,
 }

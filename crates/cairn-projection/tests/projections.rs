@@ -12,8 +12,8 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use cairn_core::RecordedEvent;
 use cairn_projection::{
-    Projection, ProjectionError, ProjectionOptions, ProjectionState, Projections, ReadDb,
-    ReadModelError,
+    CatchUp, DeadLetterReason, PoisonPolicy, Projection, ProjectionError, ProjectionOptions,
+    ProjectionState, Projections, ReadDb, ReadModelError,
 };
 use cairn_store::{AllFilter, EventStore, testkit::tenant};
 use common::*;
@@ -39,6 +39,8 @@ on_both_backends!(
     a_missing_checkpoint_row_stops_the_projection_until_rebuilt,
     follows_a_sqlite_event_store_live,
     bad_definitions_and_unknown_names_are_rejected,
+    the_park_policy_records_poison_and_goes_on_across_restarts,
+    an_operator_skips_exactly_the_event_it_stopped_at,
 );
 
 async fn events_are_projected_and_checkpointed(t: TestDb) {
@@ -837,7 +839,23 @@ async fn bad_definitions_and_unknown_names_are_rejected(t: TestDb) {
         assert_eq!(err.code(), cairn_core::ErrorCode::NotFound);
     }
     assert_eq!(projections.names(), vec!["counts"]);
+    let dead = projections.dead_letters("nobody", 0, 1).await.unwrap_err();
+    assert!(
+        matches!(dead, ReadModelError::UnknownProjection(_)),
+        "{dead}"
+    );
     projections.shutdown().await;
+
+    let policy_of_nobody = start_with(
+        vec![Arc::new(Counter::new("counts"))],
+        options().with_policy("nobody", PoisonPolicy::Park),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(policy_of_nobody, ReadModelError::Invalid { .. }),
+        "{policy_of_nobody}"
+    );
 }
 
 /// The in-memory database (`--ephemeral`) shares one connection: several
@@ -934,5 +952,183 @@ async fn record_metrics_sets_the_projection_gauges() {
     assert_eq!(gauge(&text, "cairn_projection_failed"), 1.0);
     assert_eq!(gauge(&text, "cairn_projection_lag_events"), 1.0);
     assert!(!text.contains("acme"), "a tenant in a label: {text}");
+    projections.shutdown().await;
+}
+
+async fn the_park_policy_records_poison_and_goes_on_across_restarts(t: TestDb) {
+    let store = memory_store();
+    append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    let poison = append(
+        &*store,
+        "acme",
+        "flight-2",
+        "Bad",
+        json!({ "poison": true }),
+    )
+    .await;
+    append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    let p4 = append(&*store, "globex", "flight-3", "Counted", json!({})).await;
+    let parking = Arc::new(Counter::new("parking"));
+    let stopping = Arc::new(Counter::new("stopping"));
+    let options = || options().with_policy("parking", PoisonPolicy::Park);
+    let projections = Projections::start(
+        t.db.clone(),
+        store.clone(),
+        [
+            parking.clone() as Arc<dyn Projection>,
+            stopping.clone() as Arc<dyn Projection>,
+        ],
+        options(),
+    )
+    .await
+    .unwrap();
+
+    // The parking projection goes past the poison event, the other stops.
+    assert_eq!(
+        projections.catch_up("parking", p4, PATIENCE).await,
+        CatchUp::Reached
+    );
+    assert_eq!(
+        parking.total(&t.db).await,
+        3,
+        "every event but the poison one"
+    );
+    until_failed(&projections, "stopping").await;
+    assert_eq!(
+        projections.catch_up("stopping", p4, PATIENCE).await,
+        CatchUp::Failed
+    );
+    let status = projections.status_of("parking").await.unwrap();
+    assert_eq!(status.state, ProjectionState::Running);
+    assert_eq!(
+        (status.policy, status.parked, status.skipped),
+        (PoisonPolicy::Park, 1, 0)
+    );
+    assert!(status.failure.is_none());
+    let parked = projections.dead_letters("parking", 0, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    let letter = &parked[0];
+    assert_eq!(
+        (letter.position, letter.reason),
+        (poison, DeadLetterReason::Parked)
+    );
+    assert_eq!(
+        (letter.event_type.as_str(), letter.stream.as_str()),
+        ("Bad", "flight-2")
+    );
+    assert_eq!(letter.tenant, "acme");
+    assert!(letter.error.contains("poison"), "{}", letter.error);
+    assert!(letter.actor.is_none());
+    projections.shutdown().await;
+
+    // After a restart, and after a rebuild from zero, the parked event is
+    // still passed over and nothing is applied twice.
+    let db = t.reopen().await;
+    let parking = Arc::new(Counter::new("parking"));
+    let stopping = Arc::new(Counter::new("stopping"));
+    let projections = Projections::start(
+        db.clone(),
+        store.clone(),
+        [
+            parking.clone() as Arc<dyn Projection>,
+            stopping as Arc<dyn Projection>,
+        ],
+        options(),
+    )
+    .await
+    .unwrap();
+    let p5 = append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    assert!(projections.wait_for("parking", p5, PATIENCE).await);
+    assert_eq!(parking.total(&db).await, 4);
+    projections.rebuild("parking").await.unwrap();
+    assert!(projections.wait_for("parking", p5, PATIENCE).await);
+    assert_eq!(parking.total(&db).await, 4);
+    assert_eq!(projections.status_of("parking").await.unwrap().parked, 1);
+    projections.shutdown().await;
+}
+
+async fn an_operator_skips_exactly_the_event_it_stopped_at(t: TestDb) {
+    let store = memory_store();
+    append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    let poison = append(
+        &*store,
+        "acme",
+        "flight-2",
+        "Bad",
+        json!({ "poison": true }),
+    )
+    .await;
+    let p3 = append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    let counter = Arc::new(Counter::new("counts"));
+    let projections = start(&t.db, &store, [&counter]).await;
+    until_failed(&projections, "counts").await;
+
+    // Skipping another position, an unknown projection, or a running one
+    // is refused, and changes nothing.
+    let wrong = projections
+        .skip("counts", p3, "acme/eve")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong, ReadModelError::NotFailedAt { .. }),
+        "{wrong}"
+    );
+    assert_eq!(wrong.code(), cairn_core::ErrorCode::RuleViolation);
+    let unknown = projections
+        .skip("nope", poison, "acme/eve")
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, ReadModelError::UnknownProjection(_)));
+    assert_eq!(
+        projections.status_of("counts").await.unwrap().state,
+        ProjectionState::Failed
+    );
+    assert!(
+        projections
+            .dead_letters("counts", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    projections
+        .skip("counts", poison, "acme/eve")
+        .await
+        .unwrap();
+    assert!(projections.wait_for("counts", p3, PATIENCE).await);
+    assert_eq!(counter.total(&t.db).await, 2);
+    let status = projections.status_of("counts").await.unwrap();
+    assert_eq!(status.state, ProjectionState::Running);
+    assert_eq!((status.parked, status.skipped), (0, 1));
+    let skipped = projections.dead_letters("counts", 0, 10).await.unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(
+        (skipped[0].position, skipped[0].reason),
+        (poison, DeadLetterReason::Skipped)
+    );
+    assert_eq!(skipped[0].actor.as_deref(), Some("acme/eve"));
+    assert!(
+        projections
+            .dead_letters("counts", poison, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A running projection has nothing to skip.
+    let again = projections
+        .skip("counts", poison, "acme/eve")
+        .await
+        .unwrap_err();
+    assert!(matches!(again, ReadModelError::NotFailedAt { .. }));
+    projections.shutdown().await;
+
+    // The skip holds across a restart.
+    let db = t.reopen().await;
+    let counter = Arc::new(Counter::new("counts"));
+    let projections = start(&db, &store, [&counter]).await;
+    let p4 = append(&*store, "acme", "flight-1", "Counted", json!({})).await;
+    assert!(projections.wait_for("counts", p4, PATIENCE).await);
+    assert_eq!(counter.total(&db).await, 3);
     projections.shutdown().await;
 }

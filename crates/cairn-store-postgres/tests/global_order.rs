@@ -187,12 +187,15 @@ async fn many_slow_concurrent_writers_and_subscribers_see_every_event_once_in_or
             let (store, t) = (store.clone(), t.clone());
             writers.push(tokio::spawn(async move {
                 let mut written = 0;
-                // Even tasks share streams and append with `Any` (the
-                // writer's full path); odd tasks own a stream and append
-                // with exact versions (the one-statement append).
+                // The tasks of even handles share streams and append with
+                // `Any` (the writer's full path); those of odd handles each
+                // own a stream and append with exact versions (the
+                // one-statement append). By handle, not by task: a batch
+                // mixing both kinds takes the full path, so mixing them on
+                // one handle could, under load, leave the fast path unused.
                 let mut version: Option<u64> = None;
                 for i in 0..APPENDS_PER_TASK {
-                    let (stream, expected) = if task % 2 == 0 {
+                    let (stream, expected) = if h % 2 == 0 {
                         (format!("w{h}-{}", i % 3), ExpectedVersion::Any)
                     } else {
                         let expected =

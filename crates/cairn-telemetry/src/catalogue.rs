@@ -55,6 +55,10 @@ pub mod names {
     pub const PROJECTION_RUNNING: &str = "cairn_projection_running";
     /// 1 while a projection is stopped at a poison event, else 0.
     pub const PROJECTION_FAILED: &str = "cairn_projection_failed";
+    /// Events a projection's `park` policy passed over.
+    pub const PROJECTION_PARKED: &str = "cairn_projection_parked";
+    /// Events an operator skipped in a projection.
+    pub const PROJECTION_SKIPPED: &str = "cairn_projection_skipped";
     /// How far a relay has published the global log.
     pub const RELAY_POSITION: &str = "cairn_relay_position";
     /// Events of the global log a relay has not looked at yet.
@@ -162,6 +166,18 @@ pub const CATALOGUE: &[MetricDescription] = &[
         kind: MetricKind::Gauge,
         labels: &["projection"],
         help: "1 while a projection is stopped at a poison event, else 0.",
+    },
+    MetricDescription {
+        name: names::PROJECTION_PARKED,
+        kind: MetricKind::Gauge,
+        labels: &["projection"],
+        help: "Events a projection's park policy passed over (in its dead letters).",
+    },
+    MetricDescription {
+        name: names::PROJECTION_SKIPPED,
+        kind: MetricKind::Gauge,
+        labels: &["projection"],
+        help: "Events an operator skipped in a projection (in its dead letters).",
     },
     MetricDescription {
         name: names::RELAY_POSITION,

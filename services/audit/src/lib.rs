@@ -25,7 +25,7 @@ use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 /// The projection's name (its checkpoint key).
 pub const PROJECTION: &str = "audit.log";
 /// Largest page of `GET /api/audit`.
-pub const MAX_PAGE: u32 = 500;
+pub use cairn_flightops_contracts::MAX_PAGE;
 
 /// One entry of the audit log: an event as it was recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -47,9 +47,38 @@ pub struct AuditEntry {
     pub recorded_at: String,
 }
 
-/// Copies every event into `audit_log`.
+/// Copies every event into `audit_log`, each entry naming the service that
+/// owns its stream's category as its `source` (as a published event's
+/// CloudEvents `source` does when the services run apart).
 #[derive(Debug, Default)]
-pub struct AuditProjection;
+pub struct AuditProjection {
+    /// Stream category -> owning service.
+    sources: std::collections::BTreeMap<String, String>,
+}
+
+/// The `source` of an entry whose category no service claims: events the
+/// platform itself writes (cross-tenant read records, say).
+pub const PLATFORM_SOURCE: &str = "cairn";
+
+impl AuditProjection {
+    /// A projection that knows which service owns which categories: the
+    /// services' published-event declarations (`PublicEvents`).
+    pub fn new<'a>(services: impl IntoIterator<Item = &'a cairn_messaging::PublicEvents>) -> Self {
+        let mut sources = std::collections::BTreeMap::new();
+        for service in services {
+            for category in &service.categories {
+                sources.insert(category.clone(), service.service.clone());
+            }
+        }
+        Self { sources }
+    }
+
+    fn source_of(&self, event: &RecordedEvent) -> &str {
+        self.sources
+            .get(event.stream.category().as_str())
+            .map_or(PLATFORM_SOURCE, String::as_str)
+    }
+}
 
 #[async_trait]
 impl Projection for AuditProjection {
@@ -98,9 +127,10 @@ impl Projection for AuditProjection {
         ]
     }
 
-    /// 2: entries carry their own `seq` and `source`.
+    /// 2: entries carry their own `seq` and `source`; 3: the source is
+    /// the owning service's name in one process too.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     async fn apply(
@@ -108,7 +138,7 @@ impl Projection for AuditProjection {
         tx: &mut Transaction<'_, Any>,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        insert(tx, event, event.position, "").await
+        insert(tx, event, event.position, self.source_of(event)).await
     }
 }
 
@@ -199,7 +229,7 @@ impl EventHandler for AuditSink {
 /// Creates the audit tables when no projection does (`cairn run audit`),
 /// with the tenant policy on PostgreSQL as a projection's setup would.
 pub async fn create_tables(pool: &AnyPool) -> Result<(), sqlx::Error> {
-    for statement in AuditProjection.schema() {
+    for statement in AuditProjection::default().schema() {
         sqlx::query(&statement).execute(pool).await?;
     }
     let mut conn = pool.acquire().await?;
@@ -227,6 +257,7 @@ pub fn consumers(
 
 /// `GET /api/audit` query.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditParams {
     /// Only this stream's events.
@@ -235,14 +266,19 @@ pub struct AuditParams {
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// Entries after this one (the previous page's `next`).
+    #[param(pattern = "^[0-9]+$")]
     pub after: Option<String>,
-    /// 1-500, default 100.
+    /// 1-200, default 50 (as every list).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Wait until the audit log has reached this position (with a shared
     /// log, the log's position; fed by consumers, until an event at or
     /// after this position of any service has arrived).
     pub min_position: Option<u64>,
 }
+
+// The documented `limit` maximum above is this one.
+const _: () = assert!(MAX_PAGE == 200);
 
 /// What the audit handler needs.
 #[derive(Debug, Clone)]
@@ -258,6 +294,16 @@ impl AuditApi {
         match self {
             AuditApi::Log(projections) => projections.db(),
             AuditApi::Consumers(db) => db,
+        }
+    }
+
+    /// Whether an event has been written at `position`. Fed by consumers,
+    /// positions are those of other services' stores, which this process
+    /// cannot ask: any position may come.
+    async fn written(&self, position: u64) -> Result<bool, cairn_store::StoreError> {
+        match self {
+            AuditApi::Log(projections) => projections.written(position).await,
+            AuditApi::Consumers(_) => Ok(true),
         }
     }
 
@@ -308,8 +354,9 @@ pub fn router(api: AuditApi) -> Router {
 }
 
 /// The audit log, oldest first.
-#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditParams),
-    responses((status = 200, description = "A page of audit entries", body = Object), cairn_http::ProblemResponses))]
+#[utoipa::path(get, path = "/api/audit", tag = "audit", operation_id = "listAuditEntries", params(AuditParams),
+    responses((status = 200, description = "A page of audit entries", body = Page<AuditEntry>), cairn_http::QueryProblems),
+    security(("bearer" = [])))]
 async fn list(
     axum::extract::State(api): axum::extract::State<AuditApi>,
     Context(ctx): Context,
@@ -326,7 +373,9 @@ async fn list(
             ),
         ));
     }
-    let limit = params.limit.unwrap_or(100);
+    let limit = params
+        .limit
+        .unwrap_or(cairn_flightops_contracts::DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::validation(
             "invalid query",
@@ -349,6 +398,16 @@ async fn list(
             ));
         }
     };
+    if let Some(p) = params.min_position
+        && !api.written(p).await.map_err(|e| {
+            ApiError::new(
+                e.code(),
+                format!("cannot tell whether position {p} exists: {e}"),
+            )
+        })?
+    {
+        return Err(cairn_http::unwritten_position(p));
+    }
     if let Some(p) = params.min_position
         && !api.reached(&ctx.tenant, p).await
     {
@@ -445,5 +504,9 @@ pub async fn query(
 
 /// The OpenAPI description of the audit route.
 #[derive(utoipa::OpenApi, Debug)]
-#[openapi(paths(list), components(schemas(AuditEntry)), tags((name = "audit", description = "Every event, filterable and paged")))]
+#[openapi(
+    paths(list),
+    components(schemas(AuditEntry, Page<AuditEntry>)),
+    tags((name = "audit", description = "Every event, filterable and paged"))
+)]
 pub struct AuditOpenApi;

@@ -51,8 +51,14 @@ pub fn api_error(error: BusError) -> ApiError {
     api
 }
 
+/// The largest page of every list (`?limit=`), the same for every service.
+pub const MAX_PAGE: u32 = 200;
+
+/// The page size of a list that asks for none.
+pub const DEFAULT_PAGE: u32 = 50;
+
 /// A page of a list: `{"items":[…],"total":N,"next":cursor-or-null}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,

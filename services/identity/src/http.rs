@@ -31,8 +31,6 @@
 //! "error_description"}`, RFC 6749 §5.2); everything else in problem+json.
 //! [`IdentityOpenApi`] describes all of these routes.
 
-use std::collections::BTreeMap;
-
 use axum::{
     Extension, Json, Router,
     body::Bytes,
@@ -44,16 +42,9 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use cairn_auth::{AuthError, permissions};
 use cairn_core::{ErrorCode, TenantId};
-use cairn_http::{ApiError, ApiJson, Caller, FieldError, problem_response};
+use cairn_http::{ApiError, ApiJson, Caller, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::{
-    IntoResponses, Modify,
-    openapi::{
-        RefOr,
-        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-    },
-};
 
 use crate::{Identity, IdentityError, PUBLIC_CLIENT, TenantGroup};
 
@@ -450,6 +441,7 @@ async fn revoke(
     responses(
         (status = 200, description = "`{sub, preferred_username, tenant, roles}`", body = Object),
         (status = 401, description = "No token, or not a valid token of this realm", body = Object),
+        (status = 404, description = "No such realm", body = cairn_http::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 async fn userinfo(
@@ -552,21 +544,6 @@ fn require_admin_of(caller: &Caller, raw: &str) -> Result<TenantId, ApiError> {
     }
 }
 
-/// The admin API's refusals of the caller, as problems: 401 and 403.
-struct CallerProblems;
-
-impl IntoResponses for CallerProblems {
-    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-        [
-            ("401", "No bearer token, or not a valid one"),
-            ("403", "The token's roles do not allow it"),
-        ]
-        .into_iter()
-        .map(|(status, description)| (status.to_owned(), problem_response(description).into()))
-        .collect()
-    }
-}
-
 /// `POST /api/admin/tenants`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -598,8 +575,9 @@ pub(crate) struct TenantList {
 /// Create a tenant, its realm and its first signing key.
 #[utoipa::path(post, path = "/api/admin/tenants", tag = "identity", request_body = NewTenant,
     responses(
-        (status = 201, description = "Created; `Location` names it", body = TenantView),
-        CallerProblems, cairn_http::ProblemResponses,
+        (status = 201, description = "Created", body = TenantView, headers(
+            ("Location" = String, description = "Where the tenant is"))),
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn create_tenant(
@@ -632,7 +610,7 @@ async fn create_tenant(
 
 /// List every tenant (super-admin).
 #[utoipa::path(get, path = "/api/admin/tenants", tag = "identity",
-    responses((status = 200, description = "Every tenant", body = TenantList), CallerProblems),
+    responses((status = 200, description = "Every tenant", body = TenantList), cairn_http::QueryProblems),
     security(("bearer" = [])))]
 async fn list_tenants(
     State(identity): State<Identity>,
@@ -703,7 +681,7 @@ pub(crate) struct UserList {
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 201, description = "Created", body = UserView),
-        CallerProblems, cairn_http::ProblemResponses,
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn create_user(
@@ -740,8 +718,8 @@ async fn create_user(
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 200, description = "The tenant's users; no password hashes", body = UserList),
+        cairn_http::QueryProblems,
         (status = 404, description = "No such tenant, or another tenant than the caller's", body = cairn_http::Problem, content_type = "application/problem+json"),
-        CallerProblems,
     ),
     security(("bearer" = [])))]
 async fn list_users(
@@ -805,7 +783,7 @@ impl std::fmt::Debug for ClientCreated {
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 201, description = "Created; the secret is in this answer only", body = ClientCreated),
-        CallerProblems, cairn_http::ProblemResponses,
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn create_client(
@@ -844,7 +822,7 @@ pub(crate) struct KeyRotated {
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 201, description = "Rotated", body = KeyRotated),
-        CallerProblems, cairn_http::ProblemResponses,
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn rotate_keys(
@@ -923,8 +901,9 @@ pub(crate) struct GroupList {
 /// it shares.
 #[utoipa::path(post, path = "/api/admin/groups", tag = "identity", request_body = NewGroup,
     responses(
-        (status = 201, description = "Created; `Location` names it", body = GroupView),
-        CallerProblems, cairn_http::ProblemResponses,
+        (status = 201, description = "Created", body = GroupView, headers(
+            ("Location" = String, description = "Where the group is"))),
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn create_group(
@@ -953,7 +932,7 @@ async fn create_group(
 
 /// List every tenant group (super-admin).
 #[utoipa::path(get, path = "/api/admin/groups", tag = "identity",
-    responses((status = 200, description = "Every tenant group", body = GroupList), CallerProblems),
+    responses((status = 200, description = "Every tenant group", body = GroupList), cairn_http::QueryProblems),
     security(("bearer" = [])))]
 async fn list_groups(
     State(identity): State<Identity>,
@@ -979,8 +958,8 @@ async fn list_groups(
     params(("id" = String, Path, description = "The group")),
     responses(
         (status = 200, description = "The group", body = GroupView),
+        cairn_http::QueryProblems,
         (status = 404, description = "No such group", body = cairn_http::Problem, content_type = "application/problem+json"),
-        CallerProblems,
     ),
     security(("bearer" = [])))]
 async fn get_group(
@@ -1000,7 +979,7 @@ async fn get_group(
     params(("id" = String, Path, description = "The group")),
     responses(
         (status = 200, description = "Changed", body = GroupView),
-        CallerProblems, cairn_http::ProblemResponses,
+        cairn_http::ProblemResponses,
     ),
     security(("bearer" = [])))]
 async fn update_group(
@@ -1023,8 +1002,8 @@ async fn update_group(
     params(("id" = String, Path, description = "The group")),
     responses(
         (status = 204, description = "Dissolved"),
+        cairn_http::ProblemResponses,
         (status = 404, description = "No such group", body = cairn_http::Problem, content_type = "application/problem+json"),
-        CallerProblems,
     ),
     security(("bearer" = [])))]
 async fn dissolve_group(
@@ -1041,29 +1020,6 @@ async fn dissolve_group(
 }
 
 // ---- OpenAPI ------------------------------------------------------------------
-
-/// Adds the `bearer` security scheme the admin routes name.
-struct BearerScheme;
-
-impl Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .description(Some(
-                            "An access token from a realm's token endpoint (or a trusted issuer)",
-                        ))
-                        .build(),
-                ),
-            );
-    }
-}
 
 /// The OpenAPI description of the identity routes: the realms' OIDC
 /// endpoints, the browser sign-in and the admin API.
@@ -1082,7 +1038,6 @@ impl Modify for BearerScheme {
         NewOAuthClient, ClientCreated, KeyRotated,
         NewGroup, GroupChange, GroupView, GroupList,
     )),
-    modifiers(&BearerScheme),
     tags(
         (name = "realms", description = "OIDC realms, one per tenant, in Keycloak's shape; token errors are OAuth JSON"),
         (name = "browser", description = "The web console's sign-in: refresh token in an HttpOnly cookie, CSRF header required"),

@@ -31,6 +31,25 @@ pub use service::{
 };
 pub use tokens::create_tables;
 
+/// Checks an event payload as this service will read it: `None` when the
+/// type is none of its events, else whether it decodes. For whoever writes
+/// events from outside the service.
+pub fn check_event(
+    event_type: &str,
+    schema_version: u32,
+    data: &serde_json::Value,
+) -> Option<Result<(), cairn_core::DecodeError>> {
+    use cairn_core::check_payload;
+    use domain::{ClientEvent, GroupEvent, RealmKeysEvent, TenantEvent, UserEvent};
+    let up = cairn_core::Upcasters::new();
+    let (t, v) = (event_type, schema_version);
+    check_payload::<TenantEvent>(&up, t, v, data)
+        .or_else(|| check_payload::<RealmKeysEvent>(&up, t, v, data))
+        .or_else(|| check_payload::<UserEvent>(&up, t, v, data))
+        .or_else(|| check_payload::<ClientEvent>(&up, t, v, data))
+        .or_else(|| check_payload::<GroupEvent>(&up, t, v, data))
+}
+
 /// The platform tenant: super-admins live here.
 pub const PLATFORM_TENANT: &str = "platform";
 /// The public client every tenant has: password and refresh grants, no secret.

@@ -11,10 +11,11 @@
 //! second effect.
 //!
 //! Instances of a service compete for its consumer's messages, so one
-//! instance writes each revocation; every instance reads the table again
-//! each [`RevokedTokens::open`] interval (a second by default) into the
-//! set it checks tokens against. Rows are dropped once the token has
-//! expired: the verifier refuses it then anyway.
+//! instance writes each revocation. That instance refuses the token as soon
+//! as the message is handled (its handler also puts it into the set tokens
+//! are checked against); every other instance reads the table again each
+//! [`RevokedTokens::open`] interval (a second by default). Rows are dropped
+//! once the token has expired: the verifier refuses it then anyway.
 
 use std::{
     collections::HashSet,
@@ -165,10 +166,14 @@ impl RevokedTokens {
     }
 
     /// The consumer that writes `identity`'s revocations into this
-    /// table, as `service`'s group.
+    /// table, as `service`'s group, and into this set at once.
     pub fn consumer(&self, service: &str, broker: Arc<dyn Broker>) -> Consumer {
-        Consumer::new(group(service), SERVICE, self.inner.db.clone(), broker)
-            .on(ACCESS_TOKEN_REVOKED, RecordRevocation)
+        Consumer::new(group(service), SERVICE, self.inner.db.clone(), broker).on(
+            ACCESS_TOKEN_REVOKED,
+            RecordRevocation {
+                set: Arc::downgrade(&self.inner),
+            },
+        )
     }
 
     fn contains(&self, tenant: &TenantId, jti: &str) -> bool {
@@ -249,9 +254,17 @@ async fn record(
 }
 
 /// Writes an `AccessTokenRevoked` into the table, in the consumer's
-/// transaction.
-#[derive(Debug, Clone, Copy)]
-struct RecordRevocation;
+/// transaction, and into the set at once: waiting for the next read of the
+/// table would let the token pass for up to a poll interval more. Adding it
+/// before the commit is safe: the event is a revocation the identity
+/// service has committed, whatever becomes of this transaction (if it
+/// rolls back, the message comes again). A read of the table that began
+/// before the commit may drop the entry again until the next read: no worse
+/// than without it.
+#[derive(Debug, Clone)]
+struct RecordRevocation {
+    set: Weak<Inner>,
+}
 
 #[async_trait]
 impl EventHandler for RecordRevocation {
@@ -272,6 +285,16 @@ impl EventHandler for RecordRevocation {
             revoked.expires_at,
         )
         .await
-        .map_err(|e| HandlerError::Retry(e.to_string()))
+        .map_err(|e| HandlerError::Retry(e.to_string()))?;
+        if let Some(inner) = self.set.upgrade()
+            && revoked.expires_at >= now_secs()
+        {
+            inner
+                .set
+                .write()
+                .expect("lock")
+                .insert((event.tenantid.to_string(), revoked.jti));
+        }
+        Ok(())
     }
 }

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Largest page of `GET /api/passengers`.
-pub const MAX_PAGE: u32 = 200;
+pub use cairn_flightops_contracts::MAX_PAGE;
 
 /// Seat a passenger on a flight; answers the passenger's id.
 #[derive(Debug, Clone)]
@@ -207,10 +207,24 @@ impl Passengers {
         Ok(this)
     }
 
+    /// Whether an event has been written at `position`: one that has not
+    /// cannot be waited for.
+    pub async fn written(&self, position: u64) -> Result<bool, cairn_store::StoreError> {
+        self.projections.written(position).await
+    }
+
     /// Waits until the passengers read model has reached `position`.
     pub async fn caught_up(&self, position: u64, timeout: Duration) -> bool {
         self.projections
             .wait_for(view::PROJECTION, position, timeout)
+            .await
+    }
+
+    /// Waits until the passengers read model has reached `position`, and says
+    /// where it stands if it has not: still on its way, or failed.
+    pub async fn catch_up(&self, position: u64, timeout: Duration) -> cairn_projection::CatchUp {
+        self.projections
+            .catch_up(view::PROJECTION, position, timeout)
             .await
     }
 

@@ -291,6 +291,7 @@ pub async fn spawn_with(store: Option<&IdempotencyStore>, health: Health) -> Tes
         },
         metrics: Some(cairn_telemetry::Metrics::install()),
         auth: None,
+        cors: cairn_http::CorsOptions::default(),
     };
     let doc = openapi_document("cairn-http tests", "0.0.0", [FlightsApi::openapi()]);
     let public = health.router().merge(openapi_router(doc));

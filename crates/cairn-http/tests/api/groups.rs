@@ -191,10 +191,12 @@ async fn without_a_record_there_is_no_shared_read() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
-/// Every refused token, whatever the reason, gets one and the same 401:
-/// the caller learns nothing about why.
+/// Every refused token gets a 401 whose code says why, with the same
+/// sentence as `detail` and as the challenge's `error_description`; the
+/// answer never carries the token, and signature failures all read the
+/// same.
 #[tokio::test]
-async fn every_refused_token_is_the_same_401() {
+async fn every_refused_token_says_why_and_no_more() {
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
     let f = start(true).await;
     let good = f.token("acme", &["operator"], &[]);
@@ -233,28 +235,44 @@ async fn every_refused_token_is_the_same_401() {
                 b64(&json!({"alg": "none", "typ": "JWT"})),
                 parts[1]
             ),
+            "malformed_token",
         ),
-        ("HS256 with the public key", hs256),
-        ("expired", with(&|c| c.exp = now - 120)),
-        ("not yet valid", with(&|c| c.nbf = Some(now + 120))),
+        ("HS256 with the public key", hs256, "invalid_signature"),
+        ("expired", with(&|c| c.exp = now - 120), "expired"),
+        (
+            "not yet valid",
+            with(&|c| c.nbf = Some(now + 120)),
+            "not_yet_valid",
+        ),
         (
             "wrong audience",
             with(&|c| c.aud = Some(Audience::One("billing".into()))),
+            "audience_mismatch",
         ),
         (
             "unknown issuer",
             with(&|c| c.iss = "http://evil.test/realms/acme".into()),
+            "issuer_mismatch",
         ),
-        ("wrong tenant", with(&|c| c.tenant = Some("globex".into()))),
+        (
+            "wrong tenant",
+            with(&|c| c.tenant = Some("globex".into())),
+            "tenant_mismatch",
+        ),
         (
             "tampered payload",
             format!("{}.{}.{}", parts[0], b64(&tampered), parts[2]),
+            "invalid_signature",
         ),
-        ("another key", other_key.sign(&payload).unwrap()),
-        ("garbage", "not.a.token".to_owned()),
+        (
+            "another key",
+            other_key.sign(&payload).unwrap(),
+            "unknown_key",
+        ),
+        ("garbage", "not.a.token".to_owned(), "malformed_token"),
     ];
     let mut bodies = Vec::new();
-    for (what, token) in refused {
+    for (what, token, code) in refused {
         let r = reqwest::Client::new()
             .get(format!("{}/api/flights", f.base))
             .bearer_auth(&token)
@@ -262,19 +280,81 @@ async fn every_refused_token_is_the_same_401() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        let text = r.text().await.unwrap();
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(
+            !text.contains(&token) && (signature.len() < 8 || !text.contains(signature)),
+            "{what}: the token is echoed: {text}"
+        );
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["code"], code, "{what}: {body}");
+        assert_eq!(body["status"], 401, "{what}");
         assert_eq!(
-            r.headers()["www-authenticate"],
-            r#"Bearer realm="cairn", error="invalid_token""#,
+            body["type"],
+            format!("https://cairn.dev/problems/{code}"),
             "{what}"
         );
-        let mut body: Value = r.json().await.unwrap();
-        // Only the correlation id may differ.
-        if let Some(o) = body.as_object_mut() {
-            o.retain(|k, _| k != "correlationId" && k != "instance" && k != "traceId");
-        }
-        bodies.push((what, body));
+        let detail = body["detail"].as_str().unwrap();
+        assert_eq!(
+            challenge,
+            format!(r#"Bearer realm="cairn", error="invalid_token", error_description="{detail}""#),
+            "{what}"
+        );
+        bodies.push((what, code, body));
     }
-    for (what, body) in &bodies {
-        assert_eq!(body, &bodies[0].1, "{what} says more than the others");
+    let said = |what: &str| {
+        bodies
+            .iter()
+            .find(|(w, _, _)| *w == what)
+            .map(|(_, _, b)| b.clone())
+            .unwrap()
+    };
+    // The issuer that was expected for the token's tenant, and the token's.
+    assert_eq!(
+        said("unknown issuer")["detail"],
+        "the token's issuer (iss) is http://evil.test/realms/acme, but tokens for its tenant \
+         must be issued by http://id.test/realms/acme"
+    );
+    assert_eq!(
+        said("wrong audience")["detail"],
+        "the token is not meant for this API: its audience (aud) must name cairn"
+    );
+    // Which part of a signature failed is not told.
+    for (what, code, body) in &bodies {
+        if *code == "invalid_signature" {
+            assert_eq!(body, &said("tampered payload"), "{what}");
+        }
+    }
+}
+
+/// No bearer token at all (no header, another scheme, `Bearer` alone):
+/// `missing_token`, with a challenge without an error, as RFC 6750 asks.
+#[tokio::test]
+async fn a_request_without_a_bearer_token_is_told_one_is_needed() {
+    let f = start(true).await;
+    for authorization in [
+        None,
+        Some("Basic YWRtaW46YWRtaW4="),
+        Some("Bearer "),
+        Some("Bearer"),
+    ] {
+        let mut request = reqwest::Client::new().get(format!("{}/api/flights", f.base));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{authorization:?}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"Bearer realm="cairn""#,
+            "{authorization:?}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "missing_token", "{authorization:?}");
+        assert_eq!(
+            body["detail"],
+            "an access token is required (Authorization: Bearer <token>)"
+        );
     }
 }

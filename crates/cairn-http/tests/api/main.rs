@@ -4,10 +4,12 @@
 #![allow(unreachable_pub, dead_code)]
 
 mod common;
+mod cors;
 mod errors;
 mod groups;
 mod health;
 mod idempotency;
 mod metrics;
 mod openapi;
+mod projections_admin;
 mod serve;
