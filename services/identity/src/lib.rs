@@ -9,22 +9,22 @@
 //! - [`Identity`]: the application: bootstrap, admin operations, the token
 //!   grants, revocation, and the in-process [`cairn_auth::KeySource`] and
 //!   [`cairn_auth::Revocations`] that resource servers in the same process
-//!   use.
-//! - [`http`]: the routes, and [`IdentityOpenApi`], their OpenAPI
-//!   description.
+//!   use; its operations are split by resource (tenants, keys, users,
+//!   clients, grants, groups).
+//! - [`http`]: the routes (realms, admin API, browser sign-in), and
+//!   [`IdentityOpenApi`], their OpenAPI description.
 //! - [`browser`]: the web console's sign-in, with the refresh token in an
-//!   `HttpOnly` cookie.
+//!   `HttpOnly` cookie (part of [`http`]).
 //! - [`revocations`]: revoked access tokens as public events, and the set
 //!   every other service keeps of them.
 
-pub mod browser;
 pub mod domain;
 pub mod http;
 pub mod revocations;
 mod service;
 mod tokens;
 
-pub use http::IdentityOpenApi;
+pub use http::{IdentityOpenApi, browser};
 pub use service::{
     BootstrapUser, Identity, IdentityError, IdentityOptions, LocalKeys, LocalRevocations,
     NewClient, TenantGroup, TokenResponse,

@@ -47,10 +47,8 @@ use cairn_http::{ApiError, ApiJson, FieldError};
 use serde::{Deserialize, Serialize};
 use url::{Origin, Url};
 
-use crate::{
-    Identity, IdentityError, PUBLIC_CLIENT, TokenResponse,
-    http::{api_error, existing_realm, tenant_param},
-};
+use super::common::{api_error, existing_realm, tenant_param};
+use crate::{Identity, IdentityError, PUBLIC_CLIENT, TokenResponse};
 
 /// The cookie that holds the refresh token.
 pub const REFRESH_COOKIE: &str = "cairn_refresh";
@@ -67,7 +65,7 @@ struct Browser {
     origin: Option<Origin>,
 }
 
-/// The routes; [`crate::http::realm_router`] mounts them.
+/// The routes; [`super::realm_router`] mounts them with the realms' own.
 pub(crate) fn router(identity: Identity) -> Router {
     let origin = Url::parse(&identity.options().issuer_base)
         .ok()
