@@ -15,7 +15,7 @@ use std::{
 
 use cairn_core::{RecordedEvent, StreamId, TenantId};
 use cairn_projection::ReadDb;
-use cairn_store::{AllFilter, EventStore};
+use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -167,10 +167,18 @@ impl Relay {
             ..RelayStatus::default()
         });
         let (stop, stop_rx) = watch::channel(false);
-        let worker = Worker {
-            filter: public.filter(),
-            public,
+        let follower = AllFollower::new(
             store,
+            position,
+            public.filter(),
+            FollowOptions {
+                page_size: options.batch_size,
+                poll_interval: options.poll_interval,
+            },
+        );
+        let worker = Worker {
+            public,
+            follower,
             db,
             broker,
             options,
@@ -213,8 +221,9 @@ struct Sent {
 
 struct Worker {
     public: PublicEvents,
-    filter: AllFilter,
-    store: Arc<dyn EventStore>,
+    /// Reads the public events from the end of the last batch sent, or from
+    /// the checkpoint after a rewind.
+    follower: AllFollower,
     db: ReadDb,
     broker: Arc<dyn Broker>,
     options: RelayOptions,
@@ -236,30 +245,23 @@ impl Worker {
     }
 
     async fn run(mut self, mut position: u64) {
-        let mut head = self.store.head();
         let mut backoff = Duration::ZERO;
         // Batches sent whose acknowledgements are still to come, oldest
-        // first, and where reading goes on from: the end of the last one
-        // sent, or the checkpoint.
+        // first. The follower reads on from the end of the last one sent, or
+        // from the checkpoint.
         let mut sent: VecDeque<Sent> = VecDeque::new();
-        let mut read_from = position;
         let window = self.options.in_flight.max(1);
         while !self.stopping() {
             if !backoff.is_zero() {
                 self.pause(backoff).await;
             }
             if sent.len() >= window {
-                backoff = self
-                    .settle_oldest(&mut sent, &mut position, &mut read_from, backoff)
-                    .await;
+                backoff = self.settle_oldest(&mut sent, &mut position, backoff).await;
                 continue;
             }
-            let batch = match self
-                .store
-                .read_all(read_from, &self.filter, self.options.batch_size)
-                .await
-            {
-                Ok(batch) => batch,
+            let read_from = self.follower.position();
+            let page = match self.follower.read().await {
+                Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(service = %self.public.service, error = %e, "relay cannot read the log");
                     self.status
@@ -268,20 +270,17 @@ impl Worker {
                     continue;
                 }
             };
-            let seen_head = *head.borrow_and_update();
-            self.update(|s| s.head = s.head.max(seen_head));
+            self.update(|s| s.head = s.head.max(page.head));
+            let batch = page.events;
             let Some(last) = batch.last().map(|e| e.position) else {
                 if !sent.is_empty() {
                     // Caught up: settle what is in flight before waiting.
-                    backoff = self
-                        .settle_oldest(&mut sent, &mut position, &mut read_from, backoff)
-                        .await;
+                    backoff = self.settle_oldest(&mut sent, &mut position, backoff).await;
                     continue;
                 }
                 backoff = Duration::ZERO;
                 tokio::select! {
-                    _ = head.changed() => {}
-                    _ = tokio::time::sleep(self.options.poll_interval) => {}
+                    _ = self.follower.wait() => {}
                     _ = self.stop.changed() => {}
                 }
                 continue;
@@ -290,6 +289,7 @@ impl Worker {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(service = %self.public.service, error = %e, "relay cannot read its stream table");
+                    self.follower.seek(read_from);
                     backoff = next_backoff(backoff, self.options.max_backoff);
                     continue;
                 }
@@ -301,11 +301,10 @@ impl Worker {
                         s.last_error = None;
                     });
                     sent.push_back(Sent { last, events, acks });
-                    read_from = last;
                 }
                 Err(e) => {
                     self.broker_failed(&e);
-                    self.rewind(&mut sent, &mut read_from, position);
+                    self.rewind(&mut sent, position);
                     backoff = next_backoff(backoff, self.options.max_backoff);
                 }
             }
@@ -325,7 +324,6 @@ impl Worker {
         &mut self,
         sent: &mut VecDeque<Sent>,
         position: &mut u64,
-        read_from: &mut u64,
         backoff: Duration,
     ) -> Duration {
         let Some(oldest) = sent.pop_front() else {
@@ -334,16 +332,16 @@ impl Worker {
         if self.settle(oldest, position).await {
             Duration::ZERO
         } else {
-            self.rewind(sent, read_from, *position);
+            self.rewind(sent, *position);
             next_backoff(backoff, self.options.max_backoff)
         }
     }
 
     /// Forgets what is in flight: everything after the checkpoint goes out
     /// again, its chain links read back from what was checkpointed.
-    fn rewind(&mut self, sent: &mut VecDeque<Sent>, read_from: &mut u64, position: u64) {
+    fn rewind(&mut self, sent: &mut VecDeque<Sent>, position: u64) {
         sent.clear();
-        *read_from = position;
+        self.follower.seek(position);
         self.last_versions.clear();
     }
 

@@ -19,19 +19,17 @@
 //!   status as `retrying`, never mistaken for poison;
 //! - a stop request waits for the transaction in flight to commit.
 //!
-//! The runner reads with [`EventStore::read_all`] rather than through
+//! The runner reads through the store's [`AllFollower`] rather than
 //! `subscribe_all`'s stream because it needs what that stream hides: where a
 //! page ends (the batch boundary) and, when a read comes back short, the head
 //! it was read against. Every position up to that head has then been looked
 //! at, including the ones the filter skips, which is what lets callers wait
-//! for a position the projection does not care about. The read loop is the
-//! same as the store's catch-up subscription (head read before the page,
-//! wait on the head watch or the poll interval when caught up).
+//! for a position the projection does not care about.
 
 use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use cairn_core::RecordedEvent;
-use cairn_store::{AllFilter, EventStore};
+use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
 use chrono::Utc;
 use futures_util::FutureExt;
 use tokio::sync::{Mutex, watch};
@@ -362,19 +360,23 @@ impl Runner {
             "projection running"
         );
 
-        let mut head = self.store.head();
-        let batch_size = self.options.batch_size.max(1);
+        let mut follower = AllFollower::new(
+            self.store.clone(),
+            self.after,
+            self.slot.filter.clone(),
+            FollowOptions {
+                page_size: self.options.batch_size,
+                poll_interval: self.options.poll_interval,
+            },
+        );
         loop {
             if self.stopping() {
                 break;
             }
-            // Every position up to the head seen before the read is committed
-            // and visible to it: a short page means all of them were looked at.
-            let head_before = *head.borrow_and_update();
             let read = tokio::select! {
                 biased;
                 _ = self.stop.wait_for(|s| *s) => break,
-                read = self.store.read_all(self.after, &self.slot.filter, batch_size) => read,
+                read = follower.read() => read,
             };
             let page = match read {
                 Ok(page) => page,
@@ -388,17 +390,12 @@ impl Runner {
                 }
             };
             self.clear_retrying();
-            let short = page.len() < batch_size;
-            let mut reached = page.last().map_or(self.after, |e| e.position);
-            if short {
-                reached = reached.max(head_before);
-            }
-            let mut page = page;
+            let mut events = page.events;
             if !self.passed_over.is_empty() {
-                page.retain(|e| !self.passed_over.contains(&e.position));
+                events.retain(|e| !self.passed_over.contains(&e.position));
             }
-            if !page.is_empty() {
-                match self.apply_batch(&page, reached).await {
+            if !events.is_empty() {
+                match self.apply_batch(&events, page.reached).await {
                     Batch::Applied => {}
                     Batch::Moved => {
                         tracing::warn!(
@@ -411,6 +408,7 @@ impl Runner {
                         if !self.adopt(stored) {
                             return;
                         }
+                        follower.seek(self.after);
                         if !self.load_passed_over().await {
                             break;
                         }
@@ -422,6 +420,7 @@ impl Runner {
                     {
                         // Read the same page again; it now passes over
                         // the parked event.
+                        follower.seek(self.after);
                         if !self.park(&failure).await {
                             break;
                         }
@@ -435,18 +434,12 @@ impl Runner {
                     Batch::Stopped => break,
                 }
             }
-            self.after = reached;
+            self.after = page.reached;
             self.publish();
-            if short {
-                let store_gone = tokio::select! {
+            if page.caught_up {
+                tokio::select! {
                     _ = self.stop.wait_for(|s| *s) => break,
-                    changed = head.changed() => changed.is_err(),
-                    _ = tokio::time::sleep(self.options.poll_interval) => false,
-                };
-                // With the store's head sender gone, poll in case another
-                // handle still writes.
-                if store_gone && !self.pause(self.options.poll_interval).await {
-                    break;
+                    _ = follower.wait() => {}
                 }
             }
         }

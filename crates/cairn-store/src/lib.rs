@@ -16,12 +16,15 @@
 //! - invalid input is rejected with [`StoreError::Invalid`] before anything is
 //!   written.
 //!
-//! This crate also holds the in-memory backend ([`MemoryStore`]), the
-//! catch-up subscription ([`EventSubscription`]) that all backends use, and
-//! the row-level security contract ([`row_security`]) that the PostgreSQL
+//! This crate also holds the in-memory backend ([`MemoryStore`]), the one
+//! `$all` follower ([`AllFollower`]: pages with the head they were read
+//! against) that every reader of the live log is built on, the catch-up
+//! subscription ([`EventSubscription`]) that all backends use, and the
+//! row-level security contract ([`row_security`]) that the PostgreSQL
 //! backend and read models on PostgreSQL share.
 
 mod error;
+mod follow;
 pub mod memory;
 pub mod row_security;
 mod rules;
@@ -35,11 +38,12 @@ use cairn_core::{NewEvent, RecordedEvent, StreamId, TenantId};
 use tokio::sync::watch;
 
 pub use error::StoreError;
+pub use follow::{AllFollower, AllPage, FollowOptions};
 pub use memory::MemoryStore;
 pub use rules::{
     Idempotency, MAX_EVENTS_PER_APPEND, check_expected, judge_idempotency, validate_append,
 };
-pub use subscription::{EventSubscription, SubscriptionOptions};
+pub use subscription::EventSubscription;
 pub use types::{
     AllFilter, AppendOutcome, Direction, ExpectedVersion, ReadStream, Snapshot, StreamInfo,
     TenantScope,

@@ -1,8 +1,8 @@
 //! Catch-up subscriptions on `$all`, shared by every backend.
 //!
-//! A subscription pulls pages from [`EventStore::read_all`] at its own pace:
-//! first the history, then, once caught up, it waits for the store's head to
-//! move (in-process wakeups, LISTEN/NOTIFY on PostgreSQL) or for the poll
+//! A subscription pulls pages from an [`AllFollower`] at its own pace: first
+//! the history, then, once caught up, it waits for the store's head to move
+//! (in-process wakeups, LISTEN/NOTIFY on PostgreSQL) or for the poll
 //! interval to pass, and reads again. Because it only ever reads, a slow
 //! subscriber never blocks writers and never loses events, and because
 //! positions are gap-safe, tracking the last position read hands over from
@@ -23,27 +23,8 @@ use std::{
 use cairn_core::RecordedEvent;
 use futures_core::Stream;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tokio::sync::watch;
 
-use crate::{AllFilter, EventStore, StoreError};
-
-/// How a subscription reads.
-#[derive(Debug, Clone, Copy)]
-pub struct SubscriptionOptions {
-    /// Events per read.
-    pub page_size: usize,
-    /// Longest wait for a wakeup before reading again anyway.
-    pub poll_interval: Duration,
-}
-
-impl Default for SubscriptionOptions {
-    fn default() -> Self {
-        Self {
-            page_size: 1024,
-            poll_interval: Duration::from_millis(500),
-        }
-    }
-}
+use crate::{AllFilter, AllFollower, EventStore, FollowOptions, StoreError};
 
 /// A stream of `$all` events, history then live, in position order.
 pub struct EventSubscription {
@@ -57,38 +38,26 @@ impl std::fmt::Debug for EventSubscription {
 }
 
 struct Follow {
-    store: Arc<dyn EventStore>,
-    filter: AllFilter,
-    after: u64,
-    head: watch::Receiver<u64>,
+    follower: AllFollower,
     buffer: VecDeque<RecordedEvent>,
-    options: SubscriptionOptions,
     backoff: Option<Duration>,
 }
 
 impl EventSubscription {
     /// Follows `store` from `after` (exclusive) with default options.
     pub fn follow(store: Arc<dyn EventStore>, after: u64, filter: AllFilter) -> Self {
-        Self::follow_with(store, after, filter, SubscriptionOptions::default())
+        Self::follow_with(store, after, filter, FollowOptions::default())
     }
 
     pub fn follow_with(
         store: Arc<dyn EventStore>,
         after: u64,
         filter: AllFilter,
-        options: SubscriptionOptions,
+        options: FollowOptions,
     ) -> Self {
-        let head = store.head();
         let state = Follow {
-            store,
-            filter,
-            after,
-            head,
+            follower: AllFollower::new(store, after, filter, options),
             buffer: VecDeque::new(),
-            options: SubscriptionOptions {
-                page_size: options.page_size.max(1),
-                ..options
-            },
             backoff: None,
         };
         Self {
@@ -106,15 +75,7 @@ impl Follow {
             if let Some(delay) = self.backoff {
                 tokio::time::sleep(delay).await;
             }
-            // Every position up to the head seen *before* the read is
-            // committed and visible to it, so a read that comes back short
-            // has covered all of them.
-            let head_before = *self.head.borrow_and_update();
-            match self
-                .store
-                .read_all(self.after, &self.filter, self.options.page_size)
-                .await
-            {
+            match self.follower.read().await {
                 Err(err) => {
                     let next = self.backoff.map_or(Duration::from_millis(50), |d| d * 2);
                     self.backoff = Some(next.min(Duration::from_secs(5)));
@@ -122,26 +83,10 @@ impl Follow {
                 }
                 Ok(page) => {
                     self.backoff = None;
-                    let short = page.len() < self.options.page_size;
-                    if let Some(last) = page.last() {
-                        self.after = last.position;
-                    }
-                    if short {
-                        self.after = self.after.max(head_before);
-                    }
-                    if !page.is_empty() {
-                        self.buffer.extend(page);
-                        continue;
-                    }
-                    tokio::select! {
-                        changed = self.head.changed() => {
-                            if changed.is_err() {
-                                // The store was dropped; keep polling in case
-                                // another handle still writes.
-                                tokio::time::sleep(self.options.poll_interval).await;
-                            }
-                        }
-                        _ = tokio::time::sleep(self.options.poll_interval) => {}
+                    if page.events.is_empty() {
+                        self.follower.wait().await;
+                    } else {
+                        self.buffer.extend(page.events);
                     }
                 }
             }
