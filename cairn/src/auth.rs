@@ -246,6 +246,7 @@ impl CrossTenantAudit for AuditLogAudit {
                 traceparent: None,
                 correlationid: Some(read.correlation_id.clone()),
                 causationid: None,
+                actor: Some(read.actor.clone()),
                 sequence: "0".into(),
                 prevsequence: None,
                 position: "0".into(),

@@ -975,6 +975,7 @@ async fn poison_goes_to_dead_letters_and_the_consumer_carries_on(d: Deployment) 
         traceparent: None,
         correlationid: None,
         causationid: None,
+        actor: None,
         sequence: "0".to_owned(),
         prevsequence: None,
         position: "999999".to_owned(),

@@ -724,8 +724,15 @@ async fn deletion_removes_passengers(c: Cluster) {
 }
 
 /// Audit runs on its own and hears every service's public events, numbered
-/// in arrival order, filterable and paged.
+/// in arrival order, filterable and paged, each with who caused it.
 async fn audit_hears_every_service(c: Cluster) {
+    let me = c
+        .get(format!(
+            "{}/realms/demo/protocol/openid-connect/userinfo",
+            c.issuer()
+        ))
+        .await;
+    let me = me["sub"].as_str().expect("userinfo names the subject");
     let id = c.create_flight(5).await;
     assert_eq!(
         c.add_passenger(&id, "Z1").await.status(),
@@ -738,6 +745,8 @@ async fn audit_hears_every_service(c: Cluster) {
         .await;
     assert_eq!(flight_events["items"][0]["type"], "FlightScheduled");
     assert_eq!(flight_events["items"][0]["source"], "flights");
+    // The actor crossed the broker with the event, as it is in the log.
+    assert_eq!(flight_events["items"][0]["metadata"]["actor"], me);
     let added = c
         .eventually(c.audit("/api/audit?type=PassengerAdded"), |a| {
             a["total"] == 1
@@ -745,6 +754,7 @@ async fn audit_hears_every_service(c: Cluster) {
         .await;
     assert_eq!(added["items"][0]["source"], "passengers");
     assert_eq!(added["items"][0]["data"]["flightId"], id.as_str());
+    assert_eq!(added["items"][0]["metadata"]["actor"], me);
     // The identity service's events are there too: demo's signing key and
     // admin, without their data (they carry credentials).
     let admin = c
@@ -753,6 +763,7 @@ async fn audit_hears_every_service(c: Cluster) {
     assert_eq!(admin["items"][0]["source"], "identity");
     assert_eq!(admin["items"][0]["stream"], "user-admin");
     assert_eq!(admin["items"][0]["data"], json!({"redacted": true}));
+    assert_eq!(admin["items"][0]["metadata"]["actor"], "bootstrap");
     let key = c
         .eventually(c.audit("/api/audit?type=SigningKeyAdded"), |a| {
             a["total"] == 1
@@ -910,6 +921,9 @@ async fn every_service_checks_tokens(c: Cluster) {
         ["crossread_audit-platform", "crossread_flights-platform"]
     );
     assert_eq!(reads["items"][0]["data"]["actorTenant"], "platform");
+    for read in reads["items"].as_array().unwrap() {
+        assert_eq!(read["metadata"]["actor"], read["data"]["actor"], "{read}");
+    }
 
     // Revocation: a fresh session of demo's admin works everywhere, is
     // revoked at the identity service, and is then refused everywhere.

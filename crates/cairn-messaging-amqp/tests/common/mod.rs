@@ -210,6 +210,7 @@ pub fn event(source: &str, tenant: &str, event_type: &str, n: u64) -> Integratio
         traceparent: None,
         correlationid: None,
         causationid: None,
+        actor: None,
         sequence: (n + 1).to_string(),
         prevsequence: None,
         position: (n + 1).to_string(),

@@ -132,6 +132,7 @@ pub fn event(tenant_name: &str, source: &str, event_type: &str, n: u64) -> Integ
         traceparent: None,
         correlationid: None,
         causationid: None,
+        actor: None,
         sequence: n.to_string(),
         prevsequence: None,
         position: n.to_string(),
