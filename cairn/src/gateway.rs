@@ -3,7 +3,7 @@
 //! a database and broker only for revocations, below); its settings are
 //! its routes, its upstream timeout and how it checks tokens at the edge,
 //! layered like every `cairn run`
-//! (`--config` file, `CAIRN_*` variables, flags; see `crate::run`).
+//! (`--config` file, `CAIRN_*` variables, flags; see `crate::run::settings`).
 //!
 //! Tokens are checked as the services check them (`--issuer` with realm
 //! keys over HTTP, `--identity-url`, `--trust-issuer`). Given `--db` and
@@ -24,7 +24,11 @@ use cairn_telemetry::Metrics;
 
 use crate::{
     auth,
-    run::{Access, Settings, connect, hear_revocations, remote_verifier},
+    run::{
+        link::connect,
+        settings::{Access, Settings},
+        tokens::{hear_revocations, remote_verifier},
+    },
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
