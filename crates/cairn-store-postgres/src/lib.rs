@@ -203,8 +203,8 @@ impl PostgresStore {
         let _ = setup.close().await;
         // System sessions see every tenant, as the connecting user: a
         // superuser or BYPASSRLS user then carries no policy at all, which
-        // keeps the planner's estimates for `$all` honest (ARCHITECTURE.md,
-        // "Tenant isolation on PostgreSQL").
+        // keeps the planner's estimates for `$all` honest
+        // (docs/design/tenant-isolation.md).
         let system_session: Arc<str> = format!(
             "SET {} TO '{}'",
             row_security::TENANT_SETTING,
@@ -287,7 +287,7 @@ impl PostgresStore {
 
     /// Of [`Self::commits`], those made by the one-statement append (plain
     /// appends with an exact or no-stream expectation on distinct streams;
-    /// see the writer's fast path in ARCHITECTURE.md).
+    /// see the one-statement append in docs/design/group-commit.md).
     pub fn one_statement_commits(&self) -> u64 {
         self.inner
             .shared
