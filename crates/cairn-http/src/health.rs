@@ -142,10 +142,9 @@ impl Health {
         projections.names().into_iter().fold(self, |health, name| {
             let projections = projections.clone();
             health.with_degradation_check(format!("projection:{name}"), move || {
-                let projections = projections.clone();
+                let failure = projections.failure_of(name);
                 async move {
-                    let status = projections.status_of(name).await.ok()?;
-                    let failure = status.failure?;
+                    let failure = failure?;
                     Some(if failure.event_type.is_empty() {
                         format!("failed: {}", failure.error)
                     } else {

@@ -25,8 +25,8 @@ use sqlx::Executor;
 use tokio::sync::{Mutex, watch};
 
 use crate::{
-    PoisonPolicy, Projection, ProjectionDeadLetter, ProjectionState, ProjectionStatus, ReadDb,
-    ReadModelError, checkpoint,
+    PoisonPolicy, Projection, ProjectionDeadLetter, ProjectionFailure, ProjectionState,
+    ProjectionStatus, ReadDb, ReadModelError, checkpoint,
     dead_letters::{self, DeadLetterReason},
     runner::{self, Progress, Running, Slot},
 };
@@ -328,6 +328,12 @@ impl Projections {
             metrics::gauge!("cairn_projection_skipped", "projection" => projection)
                 .set(status.skipped as f64);
         }
+    }
+
+    /// The failure projection `name` is stopped at, if any, from memory: no
+    /// store or database call, so readiness probes can ask it often.
+    pub fn failure_of(&self, name: &str) -> Option<ProjectionFailure> {
+        self.slot(name)?.progress.borrow().failure.clone()
     }
 
     /// The status of one projection.
