@@ -1,14 +1,14 @@
 //! Identity wiring shared by the commands that serve the API: the master
-//! key, the trusted issuers, the permission each public command and query
-//! needs, and the audit record of cross-tenant reads.
+//! key, the trusted issuers, and the record of cross-tenant reads in a
+//! store. What each command and query needs is declared next to its type
+//! (`ACCESS`), and checked by the buses (`crate::platform::buses`).
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc};
 
 use anyhow::{Context as _, bail};
-use cairn_auth::{MasterKey, RemoteJwks, TrustedIssuer, permissions};
+use cairn_auth::{MasterKey, RemoteJwks, TrustedIssuer};
 use cairn_core::{EventId, Metadata, NewEvent, StreamId, TenantId};
-use cairn_domain::{BusConfig, bus::PermissionMap};
-use cairn_http::{AuthOptions, CrossTenantAudit, CrossTenantRead};
+use cairn_http::{CROSS_TENANT_READ, CrossTenantAudit, CrossTenantRead, cross_read_data};
 use cairn_store::{EventStore, ExpectedVersion};
 
 /// Identity options of `cairn up` (and, later, of each service).
@@ -60,34 +60,6 @@ pub(crate) fn master_key(
     }
 }
 
-/// The tenant made on first start besides the platform tenant, for trying
-/// things out.
-pub(crate) const DEMO_TENANT: &str = "demo";
-
-/// Opens the identity service issuing as `public_url`, and makes the
-/// platform and demo tenants on first start (their admins' passwords are
-/// returned once).
-pub(crate) async fn open_identity(
-    store: Arc<dyn EventStore>,
-    db: cairn_projection::ReadDb,
-    master: MasterKey,
-    public_url: &str,
-) -> anyhow::Result<(cairn_identity::Identity, Vec<cairn_identity::BootstrapUser>)> {
-    let identity = cairn_identity::Identity::open(
-        store,
-        db,
-        master,
-        cairn_identity::IdentityOptions::new(public_url),
-    )
-    .await
-    .context("opening the identity service")?;
-    let created = identity
-        .bootstrap(&[cairn_identity::PLATFORM_TENANT, DEMO_TENANT])
-        .await
-        .context("creating the first tenants")?;
-    Ok((identity, created))
-}
-
 /// Parses the `--trust-issuer` specs.
 pub(crate) fn trusted_issuers(specs: &[String]) -> anyhow::Result<Vec<TrustedIssuer>> {
     specs.iter().map(|s| trusted_issuer(s)).collect()
@@ -127,44 +99,12 @@ fn trusted_issuer(spec: &str) -> anyhow::Result<TrustedIssuer> {
     Ok(trusted)
 }
 
-/// The permission each public command and query of the reference system
-/// needs; internal messages between the services are not listed.
-pub(crate) fn permission_map() -> PermissionMap {
-    use permissions::*;
-    let mut map = PermissionMap::new();
-    for (name, permission) in [
-        ("flights.schedule", FLIGHTS_WRITE),
-        ("flights.reschedule", FLIGHTS_WRITE),
-        ("flights.depart", FLIGHTS_WRITE),
-        ("flights.land", FLIGHTS_WRITE),
-        ("flights.delete", FLIGHTS_WRITE),
-        ("flights.get", FLIGHTS_READ),
-        ("flights.list", FLIGHTS_READ),
-        ("passengers.add", PASSENGERS_WRITE),
-        ("passengers.board", PASSENGERS_WRITE),
-        ("passengers.remove", PASSENGERS_WRITE),
-        ("passengers.get", PASSENGERS_READ),
-        ("passengers.list", PASSENGERS_READ),
-    ] {
-        map = map.require(name, permission);
-    }
-    map
-}
-
-/// The bus configuration that checks [`permission_map`].
-pub(crate) fn bus_config() -> BusConfig {
-    BusConfig::new().with_authorizer(permission_map())
-}
-
 /// Records each cross-tenant read as a `CrossTenantRead` event in the read
 /// tenant's stream `<category>-<reader's tenant>` (`crossread` in one
 /// process; `crossread_<service>` for a service on its own, which
 /// publishes the category so the audit service hears it), so it shows in
 /// that tenant's audit log.
 pub(crate) struct StoreAudit(pub(crate) Arc<dyn EventStore>, pub(crate) String);
-
-/// The event type of a recorded cross-tenant read.
-pub(crate) const CROSS_TENANT_READ: &str = "CrossTenantRead";
 
 impl std::fmt::Debug for StoreAudit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,72 +132,6 @@ impl CrossTenantAudit for StoreAudit {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// The JSON a recorded cross-tenant read carries.
-fn cross_read_data(read: &CrossTenantRead) -> serde_json::Value {
-    serde_json::json!({
-        "actorTenant": read.actor_tenant.as_str(),
-        "actor": read.actor,
-        "username": read.username,
-        "method": read.method,
-        "target": read.target,
-        "shared": read.shared,
-    })
-}
-
-/// What tenant groups may share in the reference system, by path: each
-/// service's read model (flights, passengers) and the audit log.
-pub(crate) fn shareable(options: AuthOptions) -> AuthOptions {
-    options
-        .share("/api/flights", "flights")
-        .share("/api/passengers", "passengers")
-        .share("/api/audit", "audit")
-}
-
-/// Records each cross-tenant read of the audit service (which keeps no
-/// events of its own) straight into the read tenant's audit log, as a
-/// `CrossTenantRead` entry of source `audit` in stream
-/// `crossread_audit-<reader's tenant>`.
-#[derive(Debug)]
-pub(crate) struct AuditLogAudit(pub(crate) cairn_projection::ReadDb);
-
-impl CrossTenantAudit for AuditLogAudit {
-    fn record(
-        &self,
-        read: CrossTenantRead,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            use cairn_messaging::EventHandler as _;
-            let subject = StreamId::for_aggregate("crossread_audit", &read.actor_tenant)
-                .map_err(|e| e.to_string())?;
-            let event = cairn_messaging::IntegrationEvent {
-                specversion: cairn_messaging::SPEC_VERSION.to_owned(),
-                id: EventId::new(),
-                source: "audit".into(),
-                event_type: CROSS_TENANT_READ.into(),
-                subject,
-                time: chrono::Utc::now(),
-                datacontenttype: "application/json".into(),
-                data: cross_read_data(&read),
-                tenantid: read.tenant.clone(),
-                traceparent: None,
-                correlationid: Some(read.correlation_id.clone()),
-                causationid: None,
-                actor: Some(read.actor.clone()),
-                sequence: "0".into(),
-                prevsequence: None,
-                position: "0".into(),
-                schemaversion: 1,
-            };
-            let mut tx = self.0.pool().begin().await.map_err(|e| e.to_string())?;
-            cairn_audit::AuditSink
-                .handle(&mut tx, &event)
-                .await
-                .map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())
         })
     }
 }

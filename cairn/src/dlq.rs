@@ -11,7 +11,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use cairn_messaging::{DeadLetterFilter, DeadLetters};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -93,7 +93,7 @@ async fn open(args: &DbArgs) -> anyhow::Result<DeadLetters> {
     )
     .await?;
     let what = StoreUrl::parse(&url)?.redacted();
-    let db = ReadDb::open(&url)
+    let db = ServiceDb::open(&url)
         .await
         .with_context(|| format!("cannot open {what}"))?;
     Ok(DeadLetters::open(db).await?)

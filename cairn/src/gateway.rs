@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use cairn_auth::Revocations;
 use cairn_gateway::{Gateway, GatewayOptions};
 use cairn_http::{serve, shutdown_signal};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_telemetry::Metrics;
 
 use crate::{
@@ -44,7 +44,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         } => {
             let revoked = match &settings.db {
                 Some(db) if settings.broker.is_some() => {
-                    let db = ReadDb::open(db)
+                    let db = ServiceDb::open(db)
                         .await
                         .context("opening the gateway's database")?;
                     let link = connect(&settings).await?;

@@ -27,6 +27,7 @@ use std::{
 };
 
 use anyhow::Context;
+use cairn_service_db::split_schema;
 use cairn_store::{EventStore, MemoryStore};
 
 pub(crate) use crate::Usage;
@@ -276,31 +277,6 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-/// Splits Cairn's own `schema=NAME` query parameter off a PostgreSQL URL:
-/// the rest goes to the driver, the schema selects where Cairn's tables live.
-pub(crate) fn split_schema(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.strip_prefix("schema=") {
-            Some(name) => {
-                schema = Some(name.to_owned());
-                false
-            }
-            None => !pair.is_empty(),
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, schema)
-}
-
 /// Opens the event store a URL names; with [`IfMissing::Fail`], only one
 /// that exists.
 pub(crate) async fn open_event_store(
@@ -383,21 +359,5 @@ mod tests {
             let err = StoreUrl::parse(bad).unwrap_err();
             assert!(err.is::<Usage>(), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn schema_parameter_is_split_off() {
-        assert_eq!(
-            split_schema("postgres://h/db"),
-            ("postgres://h/db".into(), None)
-        );
-        assert_eq!(
-            split_schema("postgres://h/db?schema=s1"),
-            ("postgres://h/db".into(), Some("s1".into()))
-        );
-        assert_eq!(
-            split_schema("postgres://h/db?sslmode=disable&schema=s1"),
-            ("postgres://h/db?sslmode=disable".into(), Some("s1".into()))
-        );
     }
 }

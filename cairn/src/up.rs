@@ -26,40 +26,34 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use axum::Router;
-use cairn_audit::{AuditApi, AuditOpenApi, AuditProjection};
+use axum::{Router, http::Extensions};
 use cairn_core::TenantId;
-use cairn_domain::{CommandBus, QueryBus};
-use cairn_flights::{
-    app::Flights,
-    http::{FlightsApi, FlightsOpenApi},
-    view::FlightsProjection,
-};
 use cairn_http::{
     AuthOptions, Health, HttpOptions, IdempotencyOptions, IdempotencyStore, ProjectionsOpenApi,
-    app, openapi_document, openapi_router, projections_router, serve, shutdown_signal,
+    app, openapi_document, openapi_router, projections_router, shutdown_signal,
 };
-use cairn_passengers::{
-    app::Passengers,
-    http::{PassengersApi, PassengersOpenApi},
-    view::PassengersProjection,
+use cairn_identity::{
+    Identity,
+    descriptor::{Created, DEMO_TENANT},
 };
-use cairn_projection::{Projection, Projections, ReadDb};
+use cairn_projection::{Projection, Projections};
+use cairn_service::{Background, Env, Layout, ServiceDescriptor, Topology};
+use cairn_service_db::{ServiceDb, split_schema};
 use cairn_store::{EventStore, MemoryStore};
 use cairn_telemetry::Metrics;
 use utoipa::OpenApi;
 
 use crate::{
     auth::{self, IdentityArgs},
+    platform::{self, Platform},
     store_url::{
         EVENTS_DB, Expect, IfMissing, READ_MODELS_DB, StoreUrl, open_store, require_existing,
-        split_schema,
     },
 };
 
 /// Options of `cairn up`.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct UpArgs {
+pub struct UpArgs {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: String,
@@ -95,16 +89,67 @@ pub(crate) struct UpArgs {
 
 /// Runs the platform until SIGINT or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    start(args, crate::services::all())
+        .await?
+        .serve(shutdown_signal())
+        .await
+}
+
+/// Starts `cairn up` as the command line after `up` says (`argv`), with
+/// `services`, ready to serve.
+pub async fn start_from(
+    argv: &[&str],
+    services: Vec<ServiceDescriptor>,
+) -> anyhow::Result<Platform> {
+    use clap::Parser as _;
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("cairn up").chain(argv.iter().copied()))?;
+    start(cli.up, services).await
+}
+
+/// Starts `services` in one process, as `cairn up` does, ready to serve.
+pub(crate) async fn start(
+    args: UpArgs,
+    services: Vec<ServiceDescriptor>,
+) -> anyhow::Result<Platform> {
+    platform::check(&services)?;
+    // Whatever a service asks of another must be answered in this process.
+    for service in &services {
+        for import in &service.imports {
+            let answered = services.iter().any(|s| {
+                s.name == import.from && s.exports.iter().any(|e| e.message == import.message)
+            });
+            if !answered {
+                bail!(
+                    "{} asks {} for {} {}, which no service here answers",
+                    service.name,
+                    import.from,
+                    import.message.kind,
+                    import.message.name
+                );
+            }
+        }
+    }
     // Input, the port and the data's lock come before anything is created:
     // a `cairn up` that cannot start leaves no trace.
     let trusted = auth::trusted_issuers(&args.identity.trust_issuer)?;
     let cors = args.cors.options()?;
     let projection_options = crate::projections_cli::options(&args.projection_policy)?;
-    let projection_names = [
-        cairn_flights::view::PROJECTION,
-        cairn_passengers::view::PROJECTION,
-        cairn_audit::PROJECTION,
-    ];
+    let published = platform::published(&services);
+    let projections: Vec<Arc<dyn Projection>> = services
+        .iter()
+        .flat_map(|s| {
+            s.projections_in(Layout {
+                topology: Topology::Shared,
+                published: &published,
+            })
+        })
+        .collect();
+    let projection_names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     if let Some(unknown) = projection_options
         .policies
         .keys()
@@ -120,7 +165,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // Held until the process ends, however it ends.
-    let _lock = if args.ephemeral {
+    let lock = if args.ephemeral {
         None
     } else {
         lock_data(args.store.as_deref(), &args.data_dir)?
@@ -146,10 +191,74 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let (identity, created) =
-        auth::open_identity(store.clone(), read_db.clone(), master, &public_url).await?;
+
+    let projections = Projections::start(
+        read_db.clone(),
+        store.clone(),
+        projections,
+        projection_options,
+    )
+    .await
+    .context("starting the projections")?;
+    let (commands, queries) = platform::buses(true);
+    // In one process the log is the broker: Passengers hears FlightDeleted
+    // straight from it (see LogBroker).
+    let log_broker: Arc<dyn cairn_messaging::Broker> = Arc::new(cairn_messaging::LogBroker::new(
+        store.clone(),
+        read_db.clone(),
+        published.clone(),
+    ));
+    let mut extensions = Extensions::new();
+    extensions.insert(master);
+    let env = Env {
+        topology: Topology::Shared,
+        store: Some(store.clone()),
+        db: read_db.clone(),
+        commands: commands.clone(),
+        queries: queries.clone(),
+        projections: Some(projections.clone()),
+        broker: log_broker,
+        published,
+        public_url: public_url.clone(),
+        extensions: Arc::new(extensions),
+    };
+    let mut background: Vec<Box<dyn Background>> = vec![Box::new(projections.clone())];
+    let mut api = Router::new();
+    let mut public = Router::new();
+    let mut provided = Vec::new();
+    for service in &services {
+        let started = service
+            .start(env.clone())
+            .await
+            .with_context(|| format!("starting {}", service.name))?;
+        api = api.merge(started.api);
+        if let Some(routes) = started.public {
+            public = public.merge(routes);
+        }
+        background.extend(started.background);
+        provided.push(started.provides);
+    }
+    platform::check_handlers(&services, &[], &commands, &queries)?;
+    for service in &services {
+        for consumer in service.consumers_in(&env)? {
+            background.push(Box::new(
+                consumer
+                    .start()
+                    .await
+                    .with_context(|| format!("starting {}'s consumers", service.name))?,
+            ));
+        }
+    }
+    let identity = provided
+        .iter()
+        .find_map(|p| p.get::<Identity>().cloned())
+        .context("no identity service: `cairn up` needs one to check tokens")?;
+    let created = provided
+        .iter()
+        .find_map(|p| p.get::<Created>().cloned())
+        .unwrap_or_default();
     let dev_token = if args.dev {
-        let demo = TenantId::new(auth::DEMO_TENANT).expect("valid tenant");
+        let demo = TenantId::new(DEMO_TENANT).expect("valid tenant");
         Some(
             identity
                 .token_for(&demo, "admin", 12 * 3600)
@@ -160,47 +269,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         None
     };
 
-    let published = [
-        cairn_flights::messaging::public_events()?,
-        cairn_passengers::messaging::public_events()?,
-    ];
-    let identity_events = cairn_identity::revocations::public_events()?;
-    let projections: Vec<Arc<dyn Projection>> = vec![
-        Arc::new(FlightsProjection),
-        Arc::new(PassengersProjection),
-        Arc::new(AuditProjection::new(
-            published.iter().chain([&identity_events]),
-        )),
-    ];
-    let projections = Projections::start(
-        read_db.clone(),
-        store.clone(),
-        projections,
-        projection_options,
-    )
-    .await
-    .context("starting the projections")?;
-
-    let commands = CommandBus::with_config(auth::bus_config());
-    let queries = QueryBus::with_config(auth::bus_config());
-    let flights = Flights::register(store.clone(), &commands, &queries, &projections)
-        .context("wiring the flights service")?;
-    let sagas = flights.start_sagas(std::time::Duration::from_secs(1));
-    // In one process the log is the broker: Passengers hears FlightDeleted
-    // straight from it (see LogBroker).
-    let log_broker: Arc<dyn cairn_messaging::Broker> = Arc::new(cairn_messaging::LogBroker::new(
-        store.clone(),
-        read_db.clone(),
-        published.to_vec(),
-    ));
-    let flight_events =
-        cairn_passengers::messaging::flight_events(read_db.clone(), log_broker, commands.clone())
-            .start()
-            .await
-            .context("consuming flight events")?;
-    let passengers = Passengers::register(store.clone(), &commands, &queries, &projections)
-        .context("wiring the passengers service")?;
-
     let idempotency = IdempotencyStore::open(read_db.pool().clone(), IdempotencyOptions::default())
         .await
         .context("opening the idempotency-key store")?;
@@ -208,35 +276,19 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_sql_check("read-models", read_db.pool().clone())
         .with_projections(&projections);
 
-    let api = Router::new()
-        .merge(cairn_flights::http::router(FlightsApi {
-            flights,
-            commands: commands.clone(),
-            queries: queries.clone(),
-        }))
-        .merge(cairn_passengers::http::router(PassengersApi {
-            passengers,
-            commands: commands.clone(),
-            queries: queries.clone(),
-        }))
-        .merge(cairn_audit::router(AuditApi::Log(projections.clone())))
-        .merge(projections_router(projections.clone()))
-        .merge(cairn_identity::http::admin_router(identity.clone()));
+    let api = api.merge(projections_router(projections.clone()));
     let doc = openapi_document(
         "Cairn flight operations",
         env!("CARGO_PKG_VERSION"),
-        [
-            FlightsOpenApi::openapi(),
-            PassengersOpenApi::openapi(),
-            AuditOpenApi::openapi(),
-            cairn_identity::IdentityOpenApi::openapi(),
-            ProjectionsOpenApi::openapi(),
-        ],
+        services
+            .iter()
+            .map(ServiceDescriptor::openapi_document)
+            .chain([ProjectionsOpenApi::openapi()]),
     );
     let public = Router::new()
         .merge(health.router())
         .merge(openapi_router(doc))
-        .merge(cairn_identity::http::realm_router(identity.clone()));
+        .merge(public);
     let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (store.clone(), projections.clone());
         move || {
@@ -250,13 +302,16 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     let options = HttpOptions {
         metrics: Some(metrics),
-        auth: Some(auth::shareable(AuthOptions::new(
-            identity.verifier(trusted),
-            Some(Arc::new(auth::StoreAudit(
-                store.clone(),
-                "crossread".into(),
-            ))),
-        ))),
+        auth: Some(platform::shareable(
+            AuthOptions::new(
+                identity.verifier(trusted),
+                Some(Arc::new(auth::StoreAudit(
+                    store.clone(),
+                    "crossread".into(),
+                ))),
+            ),
+            &services,
+        )),
         cors: cors.clone(),
         ..HttpOptions::default()
     };
@@ -265,7 +320,15 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("cairn up: listening on http://{addr}");
     println!("  event store:  {store_what}");
     println!("  read models:  {read_what}");
-    println!("  services:     flights /api/flights, passengers /api/passengers, audit /api/audit");
+    let served: Vec<String> = services
+        .iter()
+        .flat_map(|s| {
+            s.shares
+                .first()
+                .map(|(prefix, _)| format!("{} {prefix}", s.name))
+        })
+        .collect();
+    println!("  services:     {}", served.join(", "));
     println!("  openapi:      http://{addr}/openapi.json");
     println!("  health:       http://{addr}/health/ready");
     println!("  metrics:      http://{addr}/metrics");
@@ -274,7 +337,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  identity:     {public_url}/realms/<tenant> (master key: {master_what})");
     println!("  api:          needs Authorization: Bearer <token> from a realm's token endpoint");
-    for user in &created {
+    for user in &created.0 {
         println!(
             "  created tenant {}: user {} password: {} (shown once)",
             user.tenant, user.username, &*user.password
@@ -285,21 +348,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("                (demo's admin, valid 12 hours; --dev)");
     }
     println!("  stop:         Ctrl-C");
-
-    let draining = health.clone();
-    serve(listener, router, async move {
-        shutdown_signal().await;
-        draining.set_draining();
-        println!("cairn up: stopping; finishing in-flight requests");
+    Ok(Platform {
+        name: "up".into(),
+        listener,
+        router,
+        health,
+        background,
+        db: read_db,
+        lock,
+        serving: None,
+        dev_token,
     })
-    .await
-    .context("serving HTTP")?;
-    sagas.shutdown().await;
-    flight_events.shutdown().await;
-    projections.shutdown().await;
-    read_db.close().await;
-    println!("cairn up: stopped; checkpoints flushed");
-    Ok(())
 }
 
 /// The event store and the read-model database, with where each is (safe
@@ -307,12 +366,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
 pub(crate) struct Stores {
     pub(crate) events: Arc<dyn EventStore>,
     pub(crate) events_at: String,
-    pub(crate) read_db: ReadDb,
+    pub(crate) read_db: ServiceDb,
     pub(crate) read_at: String,
 }
 
 async fn ephemeral_stores() -> anyhow::Result<Stores> {
-    let db = ReadDb::ephemeral()
+    let db = ServiceDb::ephemeral()
         .await
         .context("opening the read models")?;
     Ok(Stores {
@@ -407,7 +466,7 @@ pub(crate) async fn open_stores(
         require_existing(&read_url, Expect::ServiceDb { tables: &[] }).await?;
     }
     let events = open_store(&events_url).await?;
-    let read_db = ReadDb::open(&read_url)
+    let read_db = ServiceDb::open(&read_url)
         .await
         .context("opening the read models")?;
     Ok(Stores {

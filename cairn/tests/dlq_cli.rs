@@ -16,7 +16,7 @@ use cairn_core::{EventId, RecordedEvent, StreamId, TenantId};
 use cairn_messaging::{
     Broker, Consumer, ConsumerOptions, EventHandler, HandlerError, IntegrationEvent, MemoryBroker,
 };
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use serde_json::{Value, json};
 use sqlx::{Any, Transaction};
 
@@ -98,7 +98,7 @@ fn event(stream: &str) -> IntegrationEvent {
 async fn list_show_replay_and_drop_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("service.db").display());
-    let db = ReadDb::open(&url).await.unwrap();
+    let db = ServiceDb::open(&url).await.unwrap();
     sqlx::query("CREATE TABLE handled (event_id TEXT NOT NULL)")
         .execute(db.pool())
         .await
@@ -221,7 +221,7 @@ async fn a_missing_service_database_is_an_error_and_nothing_is_created() {
     // gets no table.
     let other = dir.path().join("other.db");
     let url = format!("sqlite://{}", other.display());
-    let db = ReadDb::open(&url).await.unwrap();
+    let db = ServiceDb::open(&url).await.unwrap();
     sqlx::query("CREATE TABLE handled (event_id TEXT NOT NULL)")
         .execute(db.pool())
         .await

@@ -52,6 +52,7 @@ use axum::{
     http::{HeaderValue, Method, Request, StatusCode, header},
 };
 use cairn_core::TenantId;
+use cairn_service_db::split_schema;
 use clap::Args;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Full};
@@ -68,7 +69,7 @@ use super::{
     store::{self as store_bench, append_concurrent, append_loop},
     workload::{latency_histogram, quantile_ms, rate, record},
 };
-use crate::store_url::{StoreUrl, split_schema};
+use crate::store_url::StoreUrl;
 
 pub(crate) const LONG_ABOUT: &str = "\
 HTTP commands per second and their latency through a real `cairn up`,

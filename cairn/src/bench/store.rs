@@ -35,6 +35,7 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use cairn_core::{NewEvent, StreamId, TenantId};
+use cairn_service_db::split_schema;
 use cairn_store::{AllFilter, EventStore, ExpectedVersion, MemoryStore, ReadStream};
 use cairn_store_postgres::{PostgresOptions, PostgresStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
@@ -48,7 +49,7 @@ use super::{
     report::{self, Metric},
     workload::{latency_histogram, order_event, quantile_ms, rate, record},
 };
-use crate::store_url::{StoreUrl, split_schema};
+use crate::store_url::StoreUrl;
 
 pub(crate) const LONG_ABOUT: &str = "\
 Event store throughput and latency beside raw SQL on the same database.

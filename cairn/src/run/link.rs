@@ -10,7 +10,8 @@ use cairn_identity::revocations;
 use cairn_messaging::{Broker, Relay, RelayOptions, RequestTransport};
 use cairn_messaging_amqp::{AmqpBroker, AmqpOptions};
 use cairn_messaging_nats::{NatsBroker, NatsOptions};
-use cairn_projection::ReadDb;
+use cairn_service::{Layout, ServiceDescriptor};
+use cairn_service_db::ServiceDb;
 use cairn_store::EventStore;
 
 use super::settings::Settings;
@@ -49,29 +50,39 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Link> {
     }
 }
 
-/// Declares, before `service`'s relay publishes anything, the consumer
-/// groups of this system that read its events: on RabbitMQ a queue keeps
+/// The consumer groups of the deployment that read `service`'s events:
+/// those the services declare, and, when `service` issues the tokens,
+/// every other service's revoked-token list.
+pub(super) fn readers_of(
+    service: &str,
+    services: &[ServiceDescriptor],
+    layout: Layout<'_>,
+) -> Vec<String> {
+    let issues_tokens = services
+        .iter()
+        .any(|s| s.name == service && s.issues_tokens);
+    let mut groups = Vec::new();
+    for other in services.iter().filter(|s| s.name != service) {
+        if issues_tokens && !other.issues_tokens {
+            groups.push(revocations::group(other.name));
+        }
+        groups.extend(
+            other
+                .groups_in(layout)
+                .into_iter()
+                .filter(|g| g.source == service)
+                .map(|g| g.group),
+        );
+    }
+    groups
+}
+
+/// Declares, before a service's relay publishes anything, the consumer
+/// groups that read its events (`readers`): on RabbitMQ a queue keeps
 /// only what is published after it exists, so the order in which services
 /// start must not decide what a consumer sees.
-async fn declare_consumers_of(service: &str, link: &Link) -> anyhow::Result<()> {
-    let groups = match service {
-        "flights" => vec![
-            cairn_passengers::messaging::FLIGHT_EVENTS.to_owned(),
-            cairn_audit::group("flights"),
-        ],
-        "passengers" => vec![
-            cairn_flights::messaging::PASSENGER_EVENTS.to_owned(),
-            cairn_audit::group("passengers"),
-        ],
-        "identity" => vec![
-            revocations::group("flights"),
-            revocations::group("passengers"),
-            revocations::group("audit"),
-            cairn_audit::group("identity"),
-        ],
-        _ => Vec::new(),
-    };
-    for group in groups {
+async fn declare_readers(service: &str, readers: &[String], link: &Link) -> anyhow::Result<()> {
+    for group in readers {
         let spec = cairn_messaging::ConsumerSpec::new(group.clone(), service);
         link.broker
             .declare(&spec)
@@ -85,10 +96,11 @@ async fn declare_consumers_of(service: &str, link: &Link) -> anyhow::Result<()> 
 pub(super) async fn start_relay(
     public: cairn_messaging::PublicEvents,
     store: Arc<dyn EventStore>,
-    db: &ReadDb,
+    db: &ServiceDb,
     link: &Link,
+    readers: &[String],
 ) -> anyhow::Result<Relay> {
-    declare_consumers_of(&public.service, link).await?;
+    declare_readers(&public.service, readers, link).await?;
     Relay::start(
         public,
         store,
@@ -98,4 +110,43 @@ pub(super) async fn start_relay(
     )
     .await
     .context("starting the relay")
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_service::Topology;
+
+    use super::*;
+
+    #[test]
+    fn every_group_that_reads_a_service_is_declared_before_its_relay() {
+        let services = crate::services::all();
+        let published = crate::platform::published(&services);
+        let layout = Layout {
+            topology: Topology::Own,
+            published: &published,
+        };
+        let sorted = |service| {
+            let mut groups = readers_of(service, &services, layout);
+            groups.sort();
+            groups
+        };
+        assert_eq!(
+            sorted("flights"),
+            ["audit-flights-events", "passengers-flight-events"]
+        );
+        assert_eq!(
+            sorted("passengers"),
+            ["audit-passengers-events", "flights-passenger-events"]
+        );
+        let mut identity = vec![
+            revocations::group("flights"),
+            revocations::group("passengers"),
+            revocations::group("audit"),
+            cairn_audit::group("identity"),
+        ];
+        identity.sort();
+        assert_eq!(sorted("identity"), identity);
+        assert!(sorted("audit").is_empty());
+    }
 }

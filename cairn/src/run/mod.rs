@@ -1,23 +1,27 @@
-//! `cairn run <service>`: one service of the reference system as its own
-//! process, on its own event store, database and HTTP address, talking to
-//! the others through a broker (NATS JetStream or RabbitMQ); or the gateway
-//! in front of them (`cairn run gateway`, wired in `crate::gateway`), which
-//! needs no store, database or broker.
+//! `cairn run <service>`: one service as its own process, on its own event
+//! store, database and HTTP address, talking to the others through a
+//! broker (NATS JetStream or RabbitMQ); or the gateway in front of them
+//! (`cairn run gateway`, wired in `crate::gateway`), which needs no store,
+//! database or broker.
 //!
-//! What each service runs:
-//! - its aggregates and command/query handlers on local buses, with the
-//!   other services' handlers it calls forwarded over request/reply;
-//! - request/reply serving for what the others ask of it;
+//! What runs comes from the service's descriptor
+//! ([`cairn_service::ServiceDescriptor`]), the same one `cairn up` reads:
+//! - its handlers on local buses, with what it asks of other services
+//!   ([`Import`](cairn_service::Import)s) forwarded over request/reply;
+//! - request/reply serving for what it answers
+//!   ([`Export`](cairn_service::Export)s);
 //! - its projections over its own log;
-//! - the relay publishing its public events (the log is the outbox);
-//! - consumers of the other services' events (inbox, order, dead letters);
+//! - the relay publishing its public events (the log is the outbox), after
+//!   declaring every consumer group of the deployment that reads them;
+//! - its consumers of the other services' events (inbox, order, dead
+//!   letters);
 //! - its HTTP routes with health, OpenAPI, metrics and status.
 //!
 //! Settings come from `--config FILE` (TOML), then `CAIRN_*` environment
 //! variables, then flags: a flag or variable overrides the file
 //! ([`settings`]). The broker connection and the relay's start are in
 //! [`link`], the token checks of a service or the gateway on its own in
-//! [`tokens`]. This module wires each service from them and hands
+//! [`tokens`]. This module wires a service from them and hands
 //! `cairn run gateway` to `crate::gateway`, which uses those three but
 //! nothing of this module, so no dependency runs both ways.
 
@@ -25,86 +29,107 @@ pub(crate) mod link;
 pub(crate) mod settings;
 pub(crate) mod tokens;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use axum::Router;
-use cairn_domain::{CommandBus, QueryBus};
-use cairn_flightops_contracts::{
-    CloseBoarding, GetFlightForBooking, RemoveFlightPassengers, ReopenBoarding,
-};
+use axum::{Router, http::Extensions};
 use cairn_http::{
     AuthOptions, CrossTenantAudit, Health, HttpOptions, IdempotencyOptions, IdempotencyStore,
     ProjectionsOpenApi, TenantHeaderOptions, app, openapi_document, openapi_router,
-    projections_router, serve, shutdown_signal,
+    projections_router, shutdown_signal,
 };
-use cairn_identity::{BootstrapUser, Identity, revocations};
+use cairn_identity::{Identity, descriptor::Created};
 use cairn_messaging::{
-    ConsumerHandle, Relay, Serving,
-    rpc::{Remote, RpcServer, forward_command, forward_query},
+    PublicEvents,
+    rpc::{Remote, RpcServer},
 };
-use cairn_projection::{Projection, Projections, ReadDb};
-use cairn_store::EventStore;
+use cairn_projection::Projections;
+use cairn_service::{Background, CrossReads, Env, Layout, ServiceDescriptor, Topology};
+use cairn_service_db::ServiceDb;
 use cairn_telemetry::Metrics;
 use utoipa::OpenApi;
 
 pub(crate) use self::settings::RunArgs;
 use self::{
-    link::{Link, connect, start_relay},
-    settings::{Access, ServiceName, Settings},
+    link::{connect, start_relay},
+    settings::{Access, Settings},
     tokens::{hear_revocations, remote_verifier},
 };
 use crate::{
-    auth::{self, IdentityArgs},
+    auth,
+    platform::{self, Platform},
     store_url::{StoreUrl, open_store},
 };
-
-/// Everything a running service holds until shutdown.
-struct Running {
-    api: Router,
-    doc: utoipa::openapi::OpenApi,
-    store: Option<Arc<dyn EventStore>>,
-    projections: Option<Projections>,
-    relay: Option<Relay>,
-    consumers: Vec<ConsumerHandle>,
-    sagas: Option<cairn_saga::TimeoutsHandle>,
-    _serving: Option<Serving>,
-    /// Where cross-tenant reads are recorded.
-    cross_reads: Option<Arc<dyn CrossTenantAudit>>,
-    /// Routes served without a token (the identity service's realms).
-    public: Option<Router>,
-    /// The identity service, and the tenants its first start made.
-    identity: Option<(Identity, Vec<BootstrapUser>)>,
-}
 
 /// Where a service on its own records cross-tenant reads: in its store,
 /// in a category its relay publishes (so the audit service hears them).
 fn store_cross_reads(
     service: &str,
-    store: &Arc<dyn EventStore>,
-    public: &mut cairn_messaging::PublicEvents,
+    store: &Arc<dyn cairn_store::EventStore>,
+    public: &mut PublicEvents,
 ) -> Arc<dyn CrossTenantAudit> {
     let category = format!("crossread_{service}");
     public.categories.push(category.clone());
-    public.types.push(auth::CROSS_TENANT_READ.to_owned());
+    public.types.push(cairn_http::CROSS_TENANT_READ.to_owned());
     Arc::new(auth::StoreAudit(store.clone(), category))
 }
 
 /// Runs one service until SIGINT or SIGTERM.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
-    if settings.service == ServiceName::Gateway {
+    let services = crate::services::all();
+    let settings = args.settings(&services)?;
+    if settings.service == settings::GATEWAY {
         return crate::gateway::run(settings).await;
     }
-    let name = settings.service.as_str();
+    start(settings, services)
+        .await?
+        .serve(shutdown_signal())
+        .await
+}
+
+/// Starts `cairn run` as the command line after `run` says (`argv`), with
+/// `services` as the deployment's services, ready to serve. Not the
+/// gateway: that is `cairn run gateway` itself.
+pub async fn start_from(
+    argv: &[&str],
+    services: Vec<ServiceDescriptor>,
+) -> anyhow::Result<Platform> {
+    use clap::Parser as _;
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("cairn run").chain(argv.iter().copied()))?;
+    let settings = cli.run.settings(&services)?;
+    if settings.service == settings::GATEWAY {
+        bail!("start_from runs services; the gateway is `cairn run gateway`");
+    }
+    start(settings, services).await
+}
+
+/// Starts the service `settings` names, one of `services` (the others are
+/// the rest of the deployment: whose events it may hear, who reads its
+/// own), ready to serve.
+pub(crate) async fn start(
+    settings: Settings,
+    services: Vec<ServiceDescriptor>,
+) -> anyhow::Result<Platform> {
+    platform::check(&services)?;
+    let service = services
+        .iter()
+        .find(|s| s.name == settings.service)
+        .with_context(|| format!("no service is named {}", settings.service))?;
+    let name = service.name;
     // Before anything starts, so nothing it counts is lost.
     let metrics = Metrics::install();
     let store = match &settings.store {
         Some(url) => Some(open_store(url).await?),
+        None if service.keeps_events => bail!("{name} keeps events: it needs an event store"),
         None => None,
     };
     let db_url = settings.db.as_deref().context("no database")?;
-    let db = ReadDb::open(db_url)
+    let db = ServiceDb::open(db_url)
         .await
         .context("opening the service database")?;
     let link = connect(&settings).await?;
@@ -113,31 +138,112 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let tokens = matches!(settings.access, Access::Tokens { .. });
-    let (commands, queries) = if tokens {
-        (
-            CommandBus::with_config(auth::bus_config()),
-            QueryBus::with_config(auth::bus_config()),
-        )
+    let (commands, queries) = platform::buses(tokens);
+    let mut forwarded = Vec::new();
+    for import in &service.imports {
+        let remote =
+            Remote::new(link.transport.clone(), import.from).with_timeout(settings.request_timeout);
+        import
+            .forward(&commands, &queries, remote)
+            .with_context(|| format!("forwarding {} to {}", import.message.name, import.from))?;
+        forwarded.push(import.message.name);
+    }
+    let published = platform::published(&services);
+    let layout = Layout {
+        topology: Topology::Own,
+        published: &published,
+    };
+    let own_projections = service.projections_in(layout);
+    let projections = match &store {
+        Some(store) if !own_projections.is_empty() => Some(
+            Projections::start(
+                db.clone(),
+                store.clone(),
+                own_projections,
+                settings.projection_options.clone(),
+            )
+            .await
+            .context("starting the projections")?,
+        ),
+        _ => None,
+    };
+    let mut extensions = Extensions::new();
+    if settings.master_key_file.is_some() || std::env::var_os("CAIRN_MASTER_KEY").is_some() {
+        let args = auth::IdentityArgs {
+            master_key_file: settings.master_key_file.clone(),
+            ..auth::IdentityArgs::default()
+        };
+        extensions.insert(auth::master_key(&args, None)?.0);
+    }
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let env = Env {
+        topology: Topology::Own,
+        store: store.clone(),
+        db: db.clone(),
+        commands: commands.clone(),
+        queries: queries.clone(),
+        projections: projections.clone(),
+        broker: link.broker.clone(),
+        published: published.clone(),
+        public_url,
+        extensions: Arc::new(extensions),
+    };
+    let mut background: Vec<Box<dyn Background>> = Vec::new();
+    if let Some(projections) = &projections {
+        background.push(Box::new(projections.clone()));
+    }
+    let started = service
+        .start(env.clone())
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    background.extend(started.background);
+    platform::check_handlers([service], &forwarded, &commands, &queries)?;
+    let serving = if service.exports.is_empty() {
+        None
     } else {
-        (CommandBus::new(), QueryBus::new())
+        let mut server = RpcServer::new();
+        for export in &service.exports {
+            server = export
+                .serve(server, &commands, &queries)
+                .with_context(|| format!("answering {}", export.message.name))?;
+        }
+        Some(
+            server
+                .serve(link.transport.as_ref(), name)
+                .await
+                .context("serving requests")?,
+        )
     };
-    let mut running = match (settings.service, store) {
-        (ServiceName::Flights, Some(store)) => {
-            flights(&settings, store, &db, &link, &commands, &queries).await?
-        }
-        (ServiceName::Passengers, Some(store)) => {
-            passengers(&settings, store, &db, &link, &commands, &queries).await?
-        }
-        (ServiceName::Identity, Some(store)) => {
-            let public_url = settings
-                .public_url
+    for consumer in service.consumers_in(&env)? {
+        background.push(Box::new(
+            consumer.start().await.context("consuming events")?,
+        ));
+    }
+    let cross_reads = match (&service.cross_reads, &store) {
+        (CrossReads::Custom(make), _) => Some(make(&env)),
+        (CrossReads::Store, Some(store)) => {
+            let mut public = service
+                .public_events
                 .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
-            identity(&settings, store, &db, &link, public_url).await?
+                .unwrap_or_else(|| PublicEvents {
+                    service: name.to_owned(),
+                    categories: Vec::new(),
+                    types: Vec::new(),
+                    redacted: Vec::new(),
+                });
+            let cross_reads = store_cross_reads(name, store, &mut public);
+            let readers = link::readers_of(name, &services, layout);
+            background.push(Box::new(
+                start_relay(public, store.clone(), &db, &link, &readers).await?,
+            ));
+            Some(cross_reads)
         }
-        (ServiceName::Audit, _) => audit(&db, &link).await?,
-        (ServiceName::Gateway, _) | (_, None) => bail!("no event store"),
+        (CrossReads::Store, None) => None,
     };
+    let identity = started.provides.get::<Identity>().cloned();
     let auth = match &settings.access {
         Access::Header { .. } => None,
         Access::Tokens {
@@ -146,18 +252,18 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             trust,
         } => {
             let trusted = auth::trusted_issuers(trust)?;
-            let verifier = match &running.identity {
-                Some((identity, _)) => identity.verifier(trusted),
+            let verifier = match &identity {
+                Some(identity) => identity.verifier(trusted),
                 None => {
                     let (revoked, consumer) = hear_revocations(name, &db, &link).await?;
-                    running.consumers.push(consumer);
+                    background.push(Box::new(consumer));
                     remote_verifier(issuer, identity_url, trusted, Some(Arc::new(revoked)))
                 }
             };
-            Some(auth::shareable(AuthOptions::new(
-                verifier,
-                running.cross_reads.clone(),
-            )))
+            Some(platform::shareable(
+                AuthOptions::new(verifier, cross_reads.clone()),
+                &services,
+            ))
         }
     };
 
@@ -165,22 +271,25 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("opening the idempotency-key store")?;
     let mut health = Health::new().with_sql_check("database", db.pool().clone());
-    if let Some(projections) = &running.projections {
+    let mut api = started.api;
+    let mut doc = openapi_document(
+        service.title,
+        env!("CARGO_PKG_VERSION"),
+        [service.openapi_document()],
+    );
+    if let Some(projections) = &projections {
         health = health.with_projections(projections);
-        running.api = running
-            .api
-            .clone()
-            .merge(projections_router(projections.clone()));
-        running.doc.merge(ProjectionsOpenApi::openapi());
+        api = api.merge(projections_router(projections.clone()));
+        doc.merge(ProjectionsOpenApi::openapi());
     }
     let mut public = Router::new()
         .merge(health.router())
-        .merge(openapi_router(running.doc.clone()));
-    if let Some(extra) = running.public.take() {
+        .merge(openapi_router(doc));
+    if let Some(extra) = started.public {
         public = public.merge(extra);
     }
     let metrics = metrics.with_collector("store-and-projections", {
-        let (store, projections) = (running.store.clone(), running.projections.clone());
+        let (store, projections) = (store.clone(), projections.clone());
         move || {
             let head = store.as_ref().map(|s| *s.head().borrow());
             let projections = projections.clone();
@@ -206,7 +315,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         cors: settings.cors.clone(),
         ..HttpOptions::default()
     };
-    let router = app(running.api.clone(), public, &options, Some(&idempotency));
+    let router = app(api, public, &options, Some(&idempotency));
     println!("cairn run {name}: listening on http://{addr}");
     if let Some(store) = &settings.store {
         println!("  event store:  {}", StoreUrl::parse(store)?.redacted());
@@ -221,7 +330,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             println!("  tenant:       X-Cairn-Tenant, unauthenticated (default {default_tenant})");
         }
         Access::Tokens { issuer, trust, .. } => {
-            if let Some((identity, _)) = &running.identity {
+            if let Some(identity) = &identity {
                 println!(
                     "  identity:     {}/realms/<tenant>",
                     identity.options().issuer_base
@@ -235,263 +344,27 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some((_, created)) = &running.identity {
-        for user in created {
+    if let Some(created) = started.provides.get::<Created>() {
+        for user in &created.0 {
             println!(
                 "  created tenant {}: user {} password: {} (shown once)",
                 user.tenant, user.username, &*user.password
             );
         }
     }
-
-    let draining = health.clone();
-    serve(listener, router, async move {
-        shutdown_signal().await;
-        draining.set_draining();
+    Ok(Platform {
+        name: format!("run {name}"),
+        listener,
+        router,
+        health,
+        background,
+        db,
+        lock: None,
+        serving,
+        dev_token: None,
     })
-    .await
-    .context("serving HTTP")?;
-    if let Some(sagas) = running.sagas {
-        sagas.shutdown().await;
-    }
-    for consumer in running.consumers {
-        consumer.shutdown().await;
-    }
-    if let Some(relay) = running.relay {
-        relay.shutdown().await;
-    }
-    if let Some(projections) = running.projections {
-        projections.shutdown().await;
-    }
-    db.close().await;
-    println!("cairn run {name}: stopped");
-    Ok(())
 }
 
 fn redact(url: &str) -> String {
     StoreUrl::parse(url).map_or_else(|_| url.to_owned(), |u| u.redacted())
-}
-
-async fn start_projections(
-    settings: &Settings,
-    db: &ReadDb,
-    store: Arc<dyn EventStore>,
-    projections: Vec<Arc<dyn Projection>>,
-) -> anyhow::Result<Projections> {
-    let options = settings.projection_options.clone();
-    Projections::start(db.clone(), store, projections, options)
-        .await
-        .context("starting the projections")
-}
-
-async fn flights(
-    settings: &Settings,
-    store: Arc<dyn EventStore>,
-    db: &ReadDb,
-    link: &Link,
-    commands: &CommandBus,
-    queries: &QueryBus,
-) -> anyhow::Result<Running> {
-    use cairn_flights::{
-        app::Flights,
-        http::{FlightsApi, FlightsOpenApi},
-        messaging,
-        view::OwnFlightsProjection,
-    };
-    let remote =
-        Remote::new(link.transport.clone(), "passengers").with_timeout(settings.request_timeout);
-    forward_command::<CloseBoarding>(commands, remote.clone())?;
-    forward_command::<ReopenBoarding>(commands, remote.clone())?;
-    forward_command::<RemoveFlightPassengers>(commands, remote)?;
-    let projections = start_projections(
-        settings,
-        db,
-        store.clone(),
-        vec![Arc::new(OwnFlightsProjection)],
-    )
-    .await?;
-    let flights = Flights::register(store.clone(), commands, queries, &projections)
-        .context("wiring the flights service")?;
-    let sagas = flights.start_sagas(Duration::from_secs(1));
-    let serving = RpcServer::new()
-        .query::<GetFlightForBooking>(queries.clone())?
-        .serve(link.transport.as_ref(), messaging::SERVICE)
-        .await
-        .context("serving requests")?;
-    let consumers = vec![
-        messaging::passenger_events(db.clone(), link.broker.clone())
-            .start()
-            .await
-            .context("consuming passenger events")?,
-    ];
-    let mut public = messaging::public_events()?;
-    let cross_reads = store_cross_reads(messaging::SERVICE, &store, &mut public);
-    let relay = start_relay(public, store.clone(), db, link).await?;
-    let api = cairn_flights::http::router(FlightsApi {
-        flights,
-        commands: commands.clone(),
-        queries: queries.clone(),
-    });
-    let doc = openapi_document(
-        "Cairn flights",
-        env!("CARGO_PKG_VERSION"),
-        [FlightsOpenApi::openapi()],
-    );
-    Ok(Running {
-        api,
-        doc,
-        store: Some(store),
-        projections: Some(projections),
-        relay: Some(relay),
-        consumers,
-        sagas: Some(sagas),
-        _serving: Some(serving),
-        cross_reads: Some(cross_reads),
-        public: None,
-        identity: None,
-    })
-}
-
-async fn passengers(
-    settings: &Settings,
-    store: Arc<dyn EventStore>,
-    db: &ReadDb,
-    link: &Link,
-    commands: &CommandBus,
-    queries: &QueryBus,
-) -> anyhow::Result<Running> {
-    use cairn_passengers::{
-        app::Passengers,
-        http::{PassengersApi, PassengersOpenApi},
-        messaging,
-        view::PassengersProjection,
-    };
-    let remote =
-        Remote::new(link.transport.clone(), "flights").with_timeout(settings.request_timeout);
-    forward_query::<GetFlightForBooking>(queries, remote)?;
-    let projections = start_projections(
-        settings,
-        db,
-        store.clone(),
-        vec![Arc::new(PassengersProjection)],
-    )
-    .await?;
-    let passengers = Passengers::register(store.clone(), commands, queries, &projections)
-        .context("wiring the passengers service")?;
-    let serving = RpcServer::new()
-        .command::<CloseBoarding>(commands.clone())?
-        .command::<ReopenBoarding>(commands.clone())?
-        .command::<RemoveFlightPassengers>(commands.clone())?
-        .serve(link.transport.as_ref(), messaging::SERVICE)
-        .await
-        .context("serving requests")?;
-    let consumers = vec![
-        messaging::flight_events(db.clone(), link.broker.clone(), commands.clone())
-            .start()
-            .await
-            .context("consuming flight events")?,
-    ];
-    let mut public = messaging::public_events()?;
-    let cross_reads = store_cross_reads(messaging::SERVICE, &store, &mut public);
-    let relay = start_relay(public, store.clone(), db, link).await?;
-    let api = cairn_passengers::http::router(PassengersApi {
-        passengers,
-        commands: commands.clone(),
-        queries: queries.clone(),
-    });
-    let doc = openapi_document(
-        "Cairn passengers",
-        env!("CARGO_PKG_VERSION"),
-        [PassengersOpenApi::openapi()],
-    );
-    Ok(Running {
-        api,
-        doc,
-        store: Some(store),
-        projections: Some(projections),
-        relay: Some(relay),
-        consumers,
-        sagas: None,
-        _serving: Some(serving),
-        cross_reads: Some(cross_reads),
-        public: None,
-        identity: None,
-    })
-}
-
-async fn audit(db: &ReadDb, link: &Link) -> anyhow::Result<Running> {
-    use cairn_audit::{AuditApi, AuditOpenApi};
-    cairn_audit::create_tables(db.pool())
-        .await
-        .context("creating the audit log")?;
-    let mut consumers = Vec::new();
-    for consumer in cairn_audit::consumers(
-        db,
-        &link.broker,
-        &["flights", "passengers", revocations::SERVICE],
-    ) {
-        consumers.push(consumer.start().await.context("consuming events")?);
-    }
-    let api = cairn_audit::router(AuditApi::Consumers(db.clone()));
-    let doc = openapi_document(
-        "Cairn audit",
-        env!("CARGO_PKG_VERSION"),
-        [AuditOpenApi::openapi()],
-    );
-    Ok(Running {
-        api,
-        doc,
-        store: None,
-        projections: None,
-        relay: None,
-        consumers,
-        sagas: None,
-        _serving: None,
-        cross_reads: Some(Arc::new(auth::AuditLogAudit(db.clone()))),
-        public: None,
-        identity: None,
-    })
-}
-
-async fn identity(
-    settings: &Settings,
-    store: Arc<dyn EventStore>,
-    db: &ReadDb,
-    link: &Link,
-    public_url: String,
-) -> anyhow::Result<Running> {
-    let args = IdentityArgs {
-        master_key_file: settings.master_key_file.clone(),
-        ..IdentityArgs::default()
-    };
-    if args.master_key_file.is_none() && std::env::var_os("CAIRN_MASTER_KEY").is_none() {
-        bail!(
-            "no master key: pass --master-key-file (or set CAIRN_MASTER_KEY); \
-             every instance of the identity service needs the same one"
-        );
-    }
-    let (master, _) = auth::master_key(&args, None)?;
-    let (identity, created) =
-        auth::open_identity(store.clone(), db.clone(), master, &public_url).await?;
-    let mut public = revocations::public_events()?;
-    let cross_reads = store_cross_reads(revocations::SERVICE, &store, &mut public);
-    let relay = start_relay(public, store.clone(), db, link).await?;
-    let doc = openapi_document(
-        "Cairn identity",
-        env!("CARGO_PKG_VERSION"),
-        [cairn_identity::IdentityOpenApi::openapi()],
-    );
-    Ok(Running {
-        api: cairn_identity::http::admin_router(identity.clone()),
-        doc,
-        store: Some(store),
-        projections: None,
-        relay: Some(relay),
-        consumers: Vec::new(),
-        sagas: None,
-        _serving: None,
-        cross_reads: Some(cross_reads),
-        public: Some(cairn_identity::http::realm_router(identity.clone())),
-        identity: Some((identity, created)),
-    })
 }

@@ -9,41 +9,25 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, bail};
 use cairn_core::TenantId;
 use cairn_gateway::{DEFAULT_UPSTREAM_TIMEOUT, Route, Url};
+use cairn_service::ServiceDescriptor;
+use cairn_service_db::split_schema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::{self, IdentityArgs},
-    store_url::{StoreUrl, split_schema},
+    store_url::StoreUrl,
 };
 
-/// The services `cairn run` starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum ServiceName {
-    Flights,
-    Passengers,
-    Audit,
-    Identity,
-    /// The gateway in front of the others (no store, database or broker).
-    Gateway,
-}
-
-impl ServiceName {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::Flights => "flights",
-            ServiceName::Passengers => "passengers",
-            ServiceName::Audit => "audit",
-            ServiceName::Identity => "identity",
-            ServiceName::Gateway => "gateway",
-        }
-    }
-}
+/// The name `cairn run` gives the gateway (every other name is a
+/// service's, from its descriptor).
+pub(crate) const GATEWAY: &str = "gateway";
 
 /// Options of `cairn run`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RunArgs {
-    /// The service to run.
-    service: ServiceName,
+    /// The service to run (flights, passengers, audit, identity), or
+    /// `gateway`.
+    service: String,
     /// A TOML file with any of: store, db, broker, listen, prefix,
     /// default_tenant, request_timeout_ms, issuer, identity_url,
     /// trust_issuer, insecure_tenant_header, public_url, master_key_file,
@@ -164,7 +148,8 @@ pub(crate) enum Access {
 /// Settings after layering.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    pub(crate) service: ServiceName,
+    /// The service's name, or [`GATEWAY`].
+    pub(crate) service: String,
     /// Absent for Audit, which keeps no events of its own, and the gateway.
     pub(super) store: Option<String>,
     /// Absent for the gateway unless it keeps the revoked tokens.
@@ -190,7 +175,8 @@ pub(crate) struct Settings {
 }
 
 impl RunArgs {
-    pub(super) fn settings(self) -> anyhow::Result<Settings> {
+    /// The layered settings of a run of one of `services` (or the gateway).
+    pub(crate) fn settings(self, services: &[ServiceDescriptor]) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -201,7 +187,18 @@ impl RunArgs {
             None => FileConfig::default(),
         };
         let service = self.service;
-        let gateway = service == ServiceName::Gateway;
+        let gateway = service == GATEWAY;
+        let descriptor = services.iter().find(|s| s.name == service);
+        if descriptor.is_none() && !gateway {
+            let mut names: Vec<&str> = services.iter().map(|s| s.name).collect();
+            names.push(GATEWAY);
+            return Err(anyhow::Error::new(crate::Usage(format!(
+                "no service is named {service:?}: the services are {}",
+                names.join(", ")
+            ))));
+        }
+        let keeps_events = descriptor.is_some_and(|d| d.keeps_events);
+        let issues_tokens = descriptor.is_some_and(|d| d.issues_tokens);
         let routes = routes(file.route, self.route)?;
         if gateway && routes.is_empty() {
             bail!("no routes: pass --route PREFIX=URL[,URL…] or add [[route]] tables to --config");
@@ -233,7 +230,7 @@ impl RunArgs {
             }
         } else {
             let store = self.store.or(file.store);
-            if store.is_none() && service != ServiceName::Audit {
+            if store.is_none() && keeps_events {
                 bail!("no event store: pass --store or set `store` in --config");
             }
             let broker = self
@@ -242,7 +239,7 @@ impl RunArgs {
                 .context("no broker: pass --broker nats://… or amqp://…, or set `broker`")?;
             let db = match (self.db.or(file.db), &store) {
                 (Some(db), _) => db,
-                (None, Some(store)) => default_db(store, service.as_str())?,
+                (None, Some(store)) => default_db(store, &service)?,
                 (None, None) => bail!("no database: pass --db (or --store to put it beside)"),
             };
             (store, Some(db), Some(broker))
@@ -260,7 +257,7 @@ impl RunArgs {
         trust.extend(self.identity.trust_issuer);
         let issuer = self.issuer.or(file.issuer);
         let access = if insecure {
-            if service == ServiceName::Identity {
+            if issues_tokens {
                 bail!(
                     "the identity service always issues and checks tokens: drop --insecure-tenant-header"
                 );
@@ -281,7 +278,7 @@ impl RunArgs {
                 default_tenant: TenantId::new(&default_tenant).context("default tenant")?,
             }
         } else {
-            if issuer.is_none() && trust.is_empty() && service != ServiceName::Identity {
+            if issuer.is_none() && trust.is_empty() && !issues_tokens {
                 bail!(
                     "no token issuer: pass --issuer URL (the identity service) or --trust-issuer, \
                      or --insecure-tenant-header on a private test network"
@@ -368,7 +365,9 @@ mod tests {
     fn settings(args: &[&str]) -> anyhow::Result<Settings> {
         let mut argv = vec!["cairn"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv)?.run.settings()
+        Cli::try_parse_from(argv)?
+            .run
+            .settings(&crate::services::all())
     }
 
     fn config(text: &str) -> (tempfile::TempDir, String) {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use cairn_auth::{RemoteJwks, Revocations, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
 use cairn_identity::revocations::{self, RevokedTokens};
 use cairn_messaging::ConsumerHandle;
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 
 use super::link::Link;
 
@@ -16,7 +16,7 @@ use super::link::Link;
 /// service's events, which the returned consumer writes there.
 pub(crate) async fn hear_revocations(
     service: &str,
-    db: &ReadDb,
+    db: &ServiceDb,
     link: &Link,
 ) -> anyhow::Result<(RevokedTokens, ConsumerHandle)> {
     let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)

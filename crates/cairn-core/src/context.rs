@@ -21,6 +21,11 @@ pub struct RequestContext {
     pub traceparent: Option<String>,
     /// Permissions granted to the caller (filled by authentication).
     pub permissions: BTreeSet<String>,
+    /// The platform service sending this message on the actor's behalf
+    /// ([`as_service`](Self::as_service)). Only a service's own code sets
+    /// it, never authentication: an end user's token cannot, so messages
+    /// declared internal are closed to end users.
+    pub service: Option<String>,
 }
 
 impl RequestContext {
@@ -33,7 +38,15 @@ impl RequestContext {
             causation_id: None,
             traceparent: None,
             permissions: BTreeSet::new(),
+            service: None,
         }
+    }
+
+    /// This context, sent by the platform service `service` (for a message
+    /// between services, on behalf of the same actor and tenant).
+    pub fn as_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
     }
 
     pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
@@ -108,5 +121,15 @@ mod tests {
             RequestContext::new(TenantId::new("acme").unwrap()).with_permissions(["flights:write"]);
         assert!(ctx.has_permission("flights:write"));
         assert!(!ctx.has_permission("flights:read"));
+    }
+
+    #[test]
+    fn a_service_acts_for_the_same_actor() {
+        let ctx = RequestContext::new(TenantId::new("acme").unwrap()).with_actor("ada");
+        assert_eq!(ctx.service, None);
+        let sent = ctx.clone().as_service("flights");
+        assert_eq!(sent.service.as_deref(), Some("flights"));
+        assert_eq!(sent.actor, ctx.actor);
+        assert_eq!(sent.correlation_id, ctx.correlation_id);
     }
 }

@@ -193,6 +193,7 @@ async fn registering_twice_is_a_typed_error() {
     let expected = DuplicateHandler(MessageInfo {
         kind: MessageKind::Command,
         name: "concerts.plan",
+        access: cairn_domain::bus::Access::Undeclared,
     });
     assert_eq!(duplicate, expected);
     assert_eq!(same_name, expected);

@@ -65,6 +65,21 @@ pub struct CrossTenantRead {
     pub shared: Option<String>,
 }
 
+/// The event type of a recorded cross-tenant read.
+pub const CROSS_TENANT_READ: &str = "CrossTenantRead";
+
+/// The JSON a recorded cross-tenant read carries.
+pub fn cross_read_data(read: &CrossTenantRead) -> serde_json::Value {
+    serde_json::json!({
+        "actorTenant": read.actor_tenant.as_str(),
+        "actor": read.actor,
+        "username": read.username,
+        "method": read.method,
+        "target": read.target,
+        "shared": read.shared,
+    })
+}
+
 /// Records cross-tenant reads (in the audit log). A read goes ahead only
 /// after its record was written.
 pub trait CrossTenantAudit: Send + Sync + fmt::Debug {

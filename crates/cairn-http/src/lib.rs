@@ -41,8 +41,8 @@ mod projections_admin;
 mod server;
 
 pub use auth::{
-    AuthOptions, BearerAuth, BearerAuthLayer, Caller, CrossTenantAudit, CrossTenantRead,
-    SharedRoute, bearer_auth, bearer_token, unauthenticated,
+    AuthOptions, BearerAuth, BearerAuthLayer, CROSS_TENANT_READ, Caller, CrossTenantAudit,
+    CrossTenantRead, SharedRoute, bearer_auth, bearer_token, cross_read_data, unauthenticated,
 };
 pub use context::{
     CORRELATION_ID_HEADER, Context, RequestContextLayer, RequestContextService, TENANT_HEADER,

@@ -38,6 +38,7 @@ pub(crate) const TENANT: &str = "Cairn-Tenant";
 pub(crate) const CORRELATION_ID: &str = "Cairn-Correlation-Id";
 pub(crate) const TRACEPARENT: &str = "traceparent";
 pub(crate) const ACTOR: &str = "Cairn-Actor";
+pub(crate) const SERVICE: &str = "Cairn-Service";
 pub(crate) const NAME: &str = "Cairn-Name";
 
 type Pending = Arc<StdMutex<HashMap<String, oneshot::Sender<Bytes>>>>;
@@ -226,6 +227,9 @@ fn request_headers(request: &RpcRequest) -> FieldTable {
     if let Some(v) = &request.actor {
         put(ACTOR, v);
     }
+    if let Some(v) = &request.service {
+        put(SERVICE, v);
+    }
     headers
 }
 
@@ -251,6 +255,7 @@ fn decode_request(delivery: &Delivery) -> Result<RpcRequest, String> {
         correlation_id: header(headers, CORRELATION_ID),
         traceparent: header(headers, TRACEPARENT),
         actor: header(headers, ACTOR),
+        service: header(headers, SERVICE),
         body: Bytes::from(delivery.data.clone()),
     })
 }

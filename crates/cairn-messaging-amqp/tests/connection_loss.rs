@@ -175,6 +175,7 @@ fn ping() -> RpcRequest {
         correlation_id: None,
         traceparent: None,
         actor: None,
+        service: None,
         body: Bytes::from_static(b"{}"),
     }
 }

@@ -65,6 +65,7 @@ fn request(body: &str) -> RpcRequest {
         correlation_id: Some("corr-1".to_owned()),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         actor: Some("user-9".to_owned()),
+        service: None,
         body: Bytes::from(body.to_owned()),
     }
 }

@@ -29,6 +29,8 @@ pub mod headers {
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     pub const ACTOR: &str = "Cairn-Actor";
+    /// The platform service sending the request (internal messages).
+    pub const SERVICE: &str = "Cairn-Service";
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, RpcError> {
@@ -51,6 +53,7 @@ fn request_headers(request: &RpcRequest) -> Result<HeaderMap, RpcError> {
         (headers::CORRELATION_ID, &request.correlation_id),
         (headers::TRACEPARENT, &request.traceparent),
         (headers::ACTOR, &request.actor),
+        (headers::SERVICE, &request.service),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -73,6 +76,7 @@ fn parse_request(message: &Message) -> Result<RpcRequest, String> {
         correlation_id: get(headers::CORRELATION_ID),
         traceparent: get(headers::TRACEPARENT),
         actor: get(headers::ACTOR),
+        service: get(headers::SERVICE),
         body: message.payload.clone(),
     })
 }

@@ -20,6 +20,7 @@ fn rpc_request() -> cairn_messaging::RpcRequest {
         correlation_id: None,
         traceparent: None,
         actor: None,
+        service: None,
         body: bytes::Bytes::from_static(b"{}"),
     }
 }

@@ -158,6 +158,11 @@ pub struct RpcRequest {
     pub correlation_id: Option<String>,
     pub traceparent: Option<String>,
     pub actor: Option<String>,
+    /// The platform service sending it on the actor's behalf
+    /// ([`RequestContext::service`](cairn_core::RequestContext::service)):
+    /// what lets a message declared internal through. The broker is the
+    /// trust boundary: only the platform's processes may publish requests.
+    pub service: Option<String>,
     /// JSON body of the command or query.
     pub body: Bytes,
 }

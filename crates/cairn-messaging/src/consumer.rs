@@ -32,7 +32,7 @@ use std::{
 
 use async_trait::async_trait;
 use cairn_core::EventId;
-use cairn_projection::{DbKind, Projection, ProjectionError, ReadDb};
+use cairn_service_db::{DbKind, ServiceDb};
 use serde::Serialize;
 use sqlx::{Any, Transaction};
 use tokio::{
@@ -84,36 +84,6 @@ pub trait EventHandler: Send + Sync + 'static {
             self.handle(tx, event).await?;
         }
         Ok(())
-    }
-}
-
-/// Feeds another service's events to a [`Projection`]: its read model is
-/// then kept from integration events, in the consumer's transaction (so
-/// with the inbox's exactly-once effect). A poison event is rejected (dead
-/// letter at once); a failed statement is retried.
-#[derive(Debug)]
-pub struct ProjectionHandler<P>(pub Arc<P>);
-
-impl<P> Clone for ProjectionHandler<P> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-#[async_trait]
-impl<P: Projection> EventHandler for ProjectionHandler<P> {
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &IntegrationEvent,
-    ) -> Result<(), HandlerError> {
-        let recorded = event
-            .to_recorded()
-            .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        self.0.apply(tx, &recorded).await.map_err(|e| match e {
-            ProjectionError::Poison(reason) => HandlerError::Reject(reason),
-            other => HandlerError::Retry(other.to_string()),
-        })
     }
 }
 
@@ -188,7 +158,7 @@ pub struct ConsumerStatus {
 pub struct Consumer {
     group: String,
     source: String,
-    db: ReadDb,
+    db: ServiceDb,
     broker: Arc<dyn Broker>,
     handlers: HashMap<String, Arc<dyn EventHandler>>,
     fallback: Option<Arc<dyn EventHandler>>,
@@ -213,7 +183,7 @@ impl Consumer {
     pub fn new(
         group: impl Into<String>,
         source: impl Into<String>,
-        db: ReadDb,
+        db: ServiceDb,
         broker: Arc<dyn Broker>,
     ) -> Self {
         Self {
@@ -232,6 +202,24 @@ impl Consumer {
     pub fn on_any(mut self, handler: impl EventHandler) -> Self {
         self.fallback = Some(Arc::new(handler));
         self
+    }
+
+    /// The consumer group's durable name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The service whose events it reads.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The event types it has a handler for, sorted (empty when one handler
+    /// takes every type).
+    pub fn types(&self) -> Vec<&str> {
+        let mut types: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        types.sort_unstable();
+        types
     }
 
     /// Handles events of `event_type` with `handler`. Types without a
@@ -306,6 +294,11 @@ impl ConsumerHandle {
         self.status.borrow().clone()
     }
 
+    /// The consumer group's durable name.
+    pub fn group(&self) -> String {
+        self.status.borrow().group.clone()
+    }
+
     /// Waits until `done(status)` holds or `timeout` passes; returns whether
     /// it held.
     pub async fn wait_until(
@@ -331,7 +324,7 @@ impl ConsumerHandle {
 
 struct Core {
     group: String,
-    db: ReadDb,
+    db: ServiceDb,
     handlers: HashMap<String, Arc<dyn EventHandler>>,
     fallback: Option<Arc<dyn EventHandler>>,
     options: ConsumerOptions,

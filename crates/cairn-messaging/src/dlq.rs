@@ -4,7 +4,7 @@
 //! consumer handles it within its replay poll (in one transaction with the
 //! row's removal, so a replay is never lost and never doubled).
 
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use serde::Serialize;
 
 use crate::{MessagingError, schema};
@@ -38,7 +38,7 @@ pub struct DeadLetterFilter {
 /// The dead letters in one service database.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
-    db: ReadDb,
+    db: ServiceDb,
 }
 
 type Row = (
@@ -55,7 +55,7 @@ type Row = (
 );
 
 impl DeadLetters {
-    pub async fn open(db: ReadDb) -> Result<Self, MessagingError> {
+    pub async fn open(db: ServiceDb) -> Result<Self, MessagingError> {
         schema::ensure(&db).await?;
         Ok(Self { db })
     }

@@ -26,7 +26,6 @@ pub use broker::{
 };
 pub use consumer::{
     Consumer, ConsumerHandle, ConsumerOptions, ConsumerStatus, EventHandler, HandlerError,
-    ProjectionHandler,
 };
 pub use dlq::{DeadLetter, DeadLetterFilter, DeadLetters};
 pub use error::MessagingError;

@@ -22,7 +22,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use cairn_core::{StreamId, TenantId};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, EventSubscription, ReadStream, StoreError};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -39,7 +39,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 #[derive(Clone)]
 pub struct LogBroker {
     store: Arc<dyn EventStore>,
-    db: ReadDb,
+    db: ServiceDb,
     publishers: Arc<Vec<PublicEvents>>,
 }
 
@@ -55,7 +55,7 @@ impl fmt::Debug for LogBroker {
 impl LogBroker {
     /// A broker over `store` for the services whose public events are
     /// `publishers`, keeping group checkpoints in `db`.
-    pub fn new(store: Arc<dyn EventStore>, db: ReadDb, publishers: Vec<PublicEvents>) -> Self {
+    pub fn new(store: Arc<dyn EventStore>, db: ServiceDb, publishers: Vec<PublicEvents>) -> Self {
         Self {
             store,
             db,
@@ -225,7 +225,7 @@ impl Feeder {
     }
 }
 
-async fn save_checkpoints(db: ReadDb, group: String, state: Arc<Mutex<Progress>>) {
+async fn save_checkpoints(db: ServiceDb, group: String, state: Arc<Mutex<Progress>>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         let (settled, saved) = {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use cairn_core::{RecordedEvent, StreamId, TenantId};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
@@ -154,7 +154,7 @@ impl Relay {
     pub async fn start(
         public: PublicEvents,
         store: Arc<dyn EventStore>,
-        db: ReadDb,
+        db: ServiceDb,
         broker: Arc<dyn Broker>,
         options: RelayOptions,
     ) -> Result<Self, MessagingError> {
@@ -224,7 +224,7 @@ struct Worker {
     /// Reads the public events from the end of the last batch sent, or from
     /// the checkpoint after a rewind.
     follower: AllFollower,
-    db: ReadDb,
+    db: ServiceDb,
     broker: Arc<dyn Broker>,
     options: RelayOptions,
     status: watch::Sender<RelayStatus>,
@@ -498,7 +498,7 @@ fn metrics_status(status: &RelayStatus) {
     });
 }
 
-async fn load_checkpoint(db: &ReadDb, service: &str) -> Result<u64, sqlx::Error> {
+async fn load_checkpoint(db: &ServiceDb, service: &str) -> Result<u64, sqlx::Error> {
     let position: Option<i64> =
         sqlx::query_scalar("SELECT position FROM cairn_relay_checkpoints WHERE relay = $1")
             .bind(service)

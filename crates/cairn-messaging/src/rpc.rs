@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cairn_core::{ErrorCode, RequestContext};
 use cairn_domain::bus::{
-    BusError, Command, CommandBus, DuplicateHandler, MessageInfo, MessageKind, Query, QueryBus,
+    Access, BusError, Command, CommandBus, DuplicateHandler, MessageInfo, MessageKind, Query,
+    QueryBus,
 };
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -98,6 +99,9 @@ fn context_of(request: &RpcRequest) -> RequestContext {
     if let Some(actor) = &request.actor {
         ctx = ctx.with_actor(actor.clone());
     }
+    if let Some(service) = &request.service {
+        ctx = ctx.as_service(service.clone());
+    }
     ctx
 }
 
@@ -131,6 +135,7 @@ impl RpcServer {
         self.add(
             MessageKind::Command,
             C::NAME,
+            C::ACCESS,
             Arc::new(move |ctx, body| {
                 let bus = bus.clone();
                 Box::pin(async move {
@@ -157,6 +162,7 @@ impl RpcServer {
         self.add(
             MessageKind::Query,
             Q::NAME,
+            Q::ACCESS,
             Arc::new(move |ctx, body| {
                 let bus = bus.clone();
                 Box::pin(async move {
@@ -178,10 +184,11 @@ impl RpcServer {
         &mut self,
         kind: MessageKind,
         name: &'static str,
+        access: Access,
         endpoint: Endpoint,
     ) -> Result<(), DuplicateHandler> {
         if self.endpoints.contains_key(name) {
-            return Err(DuplicateHandler(MessageInfo { kind, name }));
+            return Err(DuplicateHandler(MessageInfo { kind, name, access }));
         }
         self.endpoints.insert(name, endpoint);
         Ok(())
@@ -272,6 +279,7 @@ impl Remote {
             correlation_id: Some(ctx.correlation_id.clone()),
             traceparent: ctx.traceparent.clone(),
             actor: ctx.actor.clone(),
+            service: ctx.service.clone(),
             body: Bytes::from(body),
         };
         match self

@@ -1,7 +1,7 @@
 //! The tables the relay and the consumers keep in a service's own database
-//! (portable SQL for SQLite and PostgreSQL, through [`ReadDb`]).
+//! (portable SQL for SQLite and PostgreSQL, through [`ServiceDb`]).
 
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 
 const TABLES: &[&str] = &[
     // Relay: how far in `$all` a relay has published...
@@ -71,7 +71,7 @@ const TABLES: &[&str] = &[
 ];
 
 /// Creates the messaging tables if they are missing.
-pub(crate) async fn ensure(db: &ReadDb) -> Result<(), sqlx::Error> {
+pub(crate) async fn ensure(db: &ServiceDb) -> Result<(), sqlx::Error> {
     for statement in TABLES {
         sqlx::query(statement).execute(db.pool()).await?;
     }

@@ -9,7 +9,7 @@
 //! event, a constraint violation, bad SQL), which stop the projection.
 
 use cairn_core::{DecodeError, ErrorCode};
-use sqlx::error::DatabaseError;
+use cairn_service_db::is_transient;
 
 /// Why a projection could not apply an event.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ impl From<DecodeError> for ProjectionError {
     }
 }
 
-/// Opening a read database or operating projections failed.
+/// Operating projections failed, or the service database under them did.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadModelError {
     /// A URL, schema name or projection definition was rejected.
@@ -103,6 +103,17 @@ pub enum ReadModelError {
     },
 }
 
+impl From<cairn_service_db::ServiceDbError> for ReadModelError {
+    fn from(e: cairn_service_db::ServiceDbError) -> Self {
+        match e {
+            cairn_service_db::ServiceDbError::Invalid { field, reason } => {
+                ReadModelError::Invalid { field, reason }
+            }
+            cairn_service_db::ServiceDbError::Database(e) => ReadModelError::Database(e),
+        }
+    }
+}
+
 impl ReadModelError {
     /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
@@ -123,48 +134,6 @@ impl ReadModelError {
     }
 }
 
-/// Whether a database error may go away on retry.
-pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-                // Primary result codes: BUSY, LOCKED, NOMEM, IOERR, FULL,
-                // CANTOPEN, PROTOCOL.
-                let primary = sqlite
-                    .code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .map_or(0, |c| c & 0xff);
-                matches!(primary, 5 | 6 | 7 | 10 | 13 | 14 | 15)
-            } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                transient_sqlstate(pg.code())
-            } else {
-                db.code().is_some_and(|c| transient_sqlstate(&c))
-            }
-        }
-        _ => false,
-    }
-}
-
-/// PostgreSQL SQLSTATEs worth retrying: connection exceptions, serialization
-/// failures and deadlocks, insufficient resources, lock timeouts, operator
-/// intervention (shutdown, restart, idle timeout), system errors and a
-/// read-only standby (during failover).
-fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("58")
-        || matches!(
-            code,
-            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57P05" | "25006"
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,60 +147,34 @@ mod tests {
     }
 
     #[test]
-    fn connection_trouble_is_transient_and_data_trouble_is_not() {
-        assert!(is_transient(&sqlx::Error::PoolTimedOut));
-        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other(
-            "reset"
-        ))));
-        assert!(!is_transient(&sqlx::Error::RowNotFound));
-        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
-        assert!(ProjectionError::from(sqlx::Error::PoolClosed).code() == ErrorCode::Unavailable);
-    }
-
-    #[tokio::test]
-    async fn a_busy_sqlite_is_transient_and_a_constraint_violation_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("r.db").display());
-        let impatient = crate::ReadDbOptions {
-            busy_timeout: std::time::Duration::ZERO,
-            ..Default::default()
-        };
-        let a = crate::ReadDb::open_with(&url, impatient.clone())
-            .await
-            .unwrap();
-        let b = crate::ReadDb::open_with(&url, impatient).await.unwrap();
-        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY)")
-            .execute(a.pool())
-            .await
-            .unwrap();
-        let holding = a.begin().await.unwrap();
-        let busy = b.begin().await.unwrap_err();
-        assert!(is_transient(&busy), "{busy}");
-        // Rolled back and awaited: a dropped transaction is rolled back
-        // later, and b (which never waits) could still find the lock.
-        holding.rollback().await.unwrap();
-
-        sqlx::query("INSERT INTO t (k) VALUES ('x')")
-            .execute(b.pool())
-            .await
-            .unwrap();
-        let duplicate = sqlx::query("INSERT INTO t (k) VALUES ('x')")
-            .execute(b.pool())
-            .await
-            .unwrap_err();
-        assert!(!is_transient(&duplicate), "{duplicate}");
-        let bad_sql = sqlx::query("SELEC 1").execute(b.pool()).await.unwrap_err();
-        assert!(!ProjectionError::from(bad_sql).is_transient());
+    fn database_trouble_is_transient_as_the_service_database_judges_it() {
+        let down = ProjectionError::from(sqlx::Error::PoolClosed);
+        assert!(down.is_transient());
+        assert_eq!(down.code(), ErrorCode::Unavailable);
+        let data = ProjectionError::from(sqlx::Error::RowNotFound);
+        assert!(!data.is_transient());
+        assert_eq!(data.code(), ErrorCode::Internal);
     }
 
     #[test]
-    fn sqlstates() {
-        for code in ["08006", "40001", "40P01", "57P01", "53300", "25006"] {
-            assert!(transient_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "42P01", "42601", "22P02"] {
-            assert!(!transient_sqlstate(code), "{code}");
-        }
+    fn service_database_errors_keep_their_kind_and_code() {
+        let invalid = ReadModelError::from(cairn_service_db::ServiceDbError::Invalid {
+            field: "read_db_url",
+            reason: "bad".into(),
+        });
+        assert!(matches!(
+            invalid,
+            ReadModelError::Invalid {
+                field: "read_db_url",
+                ..
+            }
+        ));
+        assert_eq!(invalid.code(), ErrorCode::InvalidInput);
+        let down = ReadModelError::from(cairn_service_db::ServiceDbError::from(
+            sqlx::Error::PoolTimedOut,
+        ));
+        assert!(matches!(down, ReadModelError::Database(_)));
+        assert_eq!(down.code(), ErrorCode::Unavailable);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Projections: read models fed from the event store's `$all` log into SQL
-//! tables, on SQLite (embedded, ephemeral) or PostgreSQL.
+//! tables of the service's own database ([`cairn_service_db::ServiceDb`]:
+//! SQLite, embedded or ephemeral, or PostgreSQL).
 //!
 //! A service implements [`Projection`] (name, filter, DDL, reset, `apply`)
-//! and hands its projections to [`Projections::start`] with a [`ReadDb`] and
-//! the event store. Each projection gets a runner that applies events in
+//! and hands its projections to [`Projections::start`] with that database
+//! and the event store. Each projection gets a runner that applies events in
 //! batches, each batch in one transaction that also moves the projection's
 //! checkpoint, so every event takes effect exactly once across crashes and
 //! restarts. [`Projections`] answers "has this projection reached position
 //! P?" ([`Projections::wait_for`], for read-your-writes), reports status and
 //! lag ([`ProjectionStatus`]), and can stop, retry and rebuild a projection.
+//! What the database itself fails with arrives as a [`ReadModelError`]
+//! (from [`cairn_service_db::ServiceDbError`], with the same codes).
 //!
 //! A poison event stops only its projection, visibly (status `failed` with
 //! the event and the error, persisted across restarts), and never takes the
@@ -22,7 +25,6 @@
 //! Architecture invariant: this crate knows nothing of HTTP.
 
 mod checkpoint;
-mod db;
 mod dead_letters;
 mod error;
 mod projection;
@@ -30,7 +32,6 @@ mod projections;
 mod runner;
 mod status;
 
-pub use db::{DbKind, ReadDb, ReadDbOptions, protect_tenant_tables};
 pub use dead_letters::{DeadLetterReason, PoisonPolicy, ProjectionDeadLetter};
 pub use error::{ProjectionError, ReadModelError};
 pub use projection::Projection;

@@ -26,10 +26,11 @@ use tokio::sync::{Mutex, watch};
 
 use crate::{
     PoisonPolicy, Projection, ProjectionDeadLetter, ProjectionFailure, ProjectionState,
-    ProjectionStatus, ReadDb, ReadModelError, checkpoint,
+    ProjectionStatus, ReadModelError, checkpoint,
     dead_letters::{self, DeadLetterReason},
     runner::{self, Progress, Running, Slot},
 };
+use cairn_service_db::ServiceDb;
 
 /// How runners read and retry. The defaults suit a laptop.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ pub struct Projections {
 }
 
 struct Inner {
-    db: ReadDb,
+    db: ServiceDb,
     store: Arc<dyn EventStore>,
     options: ProjectionOptions,
     slots: Vec<Arc<Slot>>,
@@ -129,7 +130,7 @@ impl Projections {
     /// Fails on a duplicate or empty name, on DDL that does not run, and when
     /// the database is unreachable.
     pub async fn start(
-        db: ReadDb,
+        db: ServiceDb,
         store: Arc<dyn EventStore>,
         projections: impl IntoIterator<Item = Arc<dyn Projection>>,
         options: ProjectionOptions,
@@ -216,7 +217,7 @@ impl Projections {
     }
 
     /// The read database the projections write to.
-    pub fn db(&self) -> &ReadDb {
+    pub fn db(&self) -> &ServiceDb {
         &self.inner.db
     }
 
@@ -569,7 +570,7 @@ async fn wait_slot(slot: &Slot, position: u64, timeout: Duration) -> bool {
 /// changed, then the tenant policy on its tables (PostgreSQL). Returns the
 /// row as it now stands.
 async fn prepare(
-    db: &ReadDb,
+    db: &ServiceDb,
     projection: &dyn Projection,
     rebuild: bool,
 ) -> Result<checkpoint::Stored, ReadModelError> {
@@ -606,7 +607,7 @@ async fn prepare(
     }
     // A table created (or recreated) just now gets the tenant policy before
     // anyone can see it.
-    crate::protect_tenant_tables(&mut tx)
+    cairn_service_db::protect_tenant_tables(&mut tx)
         .await
         .map_err(schema_err)?;
     if reset {

@@ -35,10 +35,10 @@ use futures_util::FutureExt;
 use tokio::sync::{Mutex, watch};
 
 use crate::{
-    PoisonPolicy, Projection, ProjectionFailure, ProjectionOptions, ProjectionState, ReadDb,
-    checkpoint,
+    PoisonPolicy, Projection, ProjectionFailure, ProjectionOptions, ProjectionState, checkpoint,
     dead_letters::{self, DeadLetterReason},
 };
+use cairn_service_db::ServiceDb;
 
 /// What callers see of a runner, through a watch.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ impl Running {
 /// Starts the runner of `slot` (the caller holds `slot.control`).
 pub(crate) fn spawn(
     slot: Arc<Slot>,
-    db: ReadDb,
+    db: ServiceDb,
     store: Arc<dyn EventStore>,
     options: ProjectionOptions,
 ) -> Running {
@@ -117,7 +117,7 @@ pub(crate) fn spawn(
 
 struct Runner {
     slot: Arc<Slot>,
-    db: ReadDb,
+    db: ServiceDb,
     store: Arc<dyn EventStore>,
     options: ProjectionOptions,
     stop: watch::Receiver<bool>,
@@ -569,7 +569,7 @@ impl Runner {
         }
         match tx.commit().await {
             Ok(()) => Ok(true),
-            Err(e) if crate::error::is_transient(&e) => Err(Attempt::Transient(e.to_string())),
+            Err(e) if cairn_service_db::is_transient(&e) => Err(Attempt::Transient(e.to_string())),
             Err(e) => Err(Attempt::CommitRejected(format!("commit rejected: {e}"))),
         }
     }

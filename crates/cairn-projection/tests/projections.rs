@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use cairn_core::RecordedEvent;
 use cairn_projection::{
     CatchUp, DeadLetterReason, PoisonPolicy, Projection, ProjectionError, ProjectionOptions,
-    ProjectionState, Projections, ReadDb, ReadModelError,
+    ProjectionState, Projections, ReadModelError,
 };
+use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, EventStore, testkit::tenant};
 use common::*;
 use serde_json::json;
@@ -862,7 +863,7 @@ async fn bad_definitions_and_unknown_names_are_rejected(t: TestDb) {
 /// projections and concurrent readers must queue on it, never deadlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_database_runs_several_projections_beside_readers() {
-    let db = ReadDb::ephemeral().await.unwrap();
+    let db = ServiceDb::ephemeral().await.unwrap();
     let store = memory_store();
     let counters: Vec<Arc<Counter>> = ["one", "two", "three", "four"]
         .into_iter()
@@ -912,7 +913,7 @@ async fn record_metrics_sets_the_projection_gauges() {
             .parse()
             .unwrap()
     };
-    let db = ReadDb::ephemeral().await.unwrap();
+    let db = ServiceDb::ephemeral().await.unwrap();
     let store = memory_store();
     let counter = Arc::new(Counter::new("metered"));
     let projections = start(&db, &store, [&counter]).await;

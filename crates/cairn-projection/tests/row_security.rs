@@ -2,20 +2,20 @@
 //! get the tenant policy when it sets them up (and again when it rebuilds
 //! them), so a query scoped to one tenant sees only that tenant's rows even
 //! when its SQL forgets the tenant; system access (the projections
-//! themselves, `ReadDb::pool`) sees every tenant. On SQLite `scoped` is a
+//! themselves, `ServiceDb::pool`) sees every tenant. On SQLite `scoped` is a
 //! plain transaction.
 
 mod common;
 
 use std::sync::Arc;
 
-use cairn_projection::{ReadDb, protect_tenant_tables};
+use cairn_service_db::{ServiceDb, protect_tenant_tables};
 use cairn_store::{row_security, testkit::tenant};
 use common::*;
 use sqlx::{Connection, Executor, PgConnection};
 
 /// Rows of `table` a transaction scoped to `t` sees, asking for all.
-async fn scoped_count(db: &ReadDb, t: &str, table: &str) -> i64 {
+async fn scoped_count(db: &ServiceDb, t: &str, table: &str) -> i64 {
     let mut tx = db.scoped(&tenant(t)).await.unwrap();
     let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(&mut *tx)
@@ -25,7 +25,7 @@ async fn scoped_count(db: &ReadDb, t: &str, table: &str) -> i64 {
     n
 }
 
-async fn system_count(db: &ReadDb, table: &str) -> i64 {
+async fn system_count(db: &ServiceDb, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(db.pool())
         .await
@@ -183,7 +183,7 @@ async fn read_databases_opening_together_on_one_schema_all_start() {
         .execute("CREATE TABLE shared (tenant_id TEXT NOT NULL)")
         .await
         .unwrap();
-    let opened = futures_util::future::join_all((0..6).map(|_| ReadDb::open(&t.url))).await;
+    let opened = futures_util::future::join_all((0..6).map(|_| ServiceDb::open(&t.url))).await;
     for db in opened {
         let db = db.unwrap();
         assert_eq!(scoped_count(&db, "acme", "shared").await, 0);
@@ -207,7 +207,7 @@ async fn on_sqlite_scoped_is_a_plain_transaction() {
     drop(conn);
     // No row-level security here: the queries' own filters are the wall.
     assert_eq!(scoped_count(&t.db, "acme", "notes").await, 2);
-    let ephemeral = ReadDb::ephemeral().await.unwrap();
+    let ephemeral = ServiceDb::ephemeral().await.unwrap();
     let tx = ephemeral.scoped(&tenant("acme")).await.unwrap();
     tx.commit().await.unwrap();
 }

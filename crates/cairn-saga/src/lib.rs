@@ -14,7 +14,7 @@
 //!   events on the expected version with retries, cancellations), sends the
 //!   commands and feeds their outcomes back; and, with
 //!   [`SagaRunner::start_timeouts`], fires due deadlines from the
-//!   `cairn_saga_timeouts` table in the service's [`ReadDb`](cairn_projection::ReadDb).
+//!   `cairn_saga_timeouts` table in the service's [`ServiceDb`](cairn_service_db::ServiceDb).
 //!
 //! Architecture invariant: a saga's state lives only in its stream; the
 //! timeouts table holds deadlines, never state, and a deadline whose

@@ -15,7 +15,7 @@ use cairn_core::{
     RequestContext, StreamId, TenantId, Upcasters, ValidationError, decode_event, encode_event,
 };
 use cairn_domain::StreamQueues;
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, ExpectedVersion, ReadStream, StoreError};
 use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
@@ -144,7 +144,7 @@ pub struct PendingTimeout {
 /// are out: a step that hangs must not keep its own deadline from firing.
 pub struct SagaRunner<S: Saga> {
     pub(crate) store: Arc<dyn EventStore>,
-    pub(crate) db: ReadDb,
+    pub(crate) db: ServiceDb,
     dispatcher: Arc<dyn Dispatcher<S>>,
     pub(crate) options: SagaOptions,
     turns: StreamQueues,
@@ -273,7 +273,7 @@ impl<S: Saga> SagaRunner<S> {
     /// `dispatcher`.
     pub fn new(
         store: Arc<dyn EventStore>,
-        db: ReadDb,
+        db: ServiceDb,
         dispatcher: impl Dispatcher<S>,
         options: SagaOptions,
     ) -> Self {

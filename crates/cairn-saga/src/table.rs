@@ -1,5 +1,5 @@
 //! The timeouts table, `cairn_saga_timeouts`, in the service's own database
-//! (portable SQL for SQLite and PostgreSQL, through [`ReadDb`]).
+//! (portable SQL for SQLite and PostgreSQL, through [`ServiceDb`]).
 //!
 //! One row per pending deadline of a saga instance. Besides the deadline
 //! itself a row keeps:
@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use cairn_projection::{DbKind, ReadDb};
+use cairn_service_db::{DbKind, ServiceDb};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 const TABLES: &[&str] = &[
@@ -40,7 +40,7 @@ const TABLES: &[&str] = &[
 /// Creates the table if it is missing. Two processes creating it at the same
 /// moment can make PostgreSQL report a duplicate in its catalog; the second
 /// try then finds the table.
-pub(crate) async fn ensure(db: &ReadDb) -> Result<(), sqlx::Error> {
+pub(crate) async fn ensure(db: &ServiceDb) -> Result<(), sqlx::Error> {
     for statement in TABLES {
         if sqlx::query(statement).execute(db.pool()).await.is_err() {
             sqlx::query(statement).execute(db.pool()).await?;
@@ -79,7 +79,7 @@ pub(crate) struct Instance<'a> {
 
 /// Writes (or moves) deadlines, all in one transaction.
 pub(crate) async fn schedule(
-    db: &ReadDb,
+    db: &ServiceDb,
     at: Instance<'_>,
     deadlines: &[(String, String)],
     decided_at: i64,
@@ -115,7 +115,7 @@ pub(crate) async fn schedule(
 
 /// Removes the deadlines `keys` decided at or before `seen`.
 pub(crate) async fn cancel(
-    db: &ReadDb,
+    db: &ServiceDb,
     at: Instance<'_>,
     keys: &[String],
     seen: i64,
@@ -141,7 +141,7 @@ pub(crate) async fn cancel(
 }
 
 /// Removes every deadline of a finished instance decided at or before `seen`.
-pub(crate) async fn clear(db: &ReadDb, at: Instance<'_>, seen: i64) -> Result<(), sqlx::Error> {
+pub(crate) async fn clear(db: &ServiceDb, at: Instance<'_>, seen: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "DELETE FROM cairn_saga_timeouts
          WHERE saga = $1 AND tenant = $2 AND saga_id = $3 AND decided_at <= $4",
@@ -170,7 +170,7 @@ pub(crate) struct Claimed {
 /// then) and `claim` to `token`. Competing pollers never take the same row:
 /// PostgreSQL skips rows another claim has locked, SQLite has one writer.
 pub(crate) async fn claim(
-    db: &ReadDb,
+    db: &ServiceDb,
     saga: &str,
     limit: usize,
     lease_until: &str,
@@ -223,7 +223,7 @@ pub(crate) async fn claim(
 /// The claimed deadline fired: it is gone, unless the key was scheduled
 /// again meanwhile (which cleared the claim).
 pub(crate) async fn fired(
-    db: &ReadDb,
+    db: &ServiceDb,
     saga: &str,
     row: &Claimed,
     token: &str,
@@ -245,7 +245,7 @@ pub(crate) async fn fired(
 /// Firing the claimed deadline failed: count the attempt, keep the error and
 /// try again at `retry_at`.
 pub(crate) async fn failed(
-    db: &ReadDb,
+    db: &ServiceDb,
     saga: &str,
     row: &Claimed,
     token: &str,
@@ -273,7 +273,10 @@ pub(crate) async fn failed(
 pub(crate) type PendingRow = (String, String, i64, Option<String>);
 
 /// The pending deadlines of an instance, soonest first.
-pub(crate) async fn pending(db: &ReadDb, at: Instance<'_>) -> Result<Vec<PendingRow>, sqlx::Error> {
+pub(crate) async fn pending(
+    db: &ServiceDb,
+    at: Instance<'_>,
+) -> Result<Vec<PendingRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT key, due_at, attempts, last_error FROM cairn_saga_timeouts
          WHERE saga = $1 AND tenant = $2 AND saga_id = $3

@@ -40,7 +40,7 @@ async fn reacting_to_events_starts_each_saga_once(t: TestDb) {
     // The runner's deadlines in a database of their own: on SQLite the
     // consumer's transaction holds the file's one write lock while the
     // handler runs (see SagaEvents).
-    let saga_db = cairn_projection::ReadDb::ephemeral().await.unwrap();
+    let saga_db = cairn_service_db::ServiceDb::ephemeral().await.unwrap();
     let runner = Arc::new(SagaRunner::new(
         store.clone(),
         saga_db,

@@ -17,7 +17,8 @@ use cairn_core::{ErrorCode, RecordedEvent, TenantId};
 use cairn_flightops_contracts::Page;
 use cairn_http::{ApiError, ApiQuery, Context};
 use cairn_messaging::{Broker, Consumer, EventHandler, HandlerError, IntegrationEvent};
-use cairn_projection::{Projection, ProjectionError, Projections, ReadDb, protect_tenant_tables};
+use cairn_projection::{Projection, ProjectionError, Projections};
+use cairn_service_db::{ServiceDb, protect_tenant_tables};
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
@@ -26,6 +27,9 @@ use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 pub const PROJECTION: &str = "audit.log";
 /// Largest page of `GET /api/audit`.
 pub use cairn_flightops_contracts::MAX_PAGE;
+pub use descriptor::{AuditLogAudit, SERVICE, descriptor};
+
+mod descriptor;
 
 /// One entry of the audit log: an event as it was recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -243,7 +247,7 @@ pub fn group(source: &str) -> String {
 
 /// The consumers that feed the audit log from `sources`' public events.
 pub fn consumers(
-    db: &ReadDb,
+    db: &ServiceDb,
     broker: &std::sync::Arc<dyn Broker>,
     sources: &[&str],
 ) -> Vec<Consumer> {
@@ -286,11 +290,11 @@ pub enum AuditApi {
     /// Fed by the [`AuditProjection`] over a shared log.
     Log(Projections),
     /// Fed by consumers ([`AuditSink`]) into this database.
-    Consumers(ReadDb),
+    Consumers(ServiceDb),
 }
 
 impl AuditApi {
-    fn db(&self) -> &ReadDb {
+    fn db(&self) -> &ServiceDb {
         match self {
             AuditApi::Log(projections) => projections.db(),
             AuditApi::Consumers(db) => db,
@@ -332,7 +336,7 @@ impl AuditApi {
 
 /// Whether `tenant`'s audit log holds an entry at or after `position`.
 async fn holds_position(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     position: u64,
 ) -> Result<bool, sqlx::Error> {
@@ -452,9 +456,9 @@ fn from_row(row: &AnyRow) -> Result<AuditEntry, sqlx::Error> {
 }
 
 /// A page of `tenant`'s audit log, read in a transaction scoped to `tenant`
-/// ([`ReadDb::scoped`]).
+/// ([`ServiceDb::scoped`]).
 pub async fn query(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     stream: Option<&str>,
     event_type: Option<&str>,

@@ -8,7 +8,7 @@
 //! depending on the other service.
 
 use cairn_core::ValidationError;
-use cairn_domain::{BusError, Command, Query};
+use cairn_domain::{BusError, Command, Query, bus::Access};
 use cairn_http::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +114,7 @@ pub struct GetFlightForBooking {
 
 impl Query for GetFlightForBooking {
     const NAME: &'static str = "flights.for_booking";
+    const ACCESS: Access = Access::Internal;
     type Output = Option<FlightForBooking>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -134,6 +135,7 @@ pub struct CloseBoarding {
 
 impl Command for CloseBoarding {
     const NAME: &'static str = "passengers.close_boarding";
+    const ACCESS: Access = Access::Internal;
     type Output = Option<u64>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -151,6 +153,7 @@ pub struct ReopenBoarding {
 
 impl Command for ReopenBoarding {
     const NAME: &'static str = "passengers.reopen_boarding";
+    const ACCESS: Access = Access::Internal;
     type Output = Option<u64>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -169,6 +172,7 @@ pub struct RemoveFlightPassengers {
 
 impl Command for RemoveFlightPassengers {
     const NAME: &'static str = "passengers.remove_flight_passengers";
+    const ACCESS: Access = Access::Internal;
     type Output = Option<u64>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {

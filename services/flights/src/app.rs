@@ -11,7 +11,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use cairn_auth::permissions::*;
 use cairn_core::{ErrorCode, RequestContext, ValidationError};
+use cairn_domain::bus::Access;
 use cairn_domain::{
     AggregateOptions, AggregateStore, BusError, Command, CommandBus, Query, QueryBus,
     bus::DuplicateHandler,
@@ -44,6 +46,7 @@ pub struct ScheduleFlight {
 
 impl Command for ScheduleFlight {
     const NAME: &'static str = "flights.schedule";
+    const ACCESS: Access = Access::Permission(FLIGHTS_WRITE);
     type Output = (String, Written);
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -63,6 +66,7 @@ pub struct RescheduleFlight {
 
 impl Command for RescheduleFlight {
     const NAME: &'static str = "flights.reschedule";
+    const ACCESS: Access = Access::Permission(FLIGHTS_WRITE);
     type Output = Written;
 }
 
@@ -75,6 +79,7 @@ pub struct DepartFlight {
 
 impl Command for DepartFlight {
     const NAME: &'static str = "flights.depart";
+    const ACCESS: Access = Access::Permission(FLIGHTS_WRITE);
     type Output = Written;
 }
 
@@ -87,6 +92,7 @@ pub struct LandFlight {
 
 impl Command for LandFlight {
     const NAME: &'static str = "flights.land";
+    const ACCESS: Access = Access::Permission(FLIGHTS_WRITE);
     type Output = Written;
 }
 
@@ -99,6 +105,7 @@ pub struct DeleteFlight {
 
 impl Command for DeleteFlight {
     const NAME: &'static str = "flights.delete";
+    const ACCESS: Access = Access::Permission(FLIGHTS_WRITE);
     type Output = Written;
 }
 
@@ -110,6 +117,7 @@ pub struct GetFlight {
 
 impl Query for GetFlight {
     const NAME: &'static str = "flights.get";
+    const ACCESS: Access = Access::Permission(FLIGHTS_READ);
     type Output = Option<FlightView>;
 }
 
@@ -121,6 +129,7 @@ pub struct ListFlights {
 
 impl Query for ListFlights {
     const NAME: &'static str = "flights.list";
+    const ACCESS: Access = Access::Permission(FLIGHTS_READ);
     type Output = Page<FlightView>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -180,6 +189,9 @@ impl Dispatcher<Departure> for DepartureDispatcher {
         _saga_id: &str,
         command: DepartureCommand,
     ) -> DepartureInput {
+        // Passengers' boarding commands are internal: sent as this service,
+        // for the same actor.
+        let ctx = &ctx.clone().as_service(crate::messaging::SERVICE);
         match command {
             DepartureCommand::CloseBoarding { flight_id } => DepartureInput::BoardingClosed(
                 self.commands
@@ -437,7 +449,7 @@ impl Flights {
         let removed = match self
             .commands
             .send(
-                ctx,
+                &ctx.clone().as_service(crate::messaging::SERVICE),
                 RemoveFlightPassengers {
                     flight_id: id.to_owned(),
                 },

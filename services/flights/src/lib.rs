@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod departure;
+pub mod descriptor;
 pub mod domain;
 pub mod http;
 pub mod messaging;

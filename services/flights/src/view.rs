@@ -5,7 +5,8 @@
 use async_trait::async_trait;
 use cairn_core::{RecordedEvent, TenantId, decode_event};
 use cairn_flightops_contracts::Page;
-use cairn_projection::{Projection, ProjectionError, ReadDb};
+use cairn_projection::{Projection, ProjectionError};
+use cairn_service_db::ServiceDb;
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
@@ -367,9 +368,9 @@ fn from_row(row: &AnyRow) -> Result<FlightView, sqlx::Error> {
 }
 
 /// One flight of `tenant`, if it exists. Like every query of this model,
-/// it runs in a transaction scoped to `tenant` ([`ReadDb::scoped`]).
+/// it runs in a transaction scoped to `tenant` ([`ServiceDb::scoped`]).
 pub async fn get(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Option<FlightView>, sqlx::Error> {
@@ -387,7 +388,7 @@ pub async fn get(
 
 /// A page of `tenant`'s flights, oldest first.
 pub async fn list(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     filter: &FlightFilter,
 ) -> Result<Page<FlightView>, sqlx::Error> {

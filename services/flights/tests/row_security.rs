@@ -10,7 +10,8 @@ use cairn_flights::{
     domain::{FlightEvent, Schedule},
     view::{self, FlightFilter, FlightsProjection},
 };
-use cairn_projection::{Projection, ProjectionOptions, Projections, ReadDb};
+use cairn_projection::{Projection, ProjectionOptions, Projections};
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, ExpectedVersion, MemoryStore, testkit::service_absent};
 use chrono::{TimeDelta, Utc};
 use sqlx::Executor;
@@ -23,7 +24,7 @@ fn pg_url() -> String {
 /// A read database in a fresh schema (named like the other crates' test
 /// schemas, which their test runs sweep), or `None` (skip) when PostgreSQL
 /// is absent and not required.
-async fn fresh_read_db() -> Option<(ReadDb, String)> {
+async fn fresh_read_db() -> Option<(ServiceDb, String)> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -31,7 +32,7 @@ async fn fresh_read_db() -> Option<(ReadDb, String)> {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let schema = format!("cairn_test_{secs}_{}", &id[20..]);
     let url = format!("{}?schema={schema}", pg_url());
-    match tokio::time::timeout(Duration::from_secs(20), ReadDb::open(&url)).await {
+    match tokio::time::timeout(Duration::from_secs(20), ServiceDb::open(&url)).await {
         Ok(Ok(db)) => Some((db, schema)),
         Ok(Err(e)) => service_absent("PostgreSQL", e),
         Err(_) => service_absent("PostgreSQL", "connect timed out"),

@@ -18,6 +18,7 @@
 //! - [`revocations`]: revoked access tokens as public events, and the set
 //!   every other service keeps of them.
 
+pub mod descriptor;
 pub mod domain;
 pub mod http;
 pub mod revocations;

@@ -29,7 +29,7 @@ use cairn_core::TenantId;
 use cairn_messaging::{
     Broker, Consumer, EventHandler, HandlerError, IntegrationEvent, MessagingError, PublicEvents,
 };
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Transaction};
 
@@ -86,7 +86,7 @@ pub fn group(service: &str) -> String {
 
 /// Creates the revocation table if missing (tenant-protected on
 /// PostgreSQL like every table with a `tenant_id`).
-pub async fn create_table(db: &ReadDb) -> Result<(), sqlx::Error> {
+pub async fn create_table(db: &ServiceDb) -> Result<(), sqlx::Error> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS identity_revoked_tokens (
             tenant_id TEXT NOT NULL,
@@ -97,7 +97,7 @@ pub async fn create_table(db: &ReadDb) -> Result<(), sqlx::Error> {
     .execute(db.pool())
     .await?;
     let mut conn = db.pool().acquire().await?;
-    cairn_projection::protect_tenant_tables(&mut conn).await
+    cairn_service_db::protect_tenant_tables(&mut conn).await
 }
 
 type Set = RwLock<HashSet<(String, String)>>;
@@ -112,7 +112,7 @@ pub struct RevokedTokens {
 
 #[derive(Debug)]
 struct Inner {
-    db: ReadDb,
+    db: ServiceDb,
     set: Set,
     poller: Option<tokio::task::JoinHandle<()>>,
 }
@@ -128,7 +128,7 @@ impl Drop for Inner {
 impl RevokedTokens {
     /// Opens the table in `db` (creating it), reads it, and reads it again
     /// every `poll` (never, for `Duration::ZERO`) while a clone is alive.
-    pub async fn open(db: ReadDb, poll: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn open(db: ServiceDb, poll: Duration) -> Result<Self, sqlx::Error> {
         create_table(&db).await?;
         prune(&db).await?;
         let set = RwLock::new(load(&db).await?);
@@ -216,7 +216,7 @@ async fn refresh(weak: Weak<Inner>, poll: Duration) {
 }
 
 /// Drops the rows of tokens that have expired.
-async fn prune(db: &ReadDb) -> Result<(), sqlx::Error> {
+async fn prune(db: &ServiceDb) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM identity_revoked_tokens WHERE expires_at < $1")
         .bind(now_secs())
         .execute(db.pool())
@@ -225,7 +225,7 @@ async fn prune(db: &ReadDb) -> Result<(), sqlx::Error> {
 }
 
 /// The revoked tokens that have not expired yet.
-async fn load(db: &ReadDb) -> Result<HashSet<(String, String)>, sqlx::Error> {
+async fn load(db: &ServiceDb) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let now = now_secs();
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT tenant_id, jti FROM identity_revoked_tokens WHERE expires_at >= $1")

@@ -6,12 +6,12 @@
 //! same family is issued, in one transaction. Presenting a used token again
 //! means it leaked: the whole family is revoked.
 
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 /// Creates the tables if missing.
-pub async fn create_tables(db: &ReadDb) -> Result<(), sqlx::Error> {
+pub async fn create_tables(db: &ServiceDb) -> Result<(), sqlx::Error> {
     for sql in [
         "CREATE TABLE IF NOT EXISTS identity_refresh_tokens (
             token_hash TEXT PRIMARY KEY,
@@ -65,7 +65,7 @@ pub(crate) enum Presented {
 }
 
 pub(crate) async fn insert(
-    db: &ReadDb,
+    db: &ServiceDb,
     token: &str,
     record: &RefreshRecord,
 ) -> Result<(), sqlx::Error> {
@@ -87,7 +87,11 @@ pub(crate) async fn insert(
 }
 
 /// Marks `token` used if it is active; see [`Presented`].
-pub(crate) async fn present(db: &ReadDb, token: &str, now: i64) -> Result<Presented, sqlx::Error> {
+pub(crate) async fn present(
+    db: &ServiceDb,
+    token: &str,
+    now: i64,
+) -> Result<Presented, sqlx::Error> {
     let hashed = hash(token);
     let mut tx = db.begin().await?;
     let row = sqlx::query(
@@ -151,7 +155,7 @@ async fn revoke_family_in(
 /// Revokes the family of `token` if it is a refresh token of `tenant`
 /// issued to `client_id`. Whether it was one.
 pub(crate) async fn revoke(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &str,
     client_id: &str,
     token: &str,
@@ -184,7 +188,7 @@ fn login_key(username: &str) -> String {
 
 /// Until when (ms since the epoch) `username` is locked, if ever.
 pub(crate) async fn locked_until(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &str,
     username: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
@@ -200,7 +204,7 @@ pub(crate) async fn locked_until(
 
 /// Counts one more failed login in a row; returns the count.
 pub(crate) async fn count_failure(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &str,
     username: &str,
 ) -> Result<u32, sqlx::Error> {
@@ -220,7 +224,7 @@ pub(crate) async fn count_failure(
 
 /// Locks `username` until `until` (ms since the epoch).
 pub(crate) async fn lock(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &str,
     username: &str,
     until: i64,
@@ -238,7 +242,7 @@ pub(crate) async fn lock(
 
 /// Forgets the failed logins of `username` (it just logged in).
 pub(crate) async fn clear_failures(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &str,
     username: &str,
 ) -> Result<(), sqlx::Error> {

@@ -9,7 +9,7 @@ use cairn_auth::{MasterKey, PasswordHasher};
 use cairn_core::TenantId;
 use cairn_http::{AuthOptions, HttpOptions, app, serve};
 use cairn_identity::{Identity, IdentityOptions, http};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::MemoryStore;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ async fn start() -> Server {
     options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
     let identity = Identity::open(
         Arc::new(MemoryStore::new()),
-        ReadDb::ephemeral().await.unwrap(),
+        ServiceDb::ephemeral().await.unwrap(),
         MasterKey::generate().unwrap(),
         options,
     )

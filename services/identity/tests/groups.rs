@@ -9,7 +9,7 @@ use cairn_auth::{MasterKey, PasswordHasher, Principal};
 use cairn_core::TenantId;
 use cairn_http::{AuthOptions, HttpOptions, app, serve};
 use cairn_identity::{Identity, IdentityOptions, http};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, MemoryStore};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ async fn start_with(tune: impl FnOnce(&mut IdentityOptions)) -> Server {
     tune(&mut options);
     let identity = Identity::open(
         Arc::new(MemoryStore::new()),
-        ReadDb::ephemeral().await.unwrap(),
+        ServiceDb::ephemeral().await.unwrap(),
         MasterKey::generate().unwrap(),
         options,
     )
@@ -301,9 +301,14 @@ async fn another_instance_sees_a_change_once_its_realm_expires() {
             let mut options = IdentityOptions::new("http://id.test");
             options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
             options.realm_ttl = realm_ttl;
-            Identity::open(store, ReadDb::ephemeral().await.unwrap(), master, options)
-                .await
-                .unwrap()
+            Identity::open(
+                store,
+                ServiceDb::ephemeral().await.unwrap(),
+                master,
+                options,
+            )
+            .await
+            .unwrap()
         }
     };
     let admin = open(Duration::from_secs(30)).await;

@@ -6,10 +6,10 @@ use std::{sync::Arc, time::Duration};
 use cairn_auth::{MasterKey, PasswordHasher};
 use cairn_core::TenantId;
 use cairn_identity::{Identity, IdentityError, IdentityOptions, PUBLIC_CLIENT};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, MemoryStore};
 
-async fn open(store: Arc<dyn EventStore>, db: ReadDb, master: &MasterKey) -> Identity {
+async fn open(store: Arc<dyn EventStore>, db: ServiceDb, master: &MasterKey) -> Identity {
     let mut options = IdentityOptions::new("http://id.test");
     options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
     options.lockout = Duration::from_secs(60);
@@ -46,7 +46,7 @@ async fn a_lock_holds_across_instances_and_restarts(url: &str) {
     let path = url;
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     let master = MasterKey::generate().unwrap();
-    let first = open(store.clone(), ReadDb::open(path).await.unwrap(), &master).await;
+    let first = open(store.clone(), ServiceDb::open(path).await.unwrap(), &master).await;
     let made = first.bootstrap(&["demo"]).await.unwrap();
     let password = made[0].password.to_string();
     let demo = TenantId::new("demo").unwrap();
@@ -69,7 +69,7 @@ async fn a_lock_holds_across_instances_and_restarts(url: &str) {
         login(first.clone(), "wrong".into()).await.unwrap_err();
     }
     // A second instance on the same database takes the fifth failure...
-    let second = open(store.clone(), ReadDb::open(path).await.unwrap(), &master).await;
+    let second = open(store.clone(), ServiceDb::open(path).await.unwrap(), &master).await;
     login(second.clone(), "wrong".into()).await.unwrap_err();
     // ... and both are locked now, even for the right password.
     for identity in [first.clone(), second.clone()] {
@@ -80,7 +80,7 @@ async fn a_lock_holds_across_instances_and_restarts(url: &str) {
     }
     drop((first, second));
     // A restart remembers it.
-    let restarted = open(store, ReadDb::open(path).await.unwrap(), &master).await;
+    let restarted = open(store, ServiceDb::open(path).await.unwrap(), &master).await;
     assert!(matches!(
         login(restarted.clone(), password.clone()).await,
         Err(IdentityError::Locked(_))

@@ -8,7 +8,7 @@ use cairn_auth::{MasterKey, PasswordHasher};
 use cairn_core::TenantId;
 use cairn_http::{AuthOptions, HttpOptions, app, serve};
 use cairn_identity::{Identity, IdentityOptions, http};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::MemoryStore;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ async fn start_with(tune: impl FnOnce(&mut IdentityOptions)) -> Server {
     tune(&mut options);
     let identity = Identity::open(
         Arc::new(MemoryStore::new()),
-        ReadDb::ephemeral().await.unwrap(),
+        ServiceDb::ephemeral().await.unwrap(),
         MasterKey::generate().unwrap(),
         options,
     )

@@ -16,7 +16,7 @@ use cairn_identity::{
     revocations::{self, RevokedTokens},
 };
 use cairn_messaging::{Broker, ConsumerSpec, MemoryBroker, Relay, RelayOptions};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, EventStore, MemoryStore};
 
 #[tokio::test]
@@ -24,7 +24,7 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     let mut options = IdentityOptions::new("http://id.test");
     options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
-    let identity_db = ReadDb::ephemeral().await.unwrap();
+    let identity_db = ServiceDb::ephemeral().await.unwrap();
     let identity = Identity::open(
         store.clone(),
         identity_db.clone(),
@@ -58,7 +58,7 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
 
     // The other service: its own database, its revoked set (no polling
     // here: the test reloads), and a verifier with the realm's keys.
-    let flights_db = ReadDb::ephemeral().await.unwrap();
+    let flights_db = ServiceDb::ephemeral().await.unwrap();
     let revoked = RevokedTokens::open(flights_db.clone(), Duration::ZERO)
         .await
         .unwrap();
@@ -154,7 +154,7 @@ async fn credentials_never_leave_the_identity_service() {
     options.hasher = PasswordHasher::new(1024, 1, 1).unwrap();
     let identity = Identity::open(
         store.clone(),
-        ReadDb::ephemeral().await.unwrap(),
+        ServiceDb::ephemeral().await.unwrap(),
         MasterKey::generate().unwrap(),
         options,
     )

@@ -9,7 +9,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use cairn_auth::permissions::*;
 use cairn_core::{ErrorCode, RequestContext, ValidationError};
+use cairn_domain::bus::Access;
 use cairn_domain::{
     AggregateOptions, AggregateStore, BusError, Command, CommandBus, Query, QueryBus,
     bus::DuplicateHandler,
@@ -38,6 +40,7 @@ pub struct AddPassenger {
 
 impl Command for AddPassenger {
     const NAME: &'static str = "passengers.add";
+    const ACCESS: Access = Access::Permission(PASSENGERS_WRITE);
     type Output = (String, Written);
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -53,6 +56,7 @@ pub struct BoardPassenger {
 
 impl Command for BoardPassenger {
     const NAME: &'static str = "passengers.board";
+    const ACCESS: Access = Access::Permission(PASSENGERS_WRITE);
     type Output = Written;
 }
 
@@ -64,6 +68,7 @@ pub struct RemovePassenger {
 
 impl Command for RemovePassenger {
     const NAME: &'static str = "passengers.remove";
+    const ACCESS: Access = Access::Permission(PASSENGERS_WRITE);
     type Output = Written;
 }
 
@@ -75,6 +80,7 @@ pub struct GetPassenger {
 
 impl Query for GetPassenger {
     const NAME: &'static str = "passengers.get";
+    const ACCESS: Access = Access::Permission(PASSENGERS_READ);
     type Output = Option<PassengerView>;
 }
 
@@ -88,6 +94,7 @@ pub struct ListPassengers {
 
 impl Query for ListPassengers {
     const NAME: &'static str = "passengers.list";
+    const ACCESS: Access = Access::Permission(PASSENGERS_READ);
     type Output = Page<PassengerView>;
 
     fn validate(&self) -> Result<(), Vec<ValidationError>> {
@@ -285,7 +292,7 @@ impl Passengers {
         let flight = self
             .queries
             .query(
-                ctx,
+                &ctx.clone().as_service(crate::messaging::SERVICE),
                 GetFlightForBooking {
                     flight_id: c.flight_id.clone(),
                 },

@@ -2,6 +2,7 @@
 //! boarded.
 
 pub mod app;
+pub mod descriptor;
 pub mod domain;
 pub mod http;
 pub mod messaging;

@@ -17,7 +17,7 @@ use cairn_flightops_contracts::RemoveFlightPassengers;
 use cairn_messaging::{
     Broker, Consumer, EventHandler, HandlerError, IntegrationEvent, MessagingError, PublicEvents,
 };
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use sqlx::{Any, Transaction};
 
 /// The service name on the broker.
@@ -42,7 +42,7 @@ pub fn public_events() -> Result<PublicEvents, MessagingError> {
 
 /// The consumer of Flights' events, keeping its inbox in `db` and sending
 /// its commands on `commands`.
-pub fn flight_events(db: ReadDb, broker: Arc<dyn Broker>, commands: CommandBus) -> Consumer {
+pub fn flight_events(db: ServiceDb, broker: Arc<dyn Broker>, commands: CommandBus) -> Consumer {
     Consumer::new(FLIGHT_EVENTS, "flights", db, broker).on(
         "FlightDeleted",
         RemovePassengersOfDeletedFlight { commands },
@@ -70,7 +70,8 @@ impl EventHandler for RemovePassengersOfDeletedFlight {
         };
         let mut ctx = RequestContext::new(event.tenantid.clone())
             .with_actor("passengers")
-            .with_causation_id(event.id.to_string());
+            .with_causation_id(event.id.to_string())
+            .as_service(SERVICE);
         if let Some(correlation) = &event.correlationid {
             ctx = ctx.with_correlation_id(correlation.clone());
         }

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use cairn_core::{RecordedEvent, TenantId, decode_event};
 use cairn_flightops_contracts::Page;
-use cairn_projection::{Projection, ProjectionError, ReadDb};
+use cairn_projection::{Projection, ProjectionError};
+use cairn_service_db::ServiceDb;
 use cairn_store::AllFilter;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
@@ -127,9 +128,9 @@ fn from_row(row: &AnyRow) -> Result<PassengerView, sqlx::Error> {
 
 /// One passenger of `tenant`, if still on a flight. Like every query of
 /// this model, it runs in a transaction scoped to `tenant`
-/// ([`ReadDb::scoped`]).
+/// ([`ServiceDb::scoped`]).
 pub async fn get(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     id: &str,
 ) -> Result<Option<PassengerView>, sqlx::Error> {
@@ -146,7 +147,7 @@ pub async fn get(
 
 /// A page of `tenant`'s passengers, optionally of one flight, oldest first.
 pub async fn list(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     flight_id: Option<&str>,
     after: Option<&str>,
@@ -196,7 +197,7 @@ pub async fn list(
 /// The flight a passenger is on (the manifest that holds them), if the
 /// read model knows the passenger.
 pub async fn flight_of(
-    db: &ReadDb,
+    db: &ServiceDb,
     tenant: &TenantId,
     passenger_id: &str,
 ) -> Result<Option<String>, sqlx::Error> {

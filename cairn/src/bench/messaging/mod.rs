@@ -41,7 +41,7 @@ use cairn_core::TenantId;
 use cairn_messaging::{Broker, Consumer, ConsumerHandle, ConsumerSpec, Relay, RelayOptions};
 use cairn_messaging_amqp::{AmqpBroker, AmqpOptions};
 use cairn_messaging_nats::{NatsBroker, NatsOptions, stream_name};
-use cairn_projection::ReadDb;
+use cairn_service_db::{ServiceDb, split_schema};
 use cairn_store::EventStore;
 use cairn_store_postgres::{PostgresOptions, PostgresStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
@@ -54,7 +54,7 @@ use super::{
     store::{check_fresh, sidecar},
     workload::{EVENT_TYPE, quantile_ms, rate},
 };
-use crate::store_url::{StoreUrl, split_schema};
+use crate::store_url::StoreUrl;
 
 pub(crate) const LONG_ABOUT: &str = "\
 Integration events end to end (append -> relay -> broker -> consumer handled)
@@ -646,8 +646,8 @@ async fn open_store(names: &Names) -> anyhow::Result<Arc<dyn EventStore>> {
     }
 }
 
-async fn open_db(names: &Names, at: &str) -> anyhow::Result<ReadDb> {
-    ReadDb::open(&names.db_url(at))
+async fn open_db(names: &Names, at: &str) -> anyhow::Result<ServiceDb> {
+    ServiceDb::open(&names.db_url(at))
         .await
         .with_context(|| format!("opening the service database {at}"))
 }

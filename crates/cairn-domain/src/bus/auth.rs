@@ -3,8 +3,12 @@
 //! dispatch may go ahead. It runs before validation and before the handler,
 //! so a caller without the right learns nothing about the message's rules.
 //!
-//! [`AllowAll`] is the default. [`PermissionMap`] requires a named
-//! permission per message name, checked with
+//! [`AllowAll`] is the default. [`DeclaredAccess`] is what a platform
+//! service runs with: each message declares who may send it, next to its
+//! type ([`Access`], the `ACCESS` of `Command` and `Query`), and a message
+//! that declares nothing is refused. [`PermissionMap`] requires a named
+//! permission per message name, for buses whose messages are not the
+//! caller's to declare. Permissions are checked with
 //! [`RequestContext::has_permission`]; authentication fills the context's
 //! permissions from the caller's token.
 
@@ -19,6 +23,94 @@ pub trait Authorizer: Send + Sync {
     /// `Ok(())` to let the message through, [`BusError::Unauthenticated`] or
     /// [`BusError::Forbidden`] to refuse it.
     fn authorize(&self, ctx: &RequestContext, message: &MessageInfo) -> Result<(), BusError>;
+}
+
+/// Who may send a message, declared next to its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Declares nothing: refused by [`DeclaredAccess`].
+    Undeclared,
+    /// Any caller holding this permission (granted by a token's roles).
+    Permission(&'static str),
+    /// Between the platform's services only: the sender's context must be
+    /// a service's ([`RequestContext::as_service`]), which no end user's
+    /// token yields, over HTTP or over the broker.
+    Internal,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Undeclared => f.write_str("undeclared"),
+            Access::Permission(p) => write!(f, "permission {p}"),
+            Access::Internal => f.write_str("internal"),
+        }
+    }
+}
+
+/// Checks each message's declared [`Access`]: an undeclared message is
+/// refused, an internal one is accepted only from a service's context, and
+/// a permission is required of the caller, unless
+/// [`without_permissions`](Self::without_permissions) (a deployment with no
+/// tokens, where the caller is trusted) says otherwise. Deny by default.
+#[derive(Debug, Clone, Copy)]
+pub struct DeclaredAccess {
+    check_permissions: bool,
+}
+
+impl Default for DeclaredAccess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeclaredAccess {
+    /// Checks declarations and permissions.
+    pub fn new() -> Self {
+        Self {
+            check_permissions: true,
+        }
+    }
+
+    /// Checks declarations only: every caller is taken to hold every
+    /// permission (no tokens in this deployment). Undeclared messages stay
+    /// closed, internal ones stay the services' own.
+    pub fn without_permissions() -> Self {
+        Self {
+            check_permissions: false,
+        }
+    }
+}
+
+impl Authorizer for DeclaredAccess {
+    fn authorize(&self, ctx: &RequestContext, message: &MessageInfo) -> Result<(), BusError> {
+        match message.access {
+            Access::Undeclared => Err(BusError::Forbidden(format!(
+                "{} {} is not open to any caller: it declares no access",
+                message.kind, message.name
+            ))),
+            Access::Internal if ctx.service.is_some() => Ok(()),
+            Access::Internal => Err(BusError::Forbidden(format!(
+                "{} {} is internal: only the platform's services may send it",
+                message.kind, message.name
+            ))),
+            Access::Permission(_) if !self.check_permissions => Ok(()),
+            Access::Permission(permission) => {
+                if ctx.has_permission(permission) {
+                    return Ok(());
+                }
+                let reason = format!(
+                    "{} {} requires the permission {permission}",
+                    message.kind, message.name
+                );
+                Err(if ctx.actor.is_none() {
+                    BusError::Unauthenticated(reason)
+                } else {
+                    BusError::Forbidden(reason)
+                })
+            }
+        }
+    }
 }
 
 /// Lets every message through (the default).
@@ -104,7 +196,58 @@ mod tests {
         MessageInfo {
             kind: MessageKind::Command,
             name,
+            access: Access::Undeclared,
         }
+    }
+
+    #[test]
+    fn declared_access_denies_by_default() {
+        let tenant = TenantId::new("acme").unwrap();
+        let user = RequestContext::new(tenant.clone())
+            .with_actor("ada")
+            .with_permissions(["flights:write"]);
+        let anonymous = RequestContext::new(tenant);
+        let service = user.clone().as_service("flights");
+        let msg = |access| MessageInfo {
+            kind: MessageKind::Command,
+            name: "x.y",
+            access,
+        };
+        let check = |auth: DeclaredAccess, ctx: &RequestContext, access| {
+            auth.authorize(ctx, &msg(access)).map_err(|e| e.code())
+        };
+        let strict = DeclaredAccess::new();
+        let open = DeclaredAccess::without_permissions();
+        for auth in [strict, open] {
+            // nothing declared: nobody, not even a service
+            for ctx in [&user, &anonymous, &service] {
+                assert_eq!(
+                    check(auth, ctx, Access::Undeclared),
+                    Err(ErrorCode::Forbidden)
+                );
+            }
+            // internal: services only
+            assert_eq!(
+                check(auth, &user, Access::Internal),
+                Err(ErrorCode::Forbidden)
+            );
+            assert_eq!(
+                check(auth, &anonymous, Access::Internal),
+                Err(ErrorCode::Forbidden)
+            );
+            assert_eq!(check(auth, &service, Access::Internal), Ok(()));
+        }
+        let write = Access::Permission("flights:write");
+        let read = Access::Permission("flights:read");
+        assert_eq!(check(strict, &user, write), Ok(()));
+        assert_eq!(check(strict, &user, read), Err(ErrorCode::Forbidden));
+        assert_eq!(
+            check(strict, &anonymous, read),
+            Err(ErrorCode::Unauthenticated)
+        );
+        // a service acting for a user has no more rights than the user
+        assert_eq!(check(strict, &service, read), Err(ErrorCode::Forbidden));
+        assert_eq!(check(open, &anonymous, read), Ok(()));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::{
 use async_trait::async_trait;
 use cairn_core::{RequestContext, ValidationError};
 
-pub use auth::{AllowAll, Authorizer, PermissionMap};
+pub use auth::{Access, AllowAll, Authorizer, DeclaredAccess, PermissionMap};
 pub use error::BusError;
 pub use middleware::{AnyMessage, Dispatch, Middleware, Next, Reply};
 
@@ -47,6 +47,9 @@ pub trait Command: Send + Sync + 'static {
     /// The stable name (`flights.schedule`): used in traces, permissions and
     /// errors, unique per bus.
     const NAME: &'static str;
+    /// Who may send it, declared next to the type. Undeclared messages are
+    /// refused by every bus that checks declarations ([`DeclaredAccess`]).
+    const ACCESS: Access = Access::Undeclared;
     /// What the handler answers (an id, a position, `()`).
     type Output: Send + 'static;
     /// Checks the fields before anything else runs; every problem at once.
@@ -59,6 +62,9 @@ pub trait Command: Send + Sync + 'static {
 pub trait Query: Send + Sync + 'static {
     /// The stable name (`flights.get`), unique per bus.
     const NAME: &'static str;
+    /// Who may send it, declared next to the type. Undeclared messages are
+    /// refused by every bus that checks declarations ([`DeclaredAccess`]).
+    const ACCESS: Access = Access::Undeclared;
     /// What the handler answers.
     type Output: Send + 'static;
     /// Checks the fields before anything else runs; every problem at once.
@@ -68,7 +74,7 @@ pub trait Query: Send + Sync + 'static {
 }
 
 /// Whether a message is a command or a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MessageKind {
     Command,
     Query,
@@ -88,6 +94,8 @@ impl fmt::Display for MessageKind {
 pub struct MessageInfo {
     pub kind: MessageKind,
     pub name: &'static str,
+    /// Who may send it ([`Command::ACCESS`], [`Query::ACCESS`]).
+    pub access: Access,
 }
 
 /// Handles one command type.
@@ -100,20 +108,6 @@ pub trait CommandHandler<C: Command>: Send + Sync + 'static {
 #[async_trait]
 pub trait QueryHandler<Q: Query>: Send + Sync + 'static {
     async fn handle(&self, ctx: &RequestContext, query: Q) -> Result<Q::Output, BusError>;
-}
-
-#[async_trait]
-impl<C: Command, H: CommandHandler<C> + ?Sized> CommandHandler<C> for Arc<H> {
-    async fn handle(&self, ctx: &RequestContext, command: C) -> Result<C::Output, BusError> {
-        (**self).handle(ctx, command).await
-    }
-}
-
-#[async_trait]
-impl<Q: Query, H: QueryHandler<Q> + ?Sized> QueryHandler<Q> for Arc<H> {
-    async fn handle(&self, ctx: &RequestContext, query: Q) -> Result<Q::Output, BusError> {
-        (**self).handle(ctx, query).await
-    }
 }
 
 /// A second handler for a message type, or for a name already taken.
@@ -193,6 +187,7 @@ impl Registry {
         &self,
         type_id: TypeId,
         name: &'static str,
+        access: Access,
         endpoint: Arc<dyn Endpoint>,
     ) -> Result<(), DuplicateHandler> {
         // Handlers never run under this lock, so poison can only come from a
@@ -202,6 +197,7 @@ impl Registry {
             return Err(DuplicateHandler(MessageInfo {
                 kind: self.kind,
                 name,
+                access,
             }));
         }
         routes.insert(type_id, Route { name, endpoint });
@@ -220,11 +216,13 @@ impl Registry {
         ctx: &RequestContext,
         type_id: TypeId,
         name: &'static str,
+        access: Access,
         message: Box<dyn AnyMessage>,
     ) -> Result<Reply, BusError> {
         let info = MessageInfo {
             kind: self.kind,
             name,
+            access,
         };
         let endpoint: Arc<dyn Endpoint> = self
             .routes
@@ -260,38 +258,8 @@ impl Endpoint for NoHandler {
         _ctx: &'a RequestContext,
         _message: Box<dyn AnyMessage>,
     ) -> BoxFuture<'a, Result<Reply, BusError>> {
-        let MessageInfo { kind, name } = self.0;
+        let MessageInfo { kind, name, .. } = self.0;
         Box::pin(async move { Err(BusError::NoHandler { kind, name }) })
-    }
-}
-
-/// A command on its way through the chain.
-struct CommandMessage<C>(C);
-
-impl<C: Command> AnyMessage for CommandMessage<C> {
-    fn validate(&self) -> Result<(), Vec<ValidationError>> {
-        self.0.validate()
-    }
-    fn as_any(&self) -> &dyn Any {
-        &self.0
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        Box::new(self.0)
-    }
-}
-
-/// A query on its way through the chain.
-struct QueryMessage<Q>(Q);
-
-impl<Q: Query> AnyMessage for QueryMessage<Q> {
-    fn validate(&self) -> Result<(), Vec<ValidationError>> {
-        self.0.validate()
-    }
-    fn as_any(&self) -> &dyn Any {
-        &self.0
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        Box::new(self.0)
     }
 }
 
@@ -313,239 +281,182 @@ fn unbox_reply<T: 'static>(reply: Reply) -> Result<T, BusError> {
     })
 }
 
-struct CommandEndpoint<C, H> {
-    handler: H,
-    command: PhantomData<fn(C)>,
-}
-
-impl<C: Command, H: CommandHandler<C>> Endpoint for CommandEndpoint<C, H> {
-    fn call<'a>(
-        &'a self,
-        ctx: &'a RequestContext,
-        message: Box<dyn AnyMessage>,
-    ) -> BoxFuture<'a, Result<Reply, BusError>> {
-        Box::pin(async move {
-            let command = unbox::<C>(message)?;
-            let output = self.handler.handle(ctx, command).await?;
-            Ok(Box::new(output) as Reply)
-        })
-    }
-}
-
-struct QueryEndpoint<Q, H> {
-    handler: H,
-    query: PhantomData<fn(Q)>,
-}
-
-impl<Q: Query, H: QueryHandler<Q>> Endpoint for QueryEndpoint<Q, H> {
-    fn call<'a>(
-        &'a self,
-        ctx: &'a RequestContext,
-        message: Box<dyn AnyMessage>,
-    ) -> BoxFuture<'a, Result<Reply, BusError>> {
-        Box::pin(async move {
-            let query = unbox::<Q>(message)?;
-            let output = self.handler.handle(ctx, query).await?;
-            Ok(Box::new(output) as Reply)
-        })
-    }
-}
-
 /// An async function or closure `(RequestContext, M) -> Result<Output,
 /// BusError>` as a handler. The context is passed by value (a clone) so the
 /// returned future need not borrow it.
 struct FnHandler<F>(F);
 
-#[async_trait]
-impl<C, F, Fut> CommandHandler<C> for FnHandler<F>
-where
-    C: Command,
-    F: Fn(RequestContext, C) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<C::Output, BusError>> + Send + 'static,
-{
-    async fn handle(&self, ctx: &RequestContext, command: C) -> Result<C::Output, BusError> {
-        (self.0)(ctx.clone(), command).await
-    }
-}
-
-#[async_trait]
-impl<Q, F, Fut> QueryHandler<Q> for FnHandler<F>
-where
-    Q: Query,
-    F: Fn(RequestContext, Q) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Q::Output, BusError>> + Send + 'static,
-{
-    async fn handle(&self, ctx: &RequestContext, query: Q) -> Result<Q::Output, BusError> {
-        (self.0)(ctx.clone(), query).await
-    }
-}
-
-/// Sends commands to their handlers through the middleware chain. Clones
-/// share handlers and chain.
-#[derive(Clone)]
-pub struct CommandBus {
-    registry: Arc<Registry>,
-}
-
-impl fmt::Debug for CommandBus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommandBus")
-            .field("handlers", &self.registry.names())
-            .field("middleware", &self.registry.chain.len())
-            .finish()
-    }
-}
-
-impl Default for CommandBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl CommandBus {
-    /// A bus with the built-in chain and allow-all authorization.
-    pub fn new() -> Self {
-        Self::with_config(BusConfig::default())
-    }
-
-    /// A bus with `config`'s authorizer and custom middleware.
-    pub fn with_config(config: BusConfig) -> Self {
-        Self {
-            registry: Arc::new(Registry::new(MessageKind::Command, config)),
+/// Writes one of the two buses: the command bus and the query bus differ
+/// only in their message trait, handler trait and the verb that sends, so
+/// the wrappers that carry a message through the chain, the endpoint that
+/// calls its handler, closures as handlers and the bus itself are written
+/// once here.
+macro_rules! bus {
+    (
+        $(#[$doc:meta])*
+        $Bus:ident for $Msg:ident ($kind:expr, $noun:literal),
+        handled by $Handler:ident, sent with $send:ident
+    ) => {
+        #[async_trait]
+        impl<M: $Msg, H: $Handler<M> + ?Sized> $Handler<M> for Arc<H> {
+            async fn handle(&self, ctx: &RequestContext, message: M) -> Result<M::Output, BusError> {
+                (**self).handle(ctx, message).await
+            }
         }
-    }
 
-    /// Registers the handler of `C`.
-    pub fn register<C: Command>(
-        &self,
-        handler: impl CommandHandler<C>,
-    ) -> Result<(), DuplicateHandler> {
-        self.registry.register(
-            TypeId::of::<C>(),
-            C::NAME,
-            Arc::new(CommandEndpoint {
-                handler,
-                command: PhantomData,
-            }),
-        )
-    }
-
-    /// Registers an async function or closure `(RequestContext, C) ->
-    /// Result<C::Output, BusError>` as the handler of `C`.
-    pub fn register_fn<C, F, Fut>(&self, handler: F) -> Result<(), DuplicateHandler>
-    where
-        C: Command,
-        F: Fn(RequestContext, C) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<C::Output, BusError>> + Send + 'static,
-    {
-        self.register::<C>(FnHandler(handler))
-    }
-
-    /// Whether `C` has a handler.
-    pub fn handles<C: Command>(&self) -> bool {
-        self.registry.handles(TypeId::of::<C>())
-    }
-
-    /// Sends `command` through the chain to its handler.
-    pub async fn send<C: Command>(
-        &self,
-        ctx: &RequestContext,
-        command: C,
-    ) -> Result<C::Output, BusError> {
-        let reply = self
-            .registry
-            .dispatch(
-                ctx,
-                TypeId::of::<C>(),
-                C::NAME,
-                Box::new(CommandMessage(command)),
-            )
-            .await?;
-        unbox_reply::<C::Output>(reply)
-    }
-}
-
-/// Sends queries to their handlers through the middleware chain. Clones
-/// share handlers and chain.
-#[derive(Clone)]
-pub struct QueryBus {
-    registry: Arc<Registry>,
-}
-
-impl fmt::Debug for QueryBus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueryBus")
-            .field("handlers", &self.registry.names())
-            .field("middleware", &self.registry.chain.len())
-            .finish()
-    }
-}
-
-impl Default for QueryBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl QueryBus {
-    /// A bus with the built-in chain and allow-all authorization.
-    pub fn new() -> Self {
-        Self::with_config(BusConfig::default())
-    }
-
-    /// A bus with `config`'s authorizer and custom middleware.
-    pub fn with_config(config: BusConfig) -> Self {
-        Self {
-            registry: Arc::new(Registry::new(MessageKind::Query, config)),
+        #[async_trait]
+        impl<M, F, Fut> $Handler<M> for FnHandler<F>
+        where
+            M: $Msg,
+            F: Fn(RequestContext, M) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = Result<M::Output, BusError>> + Send + 'static,
+        {
+            async fn handle(&self, ctx: &RequestContext, message: M) -> Result<M::Output, BusError> {
+                (self.0)(ctx.clone(), message).await
+            }
         }
-    }
 
-    /// Registers the handler of `Q`.
-    pub fn register<Q: Query>(
-        &self,
-        handler: impl QueryHandler<Q>,
-    ) -> Result<(), DuplicateHandler> {
-        self.registry.register(
-            TypeId::of::<Q>(),
-            Q::NAME,
-            Arc::new(QueryEndpoint {
-                handler,
-                query: PhantomData,
-            }),
-        )
-    }
+        impl<M: $Msg> AnyMessage for Carried<M, { $kind as u8 }> {
+            fn validate(&self) -> Result<(), Vec<ValidationError>> {
+                self.0.validate()
+            }
+            fn as_any(&self) -> &dyn Any {
+                &self.0
+            }
+            fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+                Box::new(self.0)
+            }
+        }
 
-    /// Registers an async function or closure `(RequestContext, Q) ->
-    /// Result<Q::Output, BusError>` as the handler of `Q`.
-    pub fn register_fn<Q, F, Fut>(&self, handler: F) -> Result<(), DuplicateHandler>
-    where
-        Q: Query,
-        F: Fn(RequestContext, Q) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Q::Output, BusError>> + Send + 'static,
-    {
-        self.register::<Q>(FnHandler(handler))
-    }
+        impl<M: $Msg, H: $Handler<M>> Endpoint for HandlerEndpoint<M, H, { $kind as u8 }> {
+            fn call<'a>(
+                &'a self,
+                ctx: &'a RequestContext,
+                message: Box<dyn AnyMessage>,
+            ) -> BoxFuture<'a, Result<Reply, BusError>> {
+                Box::pin(async move {
+                    let message = unbox::<M>(message)?;
+                    let output = self.handler.handle(ctx, message).await?;
+                    Ok(Box::new(output) as Reply)
+                })
+            }
+        }
 
-    /// Whether `Q` has a handler.
-    pub fn handles<Q: Query>(&self) -> bool {
-        self.registry.handles(TypeId::of::<Q>())
-    }
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $Bus {
+            registry: Arc<Registry>,
+        }
 
-    /// Sends `query` through the chain to its handler.
-    pub async fn query<Q: Query>(
-        &self,
-        ctx: &RequestContext,
-        query: Q,
-    ) -> Result<Q::Output, BusError> {
-        let reply = self
-            .registry
-            .dispatch(
-                ctx,
-                TypeId::of::<Q>(),
-                Q::NAME,
-                Box::new(QueryMessage(query)),
-            )
-            .await?;
-        unbox_reply::<Q::Output>(reply)
-    }
+        impl fmt::Debug for $Bus {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($Bus))
+                    .field("handlers", &self.registry.names())
+                    .field("middleware", &self.registry.chain.len())
+                    .finish()
+            }
+        }
+
+        impl Default for $Bus {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $Bus {
+            /// A bus with the built-in chain and allow-all authorization.
+            pub fn new() -> Self {
+                Self::with_config(BusConfig::default())
+            }
+
+            /// A bus with `config`'s authorizer and custom middleware.
+            pub fn with_config(config: BusConfig) -> Self {
+                Self {
+                    registry: Arc::new(Registry::new($kind, config)),
+                }
+            }
+
+            #[doc = concat!("Registers the handler of a ", $noun, " type.")]
+            pub fn register<M: $Msg>(
+                &self,
+                handler: impl $Handler<M>,
+            ) -> Result<(), DuplicateHandler> {
+                self.registry.register(
+                    TypeId::of::<M>(),
+                    M::NAME,
+                    M::ACCESS,
+                    Arc::new(HandlerEndpoint::<M, _, { $kind as u8 }> {
+                        handler,
+                        message: PhantomData,
+                    }),
+                )
+            }
+
+            #[doc = concat!(
+                "Registers an async function or closure `(RequestContext, M) -> ",
+                "Result<M::Output, BusError>` as the handler of the ", $noun, " `M`."
+            )]
+            pub fn register_fn<M, F, Fut>(&self, handler: F) -> Result<(), DuplicateHandler>
+            where
+                M: $Msg,
+                F: Fn(RequestContext, M) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<M::Output, BusError>> + Send + 'static,
+            {
+                self.register::<M>(FnHandler(handler))
+            }
+
+            #[doc = concat!("Whether the ", $noun, " `M` has a handler.")]
+            pub fn handles<M: $Msg>(&self) -> bool {
+                self.registry.handles(TypeId::of::<M>())
+            }
+
+            #[doc = concat!("The names of the ", $noun, " types with a handler here, sorted.")]
+            pub fn names(&self) -> Vec<&'static str> {
+                self.registry.names()
+            }
+
+            #[doc = concat!("Sends a ", $noun, " through the chain to its handler.")]
+            pub async fn $send<M: $Msg>(
+                &self,
+                ctx: &RequestContext,
+                message: M,
+            ) -> Result<M::Output, BusError> {
+                let reply = self
+                    .registry
+                    .dispatch(
+                        ctx,
+                        TypeId::of::<M>(),
+                        M::NAME,
+                        M::ACCESS,
+                        Box::new(Carried::<M, { $kind as u8 }>(message)),
+                    )
+                    .await?;
+                unbox_reply::<M::Output>(reply)
+            }
+        }
+    };
+}
+
+/// A message on its way through the chain; `KIND` keeps the command and
+/// query impls apart (a type could be both).
+struct Carried<M, const KIND: u8>(M);
+
+/// Calls the handler of one message type.
+struct HandlerEndpoint<M, H, const KIND: u8> {
+    handler: H,
+    message: PhantomData<fn(M)>,
+}
+
+bus! {
+    /// Sends commands to their handlers through the middleware chain. Clones
+    /// share handlers and chain.
+    CommandBus for Command (MessageKind::Command, "command"),
+    handled by CommandHandler, sent with send
+}
+
+bus! {
+    /// Sends queries to their handlers through the middleware chain. Clones
+    /// share handlers and chain.
+    QueryBus for Query (MessageKind::Query, "query"),
+    handled by QueryHandler, sent with query
 }

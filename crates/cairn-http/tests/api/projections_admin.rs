@@ -16,8 +16,9 @@ use cairn_auth::permissions::{PROJECTIONS_ADMIN, PROJECTIONS_READ, TENANTS_ADMIN
 use cairn_core::{NewEvent, RecordedEvent, RequestContext, StreamId, TenantId};
 use cairn_http::{REDACTED, projections_router};
 use cairn_projection::{
-    Projection, ProjectionError, ProjectionOptions, ProjectionState, Projections, ReadDb,
+    Projection, ProjectionError, ProjectionOptions, ProjectionState, Projections,
 };
+use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, EventStore, ExpectedVersion, MemoryStore};
 use serde_json::{Value, json};
 use sqlx::{Any, Transaction};
@@ -140,7 +141,7 @@ async fn operators_see_and_act_within_their_rights() {
     let bad = append(&store, "acme", "Bad").await;
     let last = append(&store, "globex", "Good").await;
     let projections = Projections::start(
-        ReadDb::ephemeral().await.unwrap(),
+        ServiceDb::ephemeral().await.unwrap(),
         store.clone() as Arc<dyn EventStore>,
         [Arc::new(Notes) as Arc<dyn Projection>],
         ProjectionOptions::default(),

@@ -14,7 +14,7 @@ use std::{
 use async_trait::async_trait;
 use cairn_core::{EventId, NewEvent, RecordedEvent, StreamId, TenantId};
 use cairn_messaging::{EventHandler, HandlerError, IntegrationEvent};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::{EventStore, ExpectedVersion, MemoryStore, testkit::service_absent};
 use serde_json::json;
 use sqlx::{Any, Transaction};
@@ -24,7 +24,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct TestDb {
     pub url: String,
-    pub db: ReadDb,
+    pub db: ServiceDb,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -35,7 +35,7 @@ impl TestDb {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("service.db").display());
-        let db = ReadDb::open(&url).await.expect("open sqlite");
+        let db = ServiceDb::open(&url).await.expect("open sqlite");
         Self {
             url,
             db,
@@ -52,7 +52,7 @@ impl TestDb {
             .unwrap_or(0);
         let id = uuid::Uuid::new_v4().simple().to_string();
         let url = format!("{base}?schema=cairn_test_{secs}_{}", &id[..12]);
-        match tokio::time::timeout(Duration::from_secs(20), ReadDb::open(&url)).await {
+        match tokio::time::timeout(Duration::from_secs(20), ServiceDb::open(&url)).await {
             Ok(Ok(db)) => Some(Self {
                 url,
                 db,
@@ -63,8 +63,8 @@ impl TestDb {
         }
     }
 
-    pub async fn reopen(&self) -> ReadDb {
-        ReadDb::open(&self.url).await.expect("reopen")
+    pub async fn reopen(&self) -> ServiceDb {
+        ServiceDb::open(&self.url).await.expect("reopen")
     }
 }
 
@@ -114,7 +114,7 @@ pub async fn append(store: &MemoryStore, tenant: &TenantId, stream: &str, types:
 }
 
 /// Creates the `seen` table handlers write to.
-pub async fn seen_table(db: &ReadDb) {
+pub async fn seen_table(db: &ServiceDb) {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS seen (
             seq BIGINT NOT NULL, tenant TEXT NOT NULL, stream TEXT NOT NULL,
@@ -126,7 +126,7 @@ pub async fn seen_table(db: &ReadDb) {
 }
 
 /// Every (stream, version) the handlers wrote, in the order they committed.
-pub async fn seen(db: &ReadDb) -> Vec<(String, String, i64)> {
+pub async fn seen(db: &ServiceDb) -> Vec<(String, String, i64)> {
     sqlx::query_as("SELECT tenant, stream, version FROM seen ORDER BY seq")
         .fetch_all(db.pool())
         .await

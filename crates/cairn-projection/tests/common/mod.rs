@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use cairn_core::{NewEvent, RecordedEvent};
 use cairn_projection::{
     Projection, ProjectionError, ProjectionOptions, ProjectionState, ProjectionStatus, Projections,
-    ReadDb,
 };
+use cairn_service_db::ServiceDb;
 #[allow(unused_imports)]
 pub use cairn_store::testkit::FlakyStore;
 use cairn_store::{
@@ -48,7 +48,7 @@ pub enum Backend {
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
-    pub db: ReadDb,
+    pub db: ServiceDb,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -59,7 +59,7 @@ impl TestDb {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("read.db").display());
-        let db = ReadDb::open(&url).await.expect("open sqlite read db");
+        let db = ServiceDb::open(&url).await.expect("open sqlite read db");
         Self {
             backend: Backend::Sqlite,
             url,
@@ -73,7 +73,7 @@ impl TestDb {
     pub async fn postgres() -> Option<Self> {
         sweep().await;
         let url = format!("{}?schema={}", pg_url(), fresh_schema());
-        match tokio::time::timeout(Duration::from_secs(20), ReadDb::open(&url)).await {
+        match tokio::time::timeout(Duration::from_secs(20), ServiceDb::open(&url)).await {
             Ok(Ok(db)) => Some(Self {
                 backend: Backend::Postgres,
                 url,
@@ -86,8 +86,8 @@ impl TestDb {
     }
 
     /// Another handle on the same database, as a new process would open it.
-    pub async fn reopen(&self) -> ReadDb {
-        ReadDb::open(&self.url).await.expect("reopen read db")
+    pub async fn reopen(&self) -> ServiceDb {
+        ServiceDb::open(&self.url).await.expect("reopen read db")
     }
 }
 
@@ -238,7 +238,7 @@ impl Counter {
     }
 
     /// (tenant, stream, events) rows, ordered.
-    pub async fn rows(&self, db: &ReadDb) -> Vec<(String, String, i64)> {
+    pub async fn rows(&self, db: &ServiceDb) -> Vec<(String, String, i64)> {
         sqlx::query_as(&format!(
             "SELECT tenant_id, stream, events FROM {} ORDER BY tenant_id, stream",
             self.table
@@ -249,7 +249,7 @@ impl Counter {
     }
 
     /// The sum of all counts.
-    pub async fn total(&self, db: &ReadDb) -> i64 {
+    pub async fn total(&self, db: &ServiceDb) -> i64 {
         self.rows(db).await.iter().map(|r| r.2).sum()
     }
 }
@@ -387,7 +387,7 @@ pub fn options() -> ProjectionOptions {
 }
 
 pub async fn start<'a>(
-    db: &ReadDb,
+    db: &ServiceDb,
     store: &Arc<dyn EventStore>,
     projections: impl IntoIterator<Item = &'a Arc<Counter>>,
 ) -> Projections {
@@ -429,7 +429,7 @@ pub async fn until_failed(projections: &Projections, name: &str) -> ProjectionSt
 }
 
 /// The stored checkpoint row: (position, failed_position).
-pub async fn stored_checkpoint(db: &ReadDb, name: &str) -> (i64, Option<i64>) {
+pub async fn stored_checkpoint(db: &ServiceDb, name: &str) -> (i64, Option<i64>) {
     sqlx::query_as(
         "SELECT position, failed_position FROM cairn_projection_checkpoints WHERE name = $1",
     )

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use cairn_core::{
     DomainEvent, EventId, NewEvent, RecordedEvent, RequestContext, StreamId, TenantId,
 };
-use cairn_projection::ReadDb;
 use cairn_saga::{Decision, Dispatcher, Saga, SagaOptions};
+use cairn_service_db::ServiceDb;
 use cairn_store::{
     AllFilter, AppendOutcome, EventStore, EventSubscription, ExpectedVersion, MemoryStore,
     ReadStream, Snapshot, StoreError, StreamInfo, testkit::service_absent,
@@ -50,7 +50,7 @@ pub enum Backend {
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
-    pub db: ReadDb,
+    pub db: ServiceDb,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -61,7 +61,7 @@ impl TestDb {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("service.db").display());
-        let db = ReadDb::open(&url).await.expect("open sqlite db");
+        let db = ServiceDb::open(&url).await.expect("open sqlite db");
         Self {
             backend: Backend::Sqlite,
             url,
@@ -75,7 +75,7 @@ impl TestDb {
     pub async fn postgres() -> Option<Self> {
         sweep().await;
         let url = format!("{}?schema={}", pg_url(), fresh_schema());
-        match tokio::time::timeout(Duration::from_secs(20), ReadDb::open(&url)).await {
+        match tokio::time::timeout(Duration::from_secs(20), ServiceDb::open(&url)).await {
             Ok(Ok(db)) => Some(Self {
                 backend: Backend::Postgres,
                 url,
@@ -88,8 +88,8 @@ impl TestDb {
     }
 
     /// Another handle on the same database, as a new process would open it.
-    pub async fn reopen(&self) -> ReadDb {
-        ReadDb::open(&self.url).await.expect("reopen db")
+    pub async fn reopen(&self) -> ServiceDb {
+        ServiceDb::open(&self.url).await.expect("reopen db")
     }
 
     /// Rows of the timeouts table, all sagas and tenants.

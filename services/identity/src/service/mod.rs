@@ -32,7 +32,7 @@ use cairn_auth::{
 };
 use cairn_core::{ErrorCode, RequestContext, TenantId, ValidationError};
 use cairn_domain::{AggregateStore, CommandError};
-use cairn_projection::ReadDb;
+use cairn_service_db::ServiceDb;
 use cairn_store::EventStore;
 use zeroize::Zeroizing;
 
@@ -172,7 +172,7 @@ struct Inner {
     users: AggregateStore<User>,
     clients: AggregateStore<Client>,
     groups: AggregateStore<Group>,
-    db: ReadDb,
+    db: ServiceDb,
     master: MasterKey,
     options: IdentityOptions,
     realms: RwLock<HashMap<TenantId, Arc<Realm>>>,
@@ -201,7 +201,7 @@ impl Identity {
     /// revocations), creating its tables.
     pub async fn open(
         store: Arc<dyn EventStore>,
-        db: ReadDb,
+        db: ServiceDb,
         master: MasterKey,
         options: IdentityOptions,
     ) -> Result<Self, IdentityError> {

@@ -1,4 +1,4 @@
-//! The read-model database: one [`ReadDb`] handle over an [`sqlx::AnyPool`],
+//! The service database: one [`ServiceDb`] handle over an [`sqlx::AnyPool`],
 //! so a service writes its tables with the same portable SQL (`$1`
 //! placeholders; `TEXT`, `BIGINT`, `BOOLEAN`, `DOUBLE PRECISION`) on SQLite
 //! and on PostgreSQL.
@@ -8,10 +8,10 @@
 //!   created if missing; WAL journal (readers never wait for the writer),
 //!   `synchronous=NORMAL` (a power cut may lose the last commits, never half
 //!   of one: read-model rows and checkpoints roll back together), a busy
-//!   timeout, foreign keys on. [`ReadDb::begin`] takes the write lock at
+//!   timeout, foreign keys on. [`ServiceDb::begin`] takes the write lock at
 //!   `BEGIN` (`BEGIN IMMEDIATE`), so two writers wait for each other instead
 //!   of failing when a read-then-write transaction would have to upgrade.
-//! - `sqlite::memory:` or [`ReadDb::ephemeral`]: an in-memory database with
+//! - `sqlite::memory:` or [`ServiceDb::ephemeral`]: an in-memory database with
 //!   a unique name, shared by every connection of this handle and gone when
 //!   the last clone is dropped. Shared-cache SQLite answers conflicting
 //!   writers with errors or deadlocks rather than waiting, so this pool has
@@ -24,10 +24,10 @@
 //! Row-level security on PostgreSQL ([`cairn_store::row_security`]): every
 //! table of the schema with a `tenant_id` column carries the tenant policy
 //! (at open, and after each projection's schema: [`protect_tenant_tables`]).
-//! [`ReadDb::pool`] is system access: its sessions see every tenant
+//! [`ServiceDb::pool`] is system access: its sessions see every tenant
 //! (`cairn.tenant = '*'`); that is what projections, consumers, relays and
 //! checkpoints use. A query on behalf of one tenant runs in
-//! [`ReadDb::scoped`]: a transaction of a second pool whose sessions see
+//! [`ServiceDb::scoped`]: a transaction of a second pool whose sessions see
 //! nothing until the transaction names its tenant, as a role bound by the
 //! policy. SQLite has no row-level security: there `scoped` is a plain
 //! transaction and the queries' own tenant filters are the only wall.
@@ -45,9 +45,9 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-use crate::ReadModelError;
+use crate::ServiceDbError;
 
-/// Which SQL engine a [`ReadDb`] talks to, for the rare statement that must
+/// Which SQL engine a [`ServiceDb`] talks to, for the rare statement that must
 /// differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,9 +63,9 @@ impl DbKind {
     const POSTGRES_NAME: &'static str = "PostgreSQL";
 }
 
-/// How to open a [`ReadDb`]. The defaults suit a laptop.
+/// How to open a [`ServiceDb`]. The defaults suit a laptop.
 #[derive(Debug, Clone)]
-pub struct ReadDbOptions {
+pub struct ServiceDbOptions {
     /// Pool size for file SQLite and PostgreSQL (the in-memory database always
     /// uses one connection). On PostgreSQL, the size of each of its two
     /// pools (system and tenant-scoped; the second opens connections as
@@ -78,7 +78,7 @@ pub struct ReadDbOptions {
     pub busy_timeout: Duration,
 }
 
-impl Default for ReadDbOptions {
+impl Default for ServiceDbOptions {
     fn default() -> Self {
         Self {
             max_connections: 8,
@@ -88,15 +88,15 @@ impl Default for ReadDbOptions {
     }
 }
 
-/// A handle on the read-model database. Clones share its pools.
+/// A handle on a service's database. Clones share its pools.
 #[derive(Clone)]
-pub struct ReadDb {
+pub struct ServiceDb {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     pool: AnyPool,
-    /// PostgreSQL: the pool of [`ReadDb::scoped`] transactions.
+    /// PostgreSQL: the pool of [`ServiceDb::scoped`] transactions.
     tenant_pool: Option<AnyPool>,
     kind: DbKind,
     /// Where it points, without a password: for logs and `Debug`.
@@ -106,16 +106,16 @@ struct Inner {
     _keeper: Option<Mutex<AnyConnection>>,
 }
 
-impl std::fmt::Debug for ReadDb {
+impl std::fmt::Debug for ServiceDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadDb")
+        f.debug_struct("ServiceDb")
             .field("kind", &self.inner.kind)
             .field("location", &self.inner.location)
             .finish()
     }
 }
 
-/// A parsed read-database URL.
+/// A parsed service-database URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     Memory,
@@ -124,7 +124,7 @@ enum Target {
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Self, ReadModelError> {
+    fn parse(url: &str) -> Result<Self, ServiceDbError> {
         if matches!(url, "sqlite::memory:" | "sqlite://:memory:" | "memory:") {
             return Ok(Self::Memory);
         }
@@ -133,7 +133,7 @@ impl Target {
             .or_else(|| url.strip_prefix("sqlite:"))
         {
             if path.is_empty() {
-                return Err(ReadModelError::invalid(
+                return Err(ServiceDbError::invalid(
                     "read_db_url",
                     "a sqlite URL needs a path: sqlite://PATH",
                 ));
@@ -147,21 +147,21 @@ impl Target {
             }
             return Ok(Self::Postgres { url, schema });
         }
-        Err(ReadModelError::invalid(
+        Err(ServiceDbError::invalid(
             "read_db_url",
             "expected sqlite://PATH, sqlite::memory: or postgres://...",
         ))
     }
 }
 
-impl ReadDb {
+impl ServiceDb {
     /// Opens the database a URL names, with default options.
-    pub async fn open(url: &str) -> Result<Self, ReadModelError> {
-        Self::open_with(url, ReadDbOptions::default()).await
+    pub async fn open(url: &str) -> Result<Self, ServiceDbError> {
+        Self::open_with(url, ServiceDbOptions::default()).await
     }
 
     /// Opens the database a URL names.
-    pub async fn open_with(url: &str, options: ReadDbOptions) -> Result<Self, ReadModelError> {
+    pub async fn open_with(url: &str, options: ServiceDbOptions) -> Result<Self, ServiceDbError> {
         sqlx::any::install_default_drivers();
         match Target::parse(url)? {
             Target::Memory => Self::memory(&options).await,
@@ -174,15 +174,15 @@ impl ReadDb {
 
     /// A fresh in-memory SQLite database, private to this handle and its
     /// clones (`--ephemeral`).
-    pub async fn ephemeral() -> Result<Self, ReadModelError> {
+    pub async fn ephemeral() -> Result<Self, ServiceDbError> {
         sqlx::any::install_default_drivers();
-        Self::memory(&ReadDbOptions::default()).await
+        Self::memory(&ServiceDbOptions::default()).await
     }
 
     /// Opens (creating if missing) a SQLite file.
-    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, ReadModelError> {
+    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, ServiceDbError> {
         sqlx::any::install_default_drivers();
-        Self::sqlite_file(path.as_ref(), &ReadDbOptions::default()).await
+        Self::sqlite_file(path.as_ref(), &ServiceDbOptions::default()).await
     }
 
     /// The pool, for a service's own queries. On PostgreSQL its sessions see
@@ -235,7 +235,7 @@ impl ReadDb {
         self.inner.pool.close().await;
     }
 
-    async fn memory(options: &ReadDbOptions) -> Result<Self, ReadModelError> {
+    async fn memory(options: &ServiceDbOptions) -> Result<Self, ServiceDbError> {
         let name = format!("cairn-read-{}", uuid::Uuid::now_v7().simple());
         let url = format!("sqlite:file:{name}?mode=memory&cache=shared");
         let connect = any_options(&url)?;
@@ -258,11 +258,11 @@ impl ReadDb {
         })
     }
 
-    async fn sqlite_file(path: &Path, options: &ReadDbOptions) -> Result<Self, ReadModelError> {
+    async fn sqlite_file(path: &Path, options: &ServiceDbOptions) -> Result<Self, ServiceDbError> {
         let path = std::path::absolute(path)
-            .map_err(|e| ReadModelError::invalid("read_db_url", format!("bad path: {e}")))?;
+            .map_err(|e| ServiceDbError::invalid("read_db_url", format!("bad path: {e}")))?;
         let text = path.to_str().ok_or_else(|| {
-            ReadModelError::invalid("read_db_url", "the SQLite path must be valid UTF-8")
+            ServiceDbError::invalid("read_db_url", "the SQLite path must be valid UTF-8")
         })?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -288,7 +288,7 @@ impl ReadDb {
             .await;
             match result {
                 Ok(()) => break,
-                Err(e) if attempt < 20 && crate::error::is_transient(&e) => {
+                Err(e) if attempt < 20 && crate::is_transient(&e) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
                 }
@@ -314,8 +314,8 @@ impl ReadDb {
     async fn postgres(
         url: &str,
         schema: Option<&str>,
-        options: &ReadDbOptions,
-    ) -> Result<Self, ReadModelError> {
+        options: &ServiceDbOptions,
+    ) -> Result<Self, ServiceDbError> {
         let connect = any_options(url)?;
         let mut setup = AnyConnection::connect_with(&connect).await?;
         let mut search_path = String::new();
@@ -378,7 +378,7 @@ impl ReadDb {
 }
 
 /// A PostgreSQL pool whose connections start by running `session`.
-fn postgres_pool(options: &ReadDbOptions, session: &str) -> AnyPoolOptions {
+fn postgres_pool(options: &ServiceDbOptions, session: &str) -> AnyPoolOptions {
     let session = Arc::<str>::from(session);
     AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
@@ -425,9 +425,9 @@ async fn protect(conn: &mut AnyConnection, bypasses: bool) -> Result<(), sqlx::E
 /// does nothing on SQLite. Idempotent, and safe to run from several
 /// processes at once.
 ///
-/// [`crate::Projections`] runs it after each projection's schema, in the
+/// The projection runner runs it after each projection's schema, in the
 /// same transaction; call it after creating tenant tables any other way,
-/// with a connection of [`ReadDb::pool`] (it alters tables, which needs the
+/// with a connection of [`ServiceDb::pool`] (it alters tables, which needs the
 /// connecting user).
 pub async fn protect_tenant_tables(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     if conn.backend_name() != DbKind::POSTGRES_NAME {
@@ -439,16 +439,16 @@ pub async fn protect_tenant_tables(conn: &mut AnyConnection) -> Result<(), sqlx:
     protect(conn, bypasses).await
 }
 
-fn any_options(url: &str) -> Result<AnyConnectOptions, ReadModelError> {
+fn any_options(url: &str) -> Result<AnyConnectOptions, ServiceDbError> {
     url.parse::<AnyConnectOptions>().map_err(|e| {
-        ReadModelError::invalid(
+        ServiceDbError::invalid(
             "read_db_url",
             format!("not a database URL ({}): {e}", redact_password(url)),
         )
     })
 }
 
-fn sqlite_pool_options(options: &ReadDbOptions) -> AnyPoolOptions {
+fn sqlite_pool_options(options: &ServiceDbOptions) -> AnyPoolOptions {
     let pragmas = Arc::<str>::from(format!(
         "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         options.busy_timeout.as_millis()
@@ -488,9 +488,10 @@ fn encode_path(path: &str) -> String {
     out
 }
 
-/// Splits Cairn's own `schema=NAME` parameter off a PostgreSQL URL (the same
-/// convention as the event store URLs); the rest goes to the driver.
-fn split_schema(url: &str) -> (String, Option<String>) {
+/// Splits Cairn's own `schema=NAME` query parameter off a PostgreSQL URL
+/// (the same convention as the event store URLs): the rest goes to the
+/// driver, the schema selects where Cairn's tables live.
+pub fn split_schema(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), None);
     };
@@ -514,7 +515,7 @@ fn split_schema(url: &str) -> (String, Option<String>) {
 }
 
 /// Schema names are interpolated into SQL, so only plain identifiers pass.
-fn validate_schema(schema: &str) -> Result<(), ReadModelError> {
+fn validate_schema(schema: &str) -> Result<(), ServiceDbError> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -524,7 +525,7 @@ fn validate_schema(schema: &str) -> Result<(), ReadModelError> {
     if ok {
         Ok(())
     } else {
-        Err(ReadModelError::invalid(
+        Err(ServiceDbError::invalid(
             "schema",
             "must be 1-63 of a-z, 0-9, '_', starting with a letter or '_'",
         ))
@@ -593,6 +594,49 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_parameter_is_split_off_wherever_it_stands() {
+        for (url, rest, schema) in [
+            ("postgres://h/db", "postgres://h/db", None),
+            (
+                "postgres://h/db?sslmode=disable",
+                "postgres://h/db?sslmode=disable",
+                None,
+            ),
+            ("postgres://h/db?schema=s1", "postgres://h/db", Some("s1")),
+            (
+                "postgres://h/db?schema=s1&sslmode=disable",
+                "postgres://h/db?sslmode=disable",
+                Some("s1"),
+            ),
+            (
+                "postgres://h/db?sslmode=disable&schema=s1&connect_timeout=5",
+                "postgres://h/db?sslmode=disable&connect_timeout=5",
+                Some("s1"),
+            ),
+            (
+                "postgres://h/db?sslmode=disable&schema=s1",
+                "postgres://h/db?sslmode=disable",
+                Some("s1"),
+            ),
+            // An empty name is kept as given (`open` rejects it), empty
+            // pairs are dropped, and `search_path` is not `schema`.
+            ("postgres://h/db?schema=", "postgres://h/db", Some("")),
+            ("postgres://h/db?&schema=s1&", "postgres://h/db", Some("s1")),
+            (
+                "postgres://h/db?search_path=x",
+                "postgres://h/db?search_path=x",
+                None,
+            ),
+        ] {
+            assert_eq!(
+                split_schema(url),
+                (rest.to_owned(), schema.map(str::to_owned)),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_password("postgres://u:p@ss@h/db"),
@@ -608,8 +652,8 @@ mod tests {
 
     #[tokio::test]
     async fn ephemeral_databases_are_shared_by_the_pool_and_private_to_the_handle() {
-        let a = ReadDb::ephemeral().await.unwrap();
-        let b = ReadDb::open("sqlite::memory:").await.unwrap();
+        let a = ServiceDb::ephemeral().await.unwrap();
+        let b = ServiceDb::open("sqlite::memory:").await.unwrap();
         sqlx::query("CREATE TABLE t (x BIGINT)")
             .execute(a.pool())
             .await
@@ -638,7 +682,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_transactions_on_the_ephemeral_database_queue_instead_of_deadlocking() {
-        let db = ReadDb::ephemeral().await.unwrap();
+        let db = ServiceDb::ephemeral().await.unwrap();
         sqlx::query("CREATE TABLE c (k TEXT PRIMARY KEY, n BIGINT NOT NULL)")
             .execute(db.pool())
             .await
@@ -681,7 +725,7 @@ mod tests {
     async fn sqlite_file_is_created_with_wal_and_foreign_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested dir/read model#1.db");
-        let db = ReadDb::open(&format!("sqlite://{}", path.display()))
+        let db = ServiceDb::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
         assert!(path.exists());
@@ -701,7 +745,9 @@ mod tests {
     #[tokio::test]
     async fn concurrent_read_then_write_transactions_on_a_file_serialize() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ReadDb::open_sqlite(dir.path().join("r.db")).await.unwrap();
+        let db = ServiceDb::open_sqlite(dir.path().join("r.db"))
+            .await
+            .unwrap();
         sqlx::query("CREATE TABLE c (k TEXT PRIMARY KEY, n BIGINT NOT NULL)")
             .execute(db.pool())
             .await
