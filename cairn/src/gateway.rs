@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use cairn_auth::Revocations;
 use cairn_gateway::{Gateway, GatewayOptions};
 use cairn_http::{serve, shutdown_signal};
+use cairn_service::shutdown_all;
 use cairn_service_db::ServiceDb;
 use cairn_telemetry::Metrics;
 
@@ -48,8 +49,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                         .await
                         .context("opening the gateway's database")?;
                     let link = connect(&settings).await?;
-                    let (revoked, consumer) = hear_revocations("gateway", &db, &link).await?;
-                    revocations = Some((consumer, db, link.what.clone()));
+                    let (revoked, background) = hear_revocations("gateway", &db, &link).await?;
+                    revocations = Some((background, db, link.what.clone()));
                     Some(Arc::new(revoked) as Arc<dyn Revocations>)
                 }
                 _ => None,
@@ -121,8 +122,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")?;
-    if let Some((consumer, db, _)) = revocations {
-        consumer.shutdown().await;
+    if let Some((background, db, _)) = revocations {
+        shutdown_all(background).await;
         db.close().await;
     }
     println!("cairn run gateway: stopped");

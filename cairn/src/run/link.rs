@@ -101,7 +101,7 @@ pub(super) async fn start_relay(
     readers: &[String],
 ) -> anyhow::Result<Relay> {
     declare_readers(&public.service, readers, link).await?;
-    Relay::start(
+    cairn_messaging::start_relay(
         public,
         store,
         db.clone(),

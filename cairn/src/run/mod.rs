@@ -255,8 +255,8 @@ pub(crate) async fn start(
             let verifier = match &identity {
                 Some(identity) => identity.verifier(trusted),
                 None => {
-                    let (revoked, consumer) = hear_revocations(name, &db, &link).await?;
-                    background.push(Box::new(consumer));
+                    let (revoked, components) = hear_revocations(name, &db, &link).await?;
+                    background.extend(components);
                     remote_verifier(issuer, identity_url, trusted, Some(Arc::new(revoked)))
                 }
             };

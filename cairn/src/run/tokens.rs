@@ -7,19 +7,20 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use cairn_auth::{RemoteJwks, Revocations, RoleMap, TrustedIssuer, Verifier, VerifierOptions};
 use cairn_identity::revocations::{self, RevokedTokens};
-use cairn_messaging::ConsumerHandle;
+use cairn_service::Background;
 use cairn_service_db::ServiceDb;
 
 use super::link::Link;
 
 /// The revoked-token list of `service`, kept in `db` from the identity
-/// service's events, which the returned consumer writes there.
+/// service's events, and the components that keep it: the consumer that
+/// writes them there, and the reader of what other instances wrote.
 pub(crate) async fn hear_revocations(
     service: &str,
     db: &ServiceDb,
     link: &Link,
-) -> anyhow::Result<(RevokedTokens, ConsumerHandle)> {
-    let revoked = RevokedTokens::open(db.clone(), revocations::DEFAULT_POLL)
+) -> anyhow::Result<(RevokedTokens, Vec<Box<dyn Background>>)> {
+    let revoked = RevokedTokens::open(db.clone())
         .await
         .context("opening the revoked-token list")?;
     let consumer = revoked
@@ -27,7 +28,8 @@ pub(crate) async fn hear_revocations(
         .start()
         .await
         .context("consuming revocations")?;
-    Ok((revoked, consumer))
+    let fresh = revoked.keep_fresh(revocations::DEFAULT_POLL);
+    Ok((revoked, vec![Box::new(consumer), Box::new(fresh)]))
 }
 
 /// The verifier of a service or the gateway on its own: Cairn's realms

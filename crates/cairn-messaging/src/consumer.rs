@@ -32,13 +32,11 @@ use std::{
 
 use async_trait::async_trait;
 use cairn_core::EventId;
+use cairn_runtime::{Running, Stage};
 use cairn_service_db::{DbKind, ServiceDb};
 use serde::Serialize;
 use sqlx::{Any, Transaction};
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, watch};
 
 use crate::{Broker, ConsumerSpec, Delivery, IntegrationEvent, MessagingError, schema};
 
@@ -246,81 +244,40 @@ impl Consumer {
             ack_wait: self.options.ack_wait,
         };
         let deliveries = self.broker.consume(&spec).await?;
-        let (status_tx, status) = watch::channel(ConsumerStatus {
+        let initial = ConsumerStatus {
             group: self.group.clone(),
             source: self.source.clone(),
             connected: true,
             ..ConsumerStatus::default()
-        });
-        let (stop, stop_rx) = watch::channel(false);
-        let core = Arc::new(Core {
-            group: self.group,
-            db: self.db,
-            handlers: self.handlers,
-            fallback: self.fallback,
-            options: self.options,
-            status: status_tx,
-            waiting: Mutex::new(HashMap::new()),
-        });
-        let tasks = vec![
-            tokio::spawn(core.clone().replays(stop_rx.clone())),
-            tokio::spawn(core.clone().receive(self.broker, spec, deliveries, stop_rx)),
-        ];
-        Ok(ConsumerHandle {
-            status,
-            stop,
-            tasks,
-        })
+        };
+        let name = format!("consumer {}", self.group);
+        Ok(Running::start(
+            name,
+            Stage::Consumers,
+            initial,
+            |controls| {
+                let core = Arc::new(Core {
+                    group: self.group,
+                    db: self.db,
+                    handlers: self.handlers,
+                    fallback: self.fallback,
+                    options: self.options,
+                    status: controls.status,
+                    waiting: Mutex::new(HashMap::new()),
+                });
+                vec![
+                    tokio::spawn(core.clone().replays(controls.stop.clone())),
+                    tokio::spawn(core.receive(self.broker, spec, deliveries, controls.stop)),
+                ]
+            },
+        ))
     }
 }
 
-/// A running consumer.
-pub struct ConsumerHandle {
-    status: watch::Receiver<ConsumerStatus>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl fmt::Debug for ConsumerHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerHandle")
-            .field("status", &*self.status.borrow())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConsumerHandle {
-    pub fn status(&self) -> ConsumerStatus {
-        self.status.borrow().clone()
-    }
-
-    /// The consumer group's durable name.
-    pub fn group(&self) -> String {
-        self.status.borrow().group.clone()
-    }
-
-    /// Waits until `done(status)` holds or `timeout` passes; returns whether
-    /// it held.
-    pub async fn wait_until(
-        &self,
-        timeout: Duration,
-        done: impl FnMut(&ConsumerStatus) -> bool,
-    ) -> bool {
-        let mut rx = self.status.clone();
-        tokio::time::timeout(timeout, rx.wait_for(done))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Stops taking messages, lets the events in hand finish, and returns.
-    /// Messages taken but not handled go back to the broker.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
+/// A running consumer: its [`ConsumerStatus`] as a watch, and a shutdown
+/// that stops taking messages and lets the events in hand finish (messages
+/// taken but not handled go back to the broker).
+pub type ConsumerHandle = Running<ConsumerStatus>;
 
 struct Core {
     group: String,

@@ -4,7 +4,7 @@
 //! - [`Broker`] / [`RequestTransport`]: the contract a broker backend
 //!   implements (NATS JetStream, RabbitMQ, or the in-process
 //!   [`MemoryBroker`]).
-//! - [`Relay`]: the event log as outbox, publishing a service's public events.
+//! - [`start_relay`]: the event log as outbox, publishing a service's public events.
 //! - [`Consumer`]: durable, competing, ordered per stream, exactly-once
 //!   effect through an inbox, retries and dead letters ([`DeadLetters`]).
 //! - [`rpc`]: commands and queries across processes.
@@ -34,5 +34,5 @@ pub use event::{
 };
 pub use log_broker::LogBroker;
 pub use memory::MemoryBroker;
-pub use relay::{PublicEvents, Relay, RelayOptions, RelayStatus};
+pub use relay::{PublicEvents, Relay, RelayOptions, RelayStatus, start_relay};
 pub use schema::placeholder_rows;

@@ -8,16 +8,16 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fmt,
     sync::Arc,
     time::Duration,
 };
 
 use cairn_core::{RecordedEvent, StreamId, TenantId};
+use cairn_runtime::{Running, Stage};
 use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
 use serde::Serialize;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 use crate::{Acks, Broker, BrokerError, IntegrationEvent, MessagingError, schema};
 
@@ -133,82 +133,51 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
 }
 
-/// A running relay.
-pub struct Relay {
-    status: watch::Receiver<RelayStatus>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
+/// A running relay: its [`RelayStatus`] as a watch, and a shutdown that
+/// returns after the batches in flight are acknowledged and checkpointed
+/// (or given up on: they go out again after the next start).
+pub type Relay = Running<RelayStatus>;
 
-impl fmt::Debug for Relay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Relay")
-            .field("status", &*self.status.borrow())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Relay {
-    /// Starts publishing `public` events of `store` to `broker`, keeping
-    /// its checkpoint in `db`.
-    pub async fn start(
-        public: PublicEvents,
-        store: Arc<dyn EventStore>,
-        db: ServiceDb,
-        broker: Arc<dyn Broker>,
-        options: RelayOptions,
-    ) -> Result<Self, MessagingError> {
-        schema::ensure(&db).await?;
-        let position = load_checkpoint(&db, &public.service).await?;
-        let (status_tx, status) = watch::channel(RelayStatus {
-            service: public.service.clone(),
-            position,
-            broker_up: true,
-            ..RelayStatus::default()
-        });
-        let (stop, stop_rx) = watch::channel(false);
-        let follower = AllFollower::new(
-            store,
-            position,
-            public.filter(),
-            FollowOptions {
-                page_size: options.batch_size,
-                poll_interval: options.poll_interval,
-            },
-        );
+/// Starts publishing `public` events of `store` to `broker`, keeping its
+/// checkpoint in `db`.
+pub async fn start_relay(
+    public: PublicEvents,
+    store: Arc<dyn EventStore>,
+    db: ServiceDb,
+    broker: Arc<dyn Broker>,
+    options: RelayOptions,
+) -> Result<Relay, MessagingError> {
+    schema::ensure(&db).await?;
+    let position = load_checkpoint(&db, &public.service).await?;
+    let initial = RelayStatus {
+        service: public.service.clone(),
+        position,
+        broker_up: true,
+        ..RelayStatus::default()
+    };
+    let follower = AllFollower::new(
+        store,
+        position,
+        public.filter(),
+        FollowOptions {
+            page_size: options.batch_size,
+            poll_interval: options.poll_interval,
+        },
+    );
+    let name = format!("relay {}", public.service);
+    Ok(Running::start(name, Stage::Relay, initial, |controls| {
         let worker = Worker {
             public,
             follower,
             db,
             broker,
             options,
-            status: status_tx,
-            stop: stop_rx,
+            status: controls.status,
+            stop: controls.stop,
             last_versions: HashMap::new(),
         };
-        let task = tokio::spawn(worker.run(position));
-        Ok(Self { status, stop, task })
-    }
-
-    pub fn status(&self) -> RelayStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Waits until the checkpoint reaches `position` (or `timeout` passes);
-    /// returns whether it did.
-    pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
-        let mut rx = self.status.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Stops after the batches in flight are acknowledged and checkpointed
-    /// (or given up on: they go out again after the next start).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
+        vec![tokio::spawn(worker.run(position))]
+    }))
 }
 
 /// A batch handed to the broker, its acknowledgements still to come.

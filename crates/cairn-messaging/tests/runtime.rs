@@ -14,7 +14,7 @@ use cairn_core::EventId;
 use cairn_messaging::{
     Acks, Broker, BrokerError, Consumer, ConsumerHandle, ConsumerOptions, ConsumerSpec,
     ConsumerStatus, DeadLetterFilter, DeadLetters, Deliveries, EventHandler, HandlerError,
-    IntegrationEvent, MemoryBroker, PublicEvents, Relay, RelayOptions,
+    IntegrationEvent, MemoryBroker, PublicEvents, RelayOptions, start_relay,
 };
 use cairn_store::MemoryStore;
 use common::*;
@@ -76,7 +76,7 @@ async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
     append(&store, &acme, "other-1", &["Created"]).await; // another service's category
     append(&store, &acme, "thing-1", &["Deleted"]).await;
     let broker = MemoryBroker::new();
-    let relay = Relay::start(
+    let relay = start_relay(
         things(),
         Arc::new(store.clone()),
         t.db.clone(),
@@ -85,7 +85,7 @@ async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
     )
     .await
     .unwrap();
-    assert!(relay.wait_for(6, PATIENCE).await);
+    assert!(relay.wait_until(PATIENCE, |s| s.position >= 6).await);
     let got = drain(&broker, "watcher", "things", 4).await;
     let summary: Vec<_> = got
         .iter()
@@ -131,7 +131,7 @@ async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
 
     // A restarted relay resumes after its checkpoint and keeps the chain.
     append(&store, &acme, "thing-1", &["Renamed"]).await;
-    let relay = Relay::start(
+    let relay = start_relay(
         things(),
         Arc::new(store.clone()),
         t.reopen().await,
@@ -140,7 +140,7 @@ async fn relay_publishes_only_public_events_in_order_with_the_stream_chain() {
     )
     .await
     .unwrap();
-    assert!(relay.wait_for(7, PATIENCE).await);
+    assert!(relay.wait_until(PATIENCE, |s| s.position >= 7).await);
     assert_eq!(relay.status().published, 1, "only the new event goes out");
     let next = drain(&broker, "watcher", "things", 1).await;
     assert_eq!(next[0].sequence, "4");
@@ -203,7 +203,7 @@ async fn a_relay_with_batches_in_flight_resends_from_its_checkpoint_when_acks_fa
         sends: Default::default(),
         messages: Default::default(),
     });
-    let relay = Relay::start(
+    let relay = start_relay(
         things(),
         Arc::new(store.clone()),
         t.db.clone(),
@@ -217,7 +217,11 @@ async fn a_relay_with_batches_in_flight_resends_from_its_checkpoint_when_acks_fa
     )
     .await
     .unwrap();
-    assert!(relay.wait_for(10, PATIENCE).await, "{:?}", relay.status());
+    assert!(
+        relay.wait_until(PATIENCE, |s| s.position >= 10).await,
+        "{:?}",
+        relay.status()
+    );
     let status = relay.status();
     assert_eq!(status.published, 10, "each event checkpointed once");
     assert!(status.broker_up, "{status:?}");

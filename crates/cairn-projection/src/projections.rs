@@ -621,3 +621,19 @@ async fn prepare(
     tx.commit().await?;
     Ok(stored)
 }
+
+/// The runtime stops the projections last of a service's components, after
+/// whatever feeds their store has stopped.
+impl cairn_runtime::Background for Projections {
+    fn name(&self) -> String {
+        "projections".into()
+    }
+    fn stage(&self) -> cairn_runtime::Stage {
+        cairn_runtime::Stage::Projections
+    }
+    fn shutdown(
+        self: Box<Self>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        Box::pin(async move { Projections::shutdown(&self).await })
+    }
+}

@@ -15,9 +15,10 @@
 //! row's deadline a lease into the future, so nobody else fires it while
 //! it is being fired, and it fires again if its poller dies.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use cairn_core::{RequestContext, TenantId};
+use cairn_runtime::{Running, Stage};
 use futures_util::FutureExt;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -37,59 +38,22 @@ pub struct TimeoutsStatus {
     pub last_error: Option<String>,
 }
 
-/// A running timeout poller. Dropping it stops the poller as
-/// [`shutdown`](Self::shutdown) does, without waiting.
-pub struct TimeoutsHandle {
-    stop: watch::Sender<bool>,
-    status: watch::Receiver<TimeoutsStatus>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl fmt::Debug for TimeoutsHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TimeoutsHandle")
-            .field("status", &*self.status.borrow())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TimeoutsHandle {
-    /// What the poller has done so far.
-    pub fn status(&self) -> TimeoutsStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Waits until `done(status)` holds or `timeout` passes; returns whether
-    /// it held.
-    pub async fn wait_until(
-        &self,
-        timeout: Duration,
-        done: impl FnMut(&TimeoutsStatus) -> bool,
-    ) -> bool {
-        let mut rx = self.status.clone();
-        tokio::time::timeout(timeout, rx.wait_for(done))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Stops claiming timeouts, waits for those being fired (at most
-    /// [`SagaOptions::shutdown_grace`](crate::SagaOptions::shutdown_grace);
-    /// the rest fire again after their lease), and returns.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
+/// A running timeout poller: its [`TimeoutsStatus`] as a watch, and a
+/// shutdown that stops claiming timeouts and waits for those being fired
+/// (at most [`SagaOptions::shutdown_grace`](crate::SagaOptions::shutdown_grace);
+/// the rest fire again after their lease). Dropping it stops the poller
+/// without waiting.
+pub type TimeoutsHandle = Running<TimeoutsStatus>;
 
 impl<S: Saga> SagaRunner<S> {
     /// Starts polling every `poll` for due timeouts of this saga type and
     /// firing them. The first poll runs at once, so deadlines that fell due
     /// while no process was running fire on start-up.
     pub fn start_timeouts(self: Arc<Self>, poll: Duration) -> TimeoutsHandle {
-        let (stop, stop_rx) = watch::channel(false);
-        let (status_tx, status) = watch::channel(TimeoutsStatus::default());
-        let task = tokio::spawn(self.poll_loop(poll, stop_rx, status_tx));
-        TimeoutsHandle { stop, status, task }
+        let name = format!("saga timeouts {}", S::NAME);
+        Running::start(name, Stage::Sagas, TimeoutsStatus::default(), |c| {
+            vec![tokio::spawn(self.poll_loop(poll, c.stop, c.status))]
+        })
     }
 
     async fn poll_loop(

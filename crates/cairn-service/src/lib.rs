@@ -14,17 +14,17 @@
 //! its own store, talking to the others through a broker (`cairn run`).
 //!
 //! Every long-running part (relay, consumer, projections, saga timeouts)
-//! is a [`Background`] component: started from its options, held as a
-//! handle, and stopped with a graceful, draining `shutdown`, in the order
-//! [`Stage`] declares once for every runtime.
+//! is a [`Background`] component (`cairn-runtime`): started from its
+//! options, held as a [`Running`] handle with its status as a watch, and
+//! stopped with a graceful, draining `shutdown`, in the order [`Stage`]
+//! declares once for every runtime.
 //!
 //! Architecture invariant: this crate declares; it opens no store, broker
 //! or socket of its own.
 
-mod background;
 mod descriptor;
 
-pub use background::{Background, Stage, shutdown_all};
+pub use cairn_runtime::{Background, Running, Stage, shutdown_all};
 pub use descriptor::{
     ConsumerGroup, CrossReads, Env, Export, Import, Layout, MakeAudit, MessageDecl,
     ServiceDescriptor, Started, Topology,

@@ -14,7 +14,7 @@
 //! instance writes each revocation. That instance refuses the token as soon
 //! as the message is handled (its handler also puts it into the set tokens
 //! are checked against); every other instance reads the table again each
-//! [`RevokedTokens::open`] interval (a second by default). Rows are dropped
+//! [`RevokedTokens::keep_fresh`] interval (a second by default). Rows are dropped
 //! once the token has expired: the verifier refuses it then anyway.
 
 use std::{
@@ -29,6 +29,7 @@ use cairn_core::TenantId;
 use cairn_messaging::{
     Broker, Consumer, EventHandler, HandlerError, IntegrationEvent, MessagingError, PublicEvents,
 };
+use cairn_runtime::{Controls, Running, Stage};
 use cairn_service_db::ServiceDb;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Transaction};
@@ -114,29 +115,39 @@ pub struct RevokedTokens {
 struct Inner {
     db: ServiceDb,
     set: Set,
-    poller: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(poller) = &self.poller {
-            poller.abort();
-        }
-    }
+/// What the component that keeps a [`RevokedTokens`] fresh has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Times the table was read again.
+    pub reloads: u64,
+    /// The last failure to read it (the last set is kept meanwhile).
+    pub last_error: Option<String>,
 }
 
 impl RevokedTokens {
-    /// Opens the table in `db` (creating it), reads it, and reads it again
-    /// every `poll` (never, for `Duration::ZERO`) while a clone is alive.
-    pub async fn open(db: ServiceDb, poll: Duration) -> Result<Self, sqlx::Error> {
+    /// Opens the table in `db` (creating it) and reads it.
+    pub async fn open(db: ServiceDb) -> Result<Self, sqlx::Error> {
         create_table(&db).await?;
         prune(&db).await?;
         let set = RwLock::new(load(&db).await?);
-        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let poller = (!poll.is_zero()).then(|| tokio::spawn(refresh(weak.clone(), poll)));
-            Inner { db, set, poller }
-        });
-        Ok(Self { inner })
+        Ok(Self {
+            inner: Arc::new(Inner { db, set }),
+        })
+    }
+
+    /// Reads the table again every `poll` (what other instances of the
+    /// service recorded), dropping expired rows now and then, until the
+    /// returned component is shut down or every clone of this list is gone.
+    pub fn keep_fresh(&self, poll: Duration) -> Running<Freshness> {
+        let weak = Arc::downgrade(&self.inner);
+        Running::start(
+            "revoked-token list",
+            Stage::Support,
+            Freshness::default(),
+            |c| vec![tokio::spawn(refresh(weak, poll, c))],
+        )
     }
 
     /// Records a revocation here and now (the identity service itself,
@@ -192,10 +203,13 @@ impl Revocations for RevokedTokens {
     }
 }
 
-async fn refresh(weak: Weak<Inner>, poll: Duration) {
+async fn refresh(weak: Weak<Inner>, poll: Duration, mut controls: Controls<Freshness>) {
     let mut since_prune = Duration::ZERO;
     loop {
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = controls.stop.wait_for(|stop| *stop) => return,
+        }
         let Some(inner) = weak.upgrade() else { return };
         // Expired rows are dropped now and then, not at every read: the
         // read skips them anyway.
@@ -207,9 +221,18 @@ async fn refresh(weak: Weak<Inner>, poll: Duration) {
             }
         }
         match load(&inner.db).await {
-            Ok(fresh) => *inner.set.write().expect("lock") = fresh,
+            Ok(fresh) => {
+                *inner.set.write().expect("lock") = fresh;
+                controls.status.send_modify(|s| {
+                    s.reloads += 1;
+                    s.last_error = None;
+                });
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the revoked tokens; keeping the last set")
+                tracing::warn!(error = %e, "cannot read the revoked tokens; keeping the last set");
+                controls
+                    .status
+                    .send_modify(|s| s.last_error = Some(e.to_string()));
             }
         }
     }

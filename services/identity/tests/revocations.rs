@@ -15,7 +15,7 @@ use cairn_identity::{
     Identity, IdentityOptions,
     revocations::{self, RevokedTokens},
 };
-use cairn_messaging::{Broker, ConsumerSpec, MemoryBroker, Relay, RelayOptions};
+use cairn_messaging::{Broker, ConsumerSpec, MemoryBroker, RelayOptions, start_relay};
 use cairn_service_db::ServiceDb;
 use cairn_store::{AllFilter, EventStore, MemoryStore};
 
@@ -46,7 +46,7 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
         ))
         .await
         .unwrap();
-    let relay = Relay::start(
+    let relay = start_relay(
         revocations::public_events().unwrap(),
         store.clone(),
         identity_db,
@@ -59,9 +59,11 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
     // The other service: its own database, its revoked set (no polling
     // here: the test reloads), and a verifier with the realm's keys.
     let flights_db = ServiceDb::ephemeral().await.unwrap();
-    let revoked = RevokedTokens::open(flights_db.clone(), Duration::ZERO)
-        .await
-        .unwrap();
+    let revoked = RevokedTokens::open(flights_db.clone()).await.unwrap();
+    // A second instance of that service, on the same database: it does not
+    // handle the event, and learns of it by reading the table again.
+    let other = RevokedTokens::open(flights_db.clone()).await.unwrap();
+    let fresh = other.keep_fresh(Duration::from_millis(50));
     let consumer = revoked
         .consumer("flights", broker.clone())
         .start()
@@ -127,11 +129,22 @@ async fn a_revoked_token_is_refused_by_another_service_after_the_event_arrives()
 
     // A restart of the other service still knows it: the set is read from
     // its database.
-    let reopened = RevokedTokens::open(flights_db, Duration::ZERO)
-        .await
-        .unwrap();
     use cairn_auth::Revocations as _;
     let jti = event.data["jti"].as_str().unwrap();
+    let mut heard = false;
+    for _ in 0..100 {
+        if other.is_revoked(&demo, jti).await.unwrap() {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(heard, "the other instance reads it from the table");
+    assert!(fresh.status().reloads >= 1);
+    assert_eq!(fresh.status().last_error, None);
+    fresh.shutdown().await;
+
+    let reopened = RevokedTokens::open(flights_db).await.unwrap();
     assert!(reopened.is_revoked(&demo, jti).await.unwrap());
     assert!(
         !reopened

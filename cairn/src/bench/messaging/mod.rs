@@ -38,7 +38,9 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use cairn_core::TenantId;
-use cairn_messaging::{Broker, Consumer, ConsumerHandle, ConsumerSpec, Relay, RelayOptions};
+use cairn_messaging::{
+    Broker, Consumer, ConsumerHandle, ConsumerSpec, Relay, RelayOptions, start_relay,
+};
 use cairn_messaging_amqp::{AmqpBroker, AmqpOptions};
 use cairn_messaging_nats::{NatsBroker, NatsOptions, stream_name};
 use cairn_service_db::{ServiceDb, split_schema};
@@ -504,7 +506,7 @@ async fn suite(
     let publisher = connect(kind, broker_url, &names.prefix, None).await?;
     session.brokers.push(Arc::clone(&publisher));
     let sent = Arc::new(Times::default());
-    let relay = Relay::start(
+    let relay = start_relay(
         pipeline::public_events()?,
         Arc::clone(&store),
         relay_db,

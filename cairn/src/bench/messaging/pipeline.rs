@@ -291,7 +291,7 @@ impl Pipeline<'_> {
 async fn relay_reached(relay: &Relay, position: u64) -> anyhow::Result<Instant> {
     let mut seen = relay.status().position;
     loop {
-        if relay.wait_for(position, STALL).await {
+        if relay.wait_until(STALL, |s| s.position >= position).await {
             return Ok(Instant::now());
         }
         let status = relay.status();

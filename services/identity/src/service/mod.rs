@@ -32,6 +32,7 @@ use cairn_auth::{
 };
 use cairn_core::{ErrorCode, RequestContext, TenantId, ValidationError};
 use cairn_domain::{AggregateStore, CommandError};
+use cairn_runtime::Running;
 use cairn_service_db::ServiceDb;
 use cairn_store::EventStore;
 use zeroize::Zeroizing;
@@ -44,7 +45,7 @@ pub use keys::LocalKeys;
 use crate::{
     PLATFORM_TENANT,
     domain::{Client, Group, IdentityRule, RealmKeys, Tenant, User},
-    revocations::RevokedTokens,
+    revocations::{Freshness, RevokedTokens},
     tokens,
 };
 use keys::Realm;
@@ -177,6 +178,8 @@ struct Inner {
     options: IdentityOptions,
     realms: RwLock<HashMap<TenantId, Arc<Realm>>>,
     revoked: RevokedTokens,
+    /// Keeps `revoked` fresh; stops when the service is dropped.
+    _fresh: Running<Freshness>,
     store: Arc<dyn EventStore>,
 }
 
@@ -206,9 +209,9 @@ impl Identity {
         options: IdentityOptions,
     ) -> Result<Self, IdentityError> {
         tokens::create_tables(&db).await.map_err(store_error)?;
-        let revoked = RevokedTokens::open(db.clone(), crate::revocations::DEFAULT_POLL)
-            .await
-            .map_err(store_error)?;
+        let revoked = RevokedTokens::open(db.clone()).await.map_err(store_error)?;
+        // Other instances of the service record revocations too.
+        let fresh = revoked.keep_fresh(crate::revocations::DEFAULT_POLL);
         Ok(Self {
             inner: Arc::new(Inner {
                 tenants: AggregateStore::new(store.clone()),
@@ -222,6 +225,7 @@ impl Identity {
                 options,
                 realms: RwLock::new(HashMap::new()),
                 revoked,
+                _fresh: fresh,
             }),
         })
     }
