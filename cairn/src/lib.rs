@@ -10,7 +10,6 @@
 //! without a line here.
 
 mod auth;
-mod bench;
 mod cors;
 mod dlq;
 mod events;
@@ -55,7 +54,7 @@ enum Command {
     Up(up::UpArgs),
     /// Measure throughput and latency beside a baseline on the same machine.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(cairn_bench::BenchCommand),
     /// Run one service on its own, talking to the others through a broker,
     /// or the gateway in front of them.
     Run(run::RunArgs),
@@ -126,7 +125,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Events(cmd) => events::run(cmd).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Bench(cmd) => cairn_bench::run(cmd).await,
             Command::Up(args) => up::run(args).await,
             Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Projections(cmd) => projections_cli::run(cmd).await,
@@ -151,11 +150,18 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("error: {e:#}");
-    if e.chain().any(|cause| cause.is::<Usage>()) {
+    if is_usage(&e) {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Whether `e` is the caller's mistake: a [`Usage`] error, or a store URL
+/// that names no store.
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| cause.is::<Usage>() || cause.is::<cairn_store::InvalidStoreUrl>())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -28,6 +28,7 @@ use std::{
 
 use anyhow::Context;
 use cairn_service_db::split_schema;
+pub(crate) use cairn_store::StoreUrl;
 use cairn_store::{EventStore, MemoryStore};
 
 pub(crate) use crate::Usage;
@@ -225,58 +226,6 @@ fn no_tables(absent: &[&str], place: &str) -> String {
     format!("{place} has no table {}", absent.join(", "))
 }
 
-/// Which backend a store URL names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StoreUrl {
-    Memory,
-    Sqlite(String),
-    Postgres(String),
-}
-
-impl StoreUrl {
-    pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
-        if url == "memory:" || url == "memory://" {
-            Ok(Self::Memory)
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(Usage("a sqlite store URL needs a path: sqlite://PATH".into()).into());
-            }
-            Ok(Self::Sqlite(path.to_owned()))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(url.to_owned()))
-        } else {
-            Err(Usage(
-                "unknown store URL (expected postgres://…[?schema=S], sqlite://PATH or memory:)"
-                    .into(),
-            )
-            .into())
-        }
-    }
-
-    /// A form safe to print: no password.
-    pub(crate) fn redacted(&self) -> String {
-        match self {
-            Self::Memory => "memory:".into(),
-            Self::Sqlite(p) => format!("sqlite://{p}"),
-            Self::Postgres(u) => redact_password(u),
-        }
-    }
-}
-
-fn redact_password(url: &str) -> String {
-    // postgres://user:secret@host/db -> postgres://user:***@host/db
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Opens the event store a URL names; with [`IfMissing::Fail`], only one
 /// that exists.
 pub(crate) async fn open_event_store(
@@ -321,23 +270,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_redacts() {
-        assert_eq!(StoreUrl::parse("memory:").unwrap(), StoreUrl::Memory);
-        assert_eq!(
-            StoreUrl::parse("sqlite://data/x.db").unwrap(),
-            StoreUrl::Sqlite("data/x.db".into())
-        );
-        assert_eq!(
-            StoreUrl::parse("sqlite:///tmp/x.db").unwrap(),
-            StoreUrl::Sqlite("/tmp/x.db".into())
-        );
-        assert!(StoreUrl::parse("sqlite://").is_err());
-        assert!(StoreUrl::parse("mysql://x").is_err());
-        let pg = StoreUrl::parse("postgres://u:hunter2@127.0.0.1/test").unwrap();
-        assert_eq!(pg.redacted(), "postgres://u:***@127.0.0.1/test");
-    }
-
-    #[test]
     fn without_a_store_url_the_data_dir_of_cairn_up_is_used() {
         let args = |store: Option<&str>| StoreArgs {
             store: store.map(str::to_owned),
@@ -356,8 +288,8 @@ mod tests {
     #[test]
     fn a_bad_store_url_is_a_usage_error() {
         for bad in ["mysql://x", "sqlite://", "data/events.db"] {
-            let err = StoreUrl::parse(bad).unwrap_err();
-            assert!(err.is::<Usage>(), "{bad}: {err}");
+            let err = anyhow::Error::from(StoreUrl::parse(bad).unwrap_err());
+            assert!(crate::is_usage(&err), "{bad}: {err}");
         }
     }
 }

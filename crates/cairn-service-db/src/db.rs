@@ -39,7 +39,7 @@ use std::{
 };
 
 use cairn_core::TenantId;
-use cairn_store::row_security;
+use cairn_store::{redact_password, row_security};
 use sqlx::{
     Any, AnyConnection, AnyPool, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
@@ -529,20 +529,6 @@ fn validate_schema(schema: &str) -> Result<(), ServiceDbError> {
             "schema",
             "must be 1-63 of a-z, 0-9, '_', starting with a letter or '_'",
         ))
-    }
-}
-
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 

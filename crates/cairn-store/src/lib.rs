@@ -32,6 +32,7 @@ mod subscription;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod types;
+mod url;
 
 use async_trait::async_trait;
 use cairn_core::{NewEvent, RecordedEvent, StreamId, TenantId};
@@ -48,6 +49,7 @@ pub use types::{
     AllFilter, AppendOutcome, Direction, ExpectedVersion, ReadStream, Snapshot, StreamInfo,
     TenantScope,
 };
+pub use url::{InvalidStoreUrl, StoreUrl, redact_password};
 
 /// The event log. Implementations are cheap-to-clone handles.
 #[async_trait]

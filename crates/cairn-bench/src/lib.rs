@@ -14,16 +14,16 @@
 //!   `cairn up`, against the store's append rate at the same concurrency.
 
 mod baseline;
-mod commands;
-mod messaging;
+pub mod commands;
+pub mod messaging;
 mod report;
-mod store;
+pub mod store;
 mod workload;
 
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum BenchCommand {
+pub enum BenchCommand {
     /// Event store throughput and latency beside raw SQL on the same database.
     #[command(long_about = store::LONG_ABOUT)]
     Store(store::StoreArgs),
@@ -38,7 +38,7 @@ pub(crate) enum BenchCommand {
     Commands(commands::CommandsArgs),
 }
 
-pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Messaging(args) => messaging::run(args).await,

@@ -56,7 +56,7 @@ use super::{
     store::{check_fresh, sidecar},
     workload::{EVENT_TYPE, quantile_ms, rate},
 };
-use crate::store_url::StoreUrl;
+use cairn_store::{StoreUrl, redact_password};
 
 pub(crate) const LONG_ABOUT: &str = "\
 Integration events end to end (append -> relay -> broker -> consumer handled)
@@ -145,7 +145,7 @@ impl BrokerKind {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct MessagingArgs {
+pub struct MessagingArgs {
     /// Broker to measure: nats (JetStream) or amqp (RabbitMQ).
     #[arg(long, value_enum)]
     broker: BrokerKind,
@@ -402,7 +402,7 @@ pub(crate) async fn run(args: MessagingArgs) -> anyhow::Result<()> {
     println!(
         "broker:  {} {} (prefix {})",
         args.broker.name(),
-        redact(&broker_url),
+        redact_password(&broker_url),
         names.prefix
     );
     println!("store:   {}", names.describe_store());
@@ -447,20 +447,6 @@ pub(crate) async fn run(args: MessagingArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     cleaned
-}
-
-/// `amqp://user:secret@host` -> `amqp://user:***@host`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }
 
 /// Sets up, measures the ceiling and both Cairn runs, and returns the
@@ -667,13 +653,15 @@ async fn connect(
         BrokerKind::Nats => {
             let broker = NatsBroker::connect(url, NatsOptions::with_prefix(prefix))
                 .await
-                .with_context(|| format!("cannot connect to NATS at {}", redact(url)))?;
+                .with_context(|| format!("cannot connect to NATS at {}", redact_password(url)))?;
             Ok(Arc::new(broker))
         }
         BrokerKind::Amqp => {
             let broker = AmqpBroker::connect(url, AmqpOptions::with_prefix(prefix))
                 .await
-                .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
+                .with_context(|| {
+                    format!("cannot connect to RabbitMQ at {}", redact_password(url))
+                })?;
             if let Some(spec) = declare {
                 broker
                     .declare(spec)
@@ -722,7 +710,7 @@ async fn ceiling(
             // A stream with exactly the settings of Cairn's event stream.
             let broker = NatsBroker::connect(url, NatsOptions::with_prefix(&names.raw_prefix))
                 .await
-                .with_context(|| format!("cannot connect to NATS at {}", redact(url)))?;
+                .with_context(|| format!("cannot connect to NATS at {}", redact_password(url)))?;
             let js = broker.jetstream();
             let publish = rounds(warmup, messages, async |n| {
                 raw::nats_publish(js, &subject, bodies, n).await
@@ -808,9 +796,12 @@ mod tests {
     #[test]
     fn urls_print_without_passwords() {
         assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            redact_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_password("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
     }
 }

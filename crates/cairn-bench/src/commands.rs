@@ -69,7 +69,7 @@ use super::{
     store::{self as store_bench, append_concurrent, append_loop},
     workload::{latency_histogram, quantile_ms, rate, record},
 };
-use crate::store_url::StoreUrl;
+use cairn_store::StoreUrl;
 
 pub(crate) const LONG_ABOUT: &str = "\
 HTTP commands per second and their latency through a real `cairn up`,
@@ -130,7 +130,7 @@ const STDERR_TAIL: usize = 20;
 const BASELINE_TENANT: &str = "bench";
 
 #[derive(Debug, Args)]
-pub(crate) struct CommandsArgs {
+pub struct CommandsArgs {
     /// Where `cairn up` keeps its events: `embedded` (SQLite in a fresh
     /// data directory) or postgres://USER@HOST/DB (a fresh schema).
     #[arg(long, value_name = "URL", default_value = "embedded")]

@@ -63,7 +63,7 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 
-use crate::bench::workload::{EVENT_TYPE, order_event};
+use crate::workload::{EVENT_TYPE, order_event};
 
 /// Most publishes awaiting their acknowledgement at once: the window Cairn's
 /// NATS backend pipelines a batch in.

@@ -49,7 +49,7 @@ use super::{
     report::{self, Metric},
     workload::{latency_histogram, order_event, quantile_ms, rate, record},
 };
-use crate::store_url::StoreUrl;
+use cairn_store::StoreUrl;
 
 pub(crate) const LONG_ABOUT: &str = "\
 Event store throughput and latency beside raw SQL on the same database.
@@ -77,7 +77,7 @@ Full mode sizes each append workload to take seconds on a small machine and
 reads at least 100k events; --quick shrinks everything to finish in seconds.";
 
 #[derive(Debug, Args)]
-pub(crate) struct StoreArgs {
+pub struct StoreArgs {
     /// Store to benchmark: memory:, sqlite://PATH (PATH must not exist) or
     /// postgres://USER@HOST/DB.
     #[arg(long, value_name = "URL")]

@@ -47,7 +47,7 @@ use serde_json::Value;
 use sqlx::{Any, Transaction};
 use tokio::task::JoinSet;
 
-use crate::bench::workload::{EVENT_TYPE, latency_histogram, order_event, rate, record};
+use crate::workload::{EVENT_TYPE, latency_histogram, order_event, rate, record};
 
 /// The publishing service: the integration events' `source`.
 pub(super) const SERVICE: &str = "bench";

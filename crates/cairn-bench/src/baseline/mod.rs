@@ -33,7 +33,7 @@ pub(crate) use self::{
     postgres::{PgBaseline, drop_pg_schemas},
     sqlite::SqliteBaseline,
 };
-use crate::bench::workload::order_event;
+use crate::workload::order_event;
 
 /// The baseline table's name on every backend.
 pub(crate) const TABLE: &str = "bench_baseline_events";
