@@ -28,7 +28,7 @@ use crate::{
     PoisonPolicy, Projection, ProjectionDeadLetter, ProjectionFailure, ProjectionState,
     ProjectionStatus, ReadModelError, checkpoint,
     dead_letters::{self, DeadLetterReason},
-    runner::{self, Progress, Running, Slot},
+    runner::{self, Progress, Slot},
 };
 use cairn_service_db::ServiceDb;
 
@@ -108,7 +108,7 @@ impl Drop for Inner {
             if let Ok(control) = slot.control.try_lock()
                 && let Some(running) = control.as_ref()
             {
-                running.stop.send_replace(true);
+                running.stop_soon();
             }
         }
     }
@@ -349,7 +349,7 @@ impl Projections {
         let slot = self.slot_or_err(name)?;
         let mut control = slot.control.lock().await;
         if let Some(running) = control.take() {
-            running.stop().await;
+            running.shutdown().await;
         }
         Ok(())
     }
@@ -362,7 +362,7 @@ impl Projections {
         self.check_running()?;
         let mut control = slot.control.lock().await;
         if let Some(running) = control.take() {
-            running.stop().await;
+            running.shutdown().await;
         }
         let mut conn = self.inner.db.pool().acquire().await?;
         checkpoint::clear_failure(&mut conn, name).await?;
@@ -381,7 +381,7 @@ impl Projections {
         self.check_running()?;
         let mut control = slot.control.lock().await;
         if let Some(running) = control.take() {
-            running.stop().await;
+            running.shutdown().await;
         }
         let stored = prepare(&self.inner.db, &*slot.projection, true).await?;
         slot.progress.send_modify(|p| {
@@ -423,7 +423,7 @@ impl Projections {
             }
         };
         if let Some(running) = control.take() {
-            running.stop().await;
+            running.shutdown().await;
         }
         let mut tx = self.inner.db.begin().await?;
         dead_letters::record(
@@ -470,16 +470,16 @@ impl Projections {
         for slot in &self.inner.slots {
             let mut control = slot.control.lock().await;
             if let Some(running) = control.take() {
-                running.stop.send_replace(true);
+                running.stop_soon();
                 stopping.push(running);
             }
         }
         for running in stopping {
-            running.stop().await;
+            running.shutdown().await;
         }
     }
 
-    fn spawn(&self, slot: &Arc<Slot>) -> Running {
+    fn spawn(&self, slot: &Arc<Slot>) -> cairn_runtime::Running<()> {
         runner::spawn(
             slot.clone(),
             self.inner.db.clone(),

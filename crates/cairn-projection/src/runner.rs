@@ -29,6 +29,7 @@
 use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use cairn_core::RecordedEvent;
+use cairn_runtime::{Running, Stage};
 use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -60,7 +61,7 @@ pub(crate) struct Slot {
     pub(crate) filter: AllFilter,
     pub(crate) progress: watch::Sender<Progress>,
     /// Serializes stop / restart / rebuild of this projection.
-    pub(crate) control: Mutex<Option<Running>>,
+    pub(crate) control: Mutex<Option<Running<()>>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -72,47 +73,35 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-/// A runner task and the switch that stops it.
-#[derive(Debug)]
-pub(crate) struct Running {
-    pub(crate) stop: watch::Sender<bool>,
-    pub(crate) task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Asks the runner to stop after its current transaction and waits.
-    pub(crate) async fn stop(self) {
-        self.stop.send_replace(true);
-        let _ = self.task.await;
-    }
-}
-
-/// Starts the runner of `slot` (the caller holds `slot.control`).
+/// Starts the runner of `slot` (the caller holds `slot.control`): a
+/// component whose progress is the slot's, which outlives it (a runner is
+/// stopped and started again by retry, skip and rebuild).
 pub(crate) fn spawn(
     slot: Arc<Slot>,
     db: ServiceDb,
     store: Arc<dyn EventStore>,
     options: ProjectionOptions,
-) -> Running {
-    let (stop, stop_rx) = watch::channel(false);
+) -> Running<()> {
     slot.progress.send_modify(|p| {
         p.state = ProjectionState::Running;
         p.failure = None;
         p.retrying = None;
     });
-    let runner = Runner {
-        backoff: Backoff::new(options.retry_min, options.retry_max),
-        slot,
-        db,
-        store,
-        options,
-        stop: stop_rx,
-        checkpoint: 0,
-        after: 0,
-        passed_over: BTreeSet::new(),
-    };
-    let task = tokio::spawn(runner.run());
-    Running { stop, task }
+    let name = format!("projection {}", slot.name);
+    Running::start(name, Stage::Projections, (), |controls| {
+        let runner = Runner {
+            backoff: Backoff::new(options.retry_min, options.retry_max),
+            slot,
+            db,
+            store,
+            options,
+            stop: controls.stop,
+            checkpoint: 0,
+            after: 0,
+            passed_over: BTreeSet::new(),
+        };
+        vec![tokio::spawn(runner.run())]
+    })
 }
 
 struct Runner {

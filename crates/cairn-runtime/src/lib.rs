@@ -6,9 +6,9 @@
 //! [`wait_until`](Running::wait_until)) and a graceful
 //! [`shutdown`](Running::shutdown) that tells the tasks to stop and waits
 //! until they have finished the work in hand. Relay, consumers, saga
-//! timeouts and the gateway's revocation list are all `Running`; the
-//! projections, whose runners restart one by one, keep their own handle
-//! and take part in the same [`Background`] order.
+//! timeouts, each projection's runner and the revoked-token list's
+//! refresher are all `Running`; `Projections`, which stops and restarts
+//! its runners one by one, takes part in the same [`Background`] order.
 //!
 //! The runtime holds every component as a `Box<dyn Background>` and stops
 //! them with [`shutdown_all`], in the one order [`Stage`] declares.
@@ -116,6 +116,12 @@ impl<S: Clone + Send + Sync + 'static> Running<S> {
         tokio::time::timeout(timeout, rx.wait_for(done))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Asks the tasks to stop, without waiting (to stop several components
+    /// at once, then [`shutdown`](Self::shutdown) each).
+    pub fn stop_soon(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Asks the tasks to stop and waits until they have finished the work
@@ -248,6 +254,24 @@ mod tests {
         // The task sees the stop, finishes and drops its status sender.
         while status.changed().await.is_ok() {}
         assert_eq!(*log.lock().unwrap(), vec!["dropped"]);
+    }
+
+    #[tokio::test]
+    async fn stop_soon_asks_every_component_before_any_is_waited_for() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let a = counter("a", Stage::Projections, log.clone());
+        let b = counter("b", Stage::Projections, log.clone());
+        a.stop_soon();
+        b.stop_soon();
+        let mut b_status = b.watch();
+        // b finishes on its own, before anyone waits for it.
+        while b_status.changed().await.is_ok() {}
+        assert!(log.lock().unwrap().contains(&"b"));
+        a.shutdown().await;
+        b.shutdown().await;
+        let mut seen = log.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, vec!["a", "b"]);
     }
 
     #[tokio::test]
