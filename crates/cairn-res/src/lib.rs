@@ -1,0 +1,31 @@
+//! The RES protocol, version 1.2, as Cairn speaks it: what a live client
+//! (such as `resclient`) and Cairn's WebSocket endpoint say to each other.
+//!
+//! This crate is the protocol's vocabulary and its rules, with no I/O:
+//! - [`Rid`]: a resource id, `service.part.part[?query]`;
+//! - [`Request`]: a client frame read and checked (`version`, `subscribe`,
+//!   `unsubscribe`, `get`, `call`, `auth`), or the error to answer it with;
+//! - [`Response`] and [`Event`]: the frames the endpoint sends, results,
+//!   errors and events (`change`, `add`, `remove`, `unsubscribe`,
+//!   `reaccess`, `delete`, custom) on a resource;
+//! - [`Value`], [`Resource`] and [`ResourceSet`]: models, collections,
+//!   references and data values;
+//! - [`ResError`]: the `system.*` errors, and the one mapping from
+//!   [`cairn_core::ErrorCode`] (as problem+json has over HTTP).
+//!
+//! Written from the RES specification (`res-protocol.md`,
+//! `res-client-protocol.md`); the endpoint that serves it and the
+//! resources the services declare build on it.
+
+mod error;
+mod frame;
+mod rid;
+mod value;
+
+pub use error::ResError;
+pub use frame::{Event, Request, RequestKind, Response, check_version};
+pub use rid::{MAX_RID_BYTES, Rid};
+pub use value::{Resource, ResourceSet, Value};
+
+/// The protocol version this crate speaks, answered to `version`.
+pub const PROTOCOL: &str = "1.2.3";
