@@ -11,7 +11,9 @@
 //! - [`Value`], [`Resource`] and [`ResourceSet`]: models, collections,
 //!   references and data values;
 //! - [`ResError`]: the `system.*` errors, and the one mapping from
-//!   [`cairn_core::ErrorCode`] (as problem+json has over HTTP).
+//!   [`cairn_core::ErrorCode`] (as problem+json has over HTTP);
+//! - [`Subscriptions`]: what one connection holds, directly (counted) and
+//!   through references, within a limit.
 //!
 //! Written from the RES specification (`res-protocol.md`,
 //! `res-client-protocol.md`); the endpoint that serves it and the
@@ -20,11 +22,13 @@
 mod error;
 mod frame;
 mod rid;
+mod subscriptions;
 mod value;
 
 pub use error::ResError;
 pub use frame::{Event, Request, RequestKind, Response, check_version};
 pub use rid::{MAX_RID_BYTES, Rid};
+pub use subscriptions::{DEFAULT_LIMIT, Subscriptions};
 pub use value::{Resource, ResourceSet, Value};
 
 /// The protocol version this crate speaks, answered to `version`.

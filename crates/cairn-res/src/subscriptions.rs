@@ -1,0 +1,450 @@
+//! What one connection holds: its direct subscriptions (counted), the
+//! resources they reach through hard references (indirect), and the limit
+//! on how many resources it may hold.
+//!
+//! A resource is held while a direct subscription reaches it; references
+//! between resources that no direct subscription reaches (a cycle left
+//! behind) hold nothing. Fetching is the caller's: the bookkeeping asks
+//! for each resource it does not hold yet, once, and reports what became
+//! held (the resource set to send) and what stopped being held (whose
+//! events stop).
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    future::Future,
+};
+
+use crate::{ResError, Resource, ResourceSet, Rid};
+
+/// The default number of resources one connection may hold.
+pub const DEFAULT_LIMIT: usize = 1024;
+
+/// One connection's subscriptions.
+#[derive(Debug, Clone)]
+pub struct Subscriptions {
+    direct: HashMap<Rid, u64>,
+    /// Every held resource, with its hard references (none for an error).
+    held: HashMap<Rid, Vec<Rid>>,
+    limit: usize,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_LIMIT)
+    }
+}
+
+impl Subscriptions {
+    /// At most `limit` resources held at once.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            direct: HashMap::new(),
+            held: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// Whether events on `rid` go to this connection.
+    pub fn holds(&self, rid: &Rid) -> bool {
+        self.held.contains_key(rid)
+    }
+
+    /// How many resources it holds.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The direct subscriptions on `rid`.
+    pub fn direct(&self, rid: &Rid) -> u64 {
+        self.direct.get(rid).copied().unwrap_or(0)
+    }
+
+    /// The resources held directly, each once.
+    pub fn directly_held(&self) -> Vec<Rid> {
+        let mut rids: Vec<Rid> = self.direct.keys().cloned().collect();
+        rids.sort();
+        rids
+    }
+
+    /// Subscribes to `rid` directly: fetches it and what it references that
+    /// is not held yet, and answers those as a resource set. If `rid`
+    /// itself cannot be had, or holding it would pass the limit, nothing
+    /// changes and that is the error; a reference that cannot be had is an
+    /// error in the set, as the protocol says.
+    pub async fn subscribe<F, Fut>(&mut self, rid: &Rid, fetch: F) -> Result<ResourceSet, ResError>
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        let set = self.reach(rid, fetch).await?;
+        *self.direct.entry(rid.clone()).or_insert(0) += 1;
+        Ok(set)
+    }
+
+    /// Fetches `rid` without subscribing (a `get`): the resource and what it
+    /// references, whether held or not.
+    pub async fn get<F, Fut>(rid: &Rid, limit: usize, fetch: F) -> Result<ResourceSet, ResError>
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        Self::with_limit(limit).reach(rid, fetch).await
+    }
+
+    /// Drops `count` direct subscriptions on `rid`; answers the resources no
+    /// longer held. `system.noSubscription`, and no change, when there are
+    /// fewer than `count`.
+    pub fn unsubscribe(&mut self, rid: &Rid, count: u64) -> Result<Vec<Rid>, ResError> {
+        let have = self.direct(rid);
+        if count == 0 || have < count {
+            return Err(ResError::no_subscription());
+        }
+        if have == count {
+            self.direct.remove(rid);
+        } else {
+            self.direct.insert(rid.clone(), have - count);
+        }
+        Ok(self.collect())
+    }
+
+    /// Ends every direct subscription on `rid` (access to it was taken
+    /// away); answers the resources no longer held.
+    pub fn revoke(&mut self, rid: &Rid) -> Vec<Rid> {
+        self.direct.remove(rid);
+        self.collect()
+    }
+
+    /// A held resource changed: its hard references are now `references`.
+    /// Fetches what they reach that is not held yet (the set the change
+    /// event carries) and answers it with the resources no longer held.
+    pub async fn rereference<F, Fut>(
+        &mut self,
+        rid: &Rid,
+        references: Vec<Rid>,
+        mut fetch: F,
+    ) -> (ResourceSet, Vec<Rid>)
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        if !self.holds(rid) {
+            return (ResourceSet::default(), Vec::new());
+        }
+        let mut set = ResourceSet::default();
+        for reference in &references {
+            // A reference past the limit is an error in the set; the rest
+            // of the change still applies.
+            if let Err(error) = self.reach_into(reference, &mut fetch, &mut set).await {
+                set.insert_error(reference, error);
+            }
+        }
+        self.held.insert(rid.clone(), references);
+        let dropped = self.collect();
+        (set, dropped)
+    }
+
+    /// Fetches `rid` and everything it reaches that is not held, holding
+    /// them; undoes it all when `rid` itself fails.
+    async fn reach<F, Fut>(&mut self, rid: &Rid, mut fetch: F) -> Result<ResourceSet, ResError>
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        let mut set = ResourceSet::default();
+        if self.holds(rid) {
+            return Ok(set);
+        }
+        let before: HashSet<Rid> = self.held.keys().cloned().collect();
+        match self.reach_into(rid, &mut fetch, &mut set).await {
+            Ok(()) => Ok(set),
+            Err(error) => {
+                self.held.retain(|r, _| before.contains(r));
+                Err(error)
+            }
+        }
+    }
+
+    async fn reach_into<F, Fut>(
+        &mut self,
+        root: &Rid,
+        fetch: &mut F,
+        set: &mut ResourceSet,
+    ) -> Result<(), ResError>
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        let mut queue = vec![root.clone()];
+        while let Some(rid) = queue.pop() {
+            if self.held.contains_key(&rid) {
+                continue;
+            }
+            if self.held.len() >= self.limit {
+                return Err(ResError::new(
+                    "cairn.subscription_limit",
+                    format!("a connection holds at most {} resources", self.limit),
+                ));
+            }
+            match fetch(rid.clone()).await {
+                Ok(resource) => {
+                    let references = ResourceSet::references(&resource);
+                    queue.extend(references.iter().cloned());
+                    self.held.insert(rid.clone(), references);
+                    set.insert(&rid, resource);
+                }
+                Err(error) if &rid == root => return Err(error),
+                Err(error) => {
+                    // Held as an error: the client knows it, and a later
+                    // change may reference something else.
+                    self.held.insert(rid.clone(), Vec::new());
+                    set.insert_error(&rid, error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what no direct subscription reaches; answers it, sorted.
+    fn collect(&mut self) -> Vec<Rid> {
+        let mut reached: HashSet<Rid> = HashSet::new();
+        let mut queue: Vec<Rid> = self.direct.keys().cloned().collect();
+        while let Some(rid) = queue.pop() {
+            if !reached.insert(rid.clone()) {
+                continue;
+            }
+            if let Some(references) = self.held.get(&rid) {
+                queue.extend(references.iter().cloned());
+            }
+        }
+        let dropped: BTreeSet<Rid> = self
+            .held
+            .keys()
+            .filter(|r| !reached.contains(*r))
+            .cloned()
+            .collect();
+        self.held.retain(|r, _| reached.contains(r));
+        dropped.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::Value;
+
+    fn rid(text: &str) -> Rid {
+        Rid::parse(text).unwrap()
+    }
+
+    /// A little world of resources, counting fetches.
+    struct World {
+        resources: HashMap<Rid, Resource>,
+        fetched: RefCell<Vec<Rid>>,
+    }
+
+    impl World {
+        fn new(entries: &[(&str, Resource)]) -> Self {
+            Self {
+                resources: entries
+                    .iter()
+                    .map(|(r, res)| (rid(r), res.clone()))
+                    .collect(),
+                fetched: RefCell::new(Vec::new()),
+            }
+        }
+
+        fn fetch(&self) -> impl FnMut(Rid) -> std::future::Ready<Result<Resource, ResError>> + '_ {
+            move |rid| {
+                self.fetched.borrow_mut().push(rid.clone());
+                std::future::ready(
+                    self.resources
+                        .get(&rid)
+                        .cloned()
+                        .ok_or_else(ResError::not_found),
+                )
+            }
+        }
+    }
+
+    fn model(number: &str) -> Resource {
+        Resource::model_from_json(json!({ "number": number }).as_object().unwrap().clone())
+    }
+
+    fn list(items: &[&str]) -> Resource {
+        Resource::Collection(items.iter().map(|r| Value::reference(rid(r))).collect())
+    }
+
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        // The futures here are ready at once: one poll finishes them.
+        let mut future = std::pin::pin!(future);
+        let waker = std::task::Waker::noop();
+        match future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("a ready future"),
+        }
+    }
+
+    #[test]
+    fn a_collection_brings_what_it_references_once() {
+        let world = World::new(&[
+            (
+                "flights.flights",
+                list(&["flights.flight.1", "flights.flight.2"]),
+            ),
+            ("flights.flight.1", model("SK1")),
+            ("flights.flight.2", model("SK2")),
+        ]);
+        let mut subs = Subscriptions::default();
+        let set = block_on(subs.subscribe(&rid("flights.flights"), world.fetch())).unwrap();
+        assert_eq!(set.collections.len(), 1);
+        assert_eq!(set.models.len(), 2);
+        assert_eq!(subs.len(), 3);
+        assert_eq!(subs.direct(&rid("flights.flights")), 1);
+        // Subscribing to a held model directly sends nothing new.
+        let set = block_on(subs.subscribe(&rid("flights.flight.1"), world.fetch())).unwrap();
+        assert!(set.is_empty());
+        assert_eq!(world.fetched.borrow().len(), 3, "each fetched once");
+        // The list goes; the model subscribed directly stays.
+        let dropped = subs.unsubscribe(&rid("flights.flights"), 1).unwrap();
+        assert_eq!(
+            dropped,
+            vec![rid("flights.flight.2"), rid("flights.flights")]
+        );
+        assert!(subs.holds(&rid("flights.flight.1")));
+        assert_eq!(subs.len(), 1);
+    }
+
+    #[test]
+    fn direct_subscriptions_are_counted() {
+        let world = World::new(&[("flights.flight.1", model("SK1"))]);
+        let mut subs = Subscriptions::default();
+        let flight = rid("flights.flight.1");
+        block_on(subs.subscribe(&flight, world.fetch())).unwrap();
+        block_on(subs.subscribe(&flight, world.fetch())).unwrap();
+        assert_eq!(subs.direct(&flight), 2);
+        assert_eq!(
+            subs.unsubscribe(&flight, 3).unwrap_err().code,
+            "system.noSubscription"
+        );
+        assert_eq!(
+            subs.direct(&flight),
+            2,
+            "a refused unsubscribe changes nothing"
+        );
+        assert!(subs.unsubscribe(&flight, 1).unwrap().is_empty());
+        assert_eq!(subs.unsubscribe(&flight, 1).unwrap(), vec![flight.clone()]);
+        assert_eq!(
+            subs.unsubscribe(&flight, 1).unwrap_err().code,
+            "system.noSubscription"
+        );
+        assert!(subs.is_empty());
+    }
+
+    #[test]
+    fn a_missing_root_is_the_error_and_a_missing_reference_is_in_the_set() {
+        let world = World::new(&[("flights.flights", list(&["flights.flight.9"]))]);
+        let mut subs = Subscriptions::default();
+        let err = block_on(subs.subscribe(&rid("flights.flight.1"), world.fetch())).unwrap_err();
+        assert_eq!(err.code, "system.notFound");
+        assert!(subs.is_empty());
+        let set = block_on(subs.subscribe(&rid("flights.flights"), world.fetch())).unwrap();
+        assert_eq!(set.errors.len(), 1);
+        assert!(subs.holds(&rid("flights.flight.9")));
+    }
+
+    #[test]
+    fn cycles_without_a_direct_subscription_hold_nothing() {
+        let world = World::new(&[("a.one", list(&["a.two"])), ("a.two", list(&["a.one"]))]);
+        let mut subs = Subscriptions::default();
+        block_on(subs.subscribe(&rid("a.one"), world.fetch())).unwrap();
+        assert_eq!(subs.len(), 2);
+        let dropped = subs.unsubscribe(&rid("a.one"), 1).unwrap();
+        assert_eq!(dropped, vec![rid("a.one"), rid("a.two")]);
+        assert!(subs.is_empty());
+    }
+
+    #[test]
+    fn the_limit_refuses_and_leaves_nothing_half_held() {
+        let world = World::new(&[
+            (
+                "flights.flights",
+                list(&["flights.flight.1", "flights.flight.2"]),
+            ),
+            ("flights.flight.1", model("SK1")),
+            ("flights.flight.2", model("SK2")),
+            ("flights.flight.3", model("SK3")),
+        ]);
+        let mut subs = Subscriptions::with_limit(2);
+        let err = block_on(subs.subscribe(&rid("flights.flights"), world.fetch())).unwrap_err();
+        assert_eq!(err.code, "cairn.subscription_limit");
+        assert!(
+            subs.is_empty(),
+            "nothing of the refused subscription is held"
+        );
+        assert_eq!(subs.direct(&rid("flights.flights")), 0);
+        block_on(subs.subscribe(&rid("flights.flight.1"), world.fetch())).unwrap();
+        block_on(subs.subscribe(&rid("flights.flight.2"), world.fetch())).unwrap();
+        assert!(block_on(subs.subscribe(&rid("flights.flight.3"), world.fetch())).is_err());
+        assert_eq!(subs.len(), 2);
+    }
+
+    #[test]
+    fn a_change_of_references_fetches_the_new_and_drops_the_old() {
+        let world = World::new(&[
+            ("flights.flights", list(&["flights.flight.1"])),
+            ("flights.flight.1", model("SK1")),
+            ("flights.flight.2", model("SK2")),
+        ]);
+        let mut subs = Subscriptions::default();
+        let flights = rid("flights.flights");
+        block_on(subs.subscribe(&flights, world.fetch())).unwrap();
+        let (set, dropped) =
+            block_on(subs.rereference(&flights, vec![rid("flights.flight.2")], world.fetch()));
+        assert_eq!(set.models.keys().collect::<Vec<_>>(), ["flights.flight.2"]);
+        assert_eq!(dropped, vec![rid("flights.flight.1")]);
+        assert!(subs.holds(&rid("flights.flight.2")));
+        // A change on something not held does nothing.
+        let (set, dropped) =
+            block_on(subs.rereference(&rid("x.y"), vec![rid("flights.flight.1")], world.fetch()));
+        assert!(set.is_empty() && dropped.is_empty());
+        assert!(!subs.holds(&rid("flights.flight.1")));
+    }
+
+    #[test]
+    fn revoking_ends_every_direct_subscription() {
+        let world = World::new(&[("flights.flight.1", model("SK1"))]);
+        let mut subs = Subscriptions::default();
+        let flight = rid("flights.flight.1");
+        block_on(subs.subscribe(&flight, world.fetch())).unwrap();
+        block_on(subs.subscribe(&flight, world.fetch())).unwrap();
+        assert_eq!(subs.revoke(&flight), vec![flight.clone()]);
+        assert_eq!(subs.direct(&flight), 0);
+        assert!(subs.directly_held().is_empty());
+    }
+
+    #[test]
+    fn get_reads_without_holding() {
+        let world = World::new(&[
+            ("flights.flights", list(&["flights.flight.1"])),
+            ("flights.flight.1", model("SK1")),
+        ]);
+        let set = block_on(Subscriptions::get(
+            &rid("flights.flights"),
+            10,
+            world.fetch(),
+        ))
+        .unwrap();
+        assert_eq!(set.models.len() + set.collections.len(), 2);
+    }
+}
