@@ -13,15 +13,18 @@
 //! - [`ResError`]: the `system.*` errors, and the one mapping from
 //!   [`cairn_core::ErrorCode`] (as problem+json has over HTTP);
 //! - [`Subscriptions`]: what one connection holds, directly (counted) and
-//!   through references, within a limit.
+//!   through references, within a limit;
+//! - [`service`]: the RES-Service protocol between a gateway and the
+//!   services over NATS (subjects, payloads, responses, events, patterns).
 //!
 //! Written from the RES specification (`res-protocol.md`,
-//! `res-client-protocol.md`); the endpoint that serves it and the
+//! `res-client-protocol.md`, `res-service-protocol.md`); the endpoint that serves it and the
 //! resources the services declare build on it.
 
 mod error;
 mod frame;
 mod rid;
+pub mod service;
 mod subscriptions;
 mod value;
 

@@ -29,6 +29,39 @@ impl Value {
         }
     }
 
+    /// Reads a value as a service sends it: a primitive, `{"rid": …[,
+    /// "soft": true]}` or `{"data": …}`. Any other object or an array is
+    /// not a value.
+    pub fn parse(json: serde_json::Value) -> Result<Self, ResError> {
+        match json {
+            serde_json::Value::Object(mut object) => {
+                if object.len() == 1
+                    && let Some(data) = object.remove("data")
+                {
+                    return Ok(Value::Data(data));
+                }
+                let soft = match object.remove("soft") {
+                    None | Some(serde_json::Value::Bool(false)) => false,
+                    Some(serde_json::Value::Bool(true)) => true,
+                    Some(_) => return Err(ResError::invalid_params("soft is a boolean")),
+                };
+                match (object.remove("rid"), object.is_empty()) {
+                    (Some(serde_json::Value::String(rid)), true) => Ok(Value::Reference {
+                        rid: Rid::parse(&rid)?,
+                        soft,
+                    }),
+                    _ => Err(ResError::invalid_params(
+                        "an object value is a resource reference or a data value",
+                    )),
+                }
+            }
+            serde_json::Value::Array(_) => Err(ResError::invalid_params(
+                "an array value must be wrapped as a data value",
+            )),
+            primitive => Ok(Value::Primitive(primitive)),
+        }
+    }
+
     pub fn reference(rid: Rid) -> Self {
         Value::Reference { rid, soft: false }
     }
@@ -173,6 +206,40 @@ mod tests {
                 primitive
             );
         }
+    }
+
+    #[test]
+    fn values_from_a_service_are_read_and_written_back_the_same() {
+        for json in [
+            json!("x"),
+            json!(1.5),
+            json!(null),
+            json!({"rid": "flights.flight.7"}),
+            json!({"rid": "flights.flight.7", "soft": true}),
+            json!({"data": {"a": 1}}),
+            json!({"data": [1, 2]}),
+        ] {
+            let value = Value::parse(json.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&value).unwrap(), json);
+        }
+        assert_eq!(
+            Value::parse(json!({"rid": "a.b", "soft": false})).unwrap(),
+            Value::reference(rid_of("a.b"))
+        );
+        for bad in [
+            json!([1]),
+            json!({"a": 1}),
+            json!({"rid": 7}),
+            json!({"rid": "a..b"}),
+            json!({"rid": "a.b", "extra": 1}),
+            json!({"data": 1, "extra": 1}),
+        ] {
+            assert!(Value::parse(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    fn rid_of(text: &str) -> Rid {
+        Rid::parse(text).unwrap()
     }
 
     #[test]
