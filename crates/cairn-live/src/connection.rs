@@ -1,0 +1,403 @@
+//! One WebSocket connection: requests in, responses and events out.
+//!
+//! The reading side runs the protocol; a writer task owns the socket's
+//! sending half and takes frames from a bounded queue. A full queue means
+//! the client stopped reading: it is closed (1008) instead of being
+//! buffered for without end.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    extract::{
+        State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, WebSocket, close_code},
+    },
+    http::{HeaderMap, header::AUTHORIZATION},
+    response::Response,
+};
+use cairn_core::RequestContext;
+use cairn_res::{
+    Event, Request, RequestKind, ResError, Resource, ResourceSet, Rid, Subscriptions, check_version,
+};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use serde_json::{Value as Json, json};
+use tokio::{
+    sync::{broadcast, mpsc},
+    time::{Instant, MissedTickBehavior, timeout},
+};
+
+use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live};
+
+pub(crate) async fn upgrade(
+    State(live): State<Live>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let max = live.inner.options.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(live, socket, token))
+}
+
+/// Counts the connection while it lives.
+struct Counted(Arc<Inner>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Closing = (u16, &'static str);
+
+async fn run(live: Live, socket: WebSocket, token: Option<String>) {
+    let inner = live.inner.clone();
+    inner.connections.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(inner.clone());
+    let options = inner.options.clone();
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::channel(options.send_queue.max(1));
+    let (close_tx, close_rx) = mpsc::channel(1);
+    let writer = tokio::spawn(write(sink, rx, close_rx, options.write_timeout));
+    let mut conn = Conn {
+        inner: inner.clone(),
+        ctx: None,
+        subs: Subscriptions::with_limit(options.max_resources),
+        tx,
+        close: close_tx,
+    };
+    if let Some(token) = token {
+        // A token refused at the upgrade leaves the connection anonymous;
+        // its requests then say why they are refused.
+        conn.ctx = inner.auth.context(&token).await.ok();
+    }
+    let changes = inner.changes.subscribe();
+    read(&mut conn, stream, changes, &options).await;
+    drop(conn);
+    let _ = writer.await;
+}
+
+async fn read(
+    conn: &mut Conn,
+    mut stream: SplitStream<WebSocket>,
+    mut changes: broadcast::Receiver<Change>,
+    options: &crate::LiveOptions,
+) {
+    let mut heartbeat = tokio::time::interval(options.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { return };
+                last_heard = Instant::now();
+                let go_on = match frame {
+                    Message::Text(text) => conn.handle(text.as_bytes()).await,
+                    Message::Binary(bytes) => conn.handle(&bytes).await,
+                    Message::Ping(_) | Message::Pong(_) => true,
+                    Message::Close(_) => false,
+                };
+                if !go_on {
+                    return;
+                }
+            }
+            change = changes.recv() => match change {
+                Ok(change) => {
+                    if !conn.on_change(change).await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Events were missed: the client's resources may be
+                    // stale. It reconnects and reads them afresh.
+                    conn.close_with(close_code::AGAIN, "missed changes: reconnect");
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= options.idle_timeout {
+                    conn.close_with(close_code::AWAY, "idle");
+                    return;
+                }
+                if !conn.push(Message::Ping(Default::default())) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Message>,
+    mut close: mpsc::Receiver<Closing>,
+    write_timeout: std::time::Duration,
+) {
+    let mut closing = None;
+    let mut close_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            asked = close.recv(), if close_open => match asked {
+                Some(frame) => {
+                    closing = Some(frame);
+                    break;
+                }
+                None => close_open = false,
+            },
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break };
+                match timeout(write_timeout, sink.send(frame)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+    if let Some((code, reason)) = closing {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = timeout(write_timeout, sink.send(frame)).await;
+    }
+    let _ = timeout(write_timeout, sink.close()).await;
+}
+
+struct Conn {
+    inner: Arc<Inner>,
+    ctx: Option<RequestContext>,
+    subs: Subscriptions,
+    tx: mpsc::Sender<Message>,
+    close: mpsc::Sender<Closing>,
+}
+
+impl Conn {
+    /// Queues a frame; false (and the connection closing) when the client
+    /// has not read what was queued before.
+    fn push(&self, frame: Message) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close_with(close_code::POLICY, "too slow: frames were not read");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn send(&self, text: String) -> bool {
+        self.push(Message::Text(text.into()))
+    }
+
+    fn close_with(&self, code: u16, reason: &'static str) {
+        let _ = self.close.try_send((code, reason));
+    }
+
+    /// Answers one frame; false when the connection is to end.
+    async fn handle(&mut self, frame: &[u8]) -> bool {
+        let request = match Request::parse(frame) {
+            Ok(request) => request,
+            Err((id, error)) => {
+                return self.send(cairn_res::Response::error(id, error).to_json());
+            }
+        };
+        let id = request.id.clone();
+        let response = match self.answer(request.kind).await {
+            Ok(response) => response(id),
+            Err(error) => cairn_res::Response::error(id, error),
+        };
+        self.send(response.to_json())
+    }
+
+    async fn answer(
+        &mut self,
+        kind: RequestKind,
+    ) -> Result<Box<dyn FnOnce(Json) -> cairn_res::Response + Send>, ResError> {
+        match kind {
+            RequestKind::Version { protocol } => {
+                let protocol = check_version(protocol.as_deref())?;
+                Ok(Box::new(move |id| {
+                    cairn_res::Response::result(id, json!({ "protocol": protocol }))
+                }))
+            }
+            RequestKind::Subscribe { rid } => {
+                let ctx = self.context()?;
+                let inner = self.inner.clone();
+                let set = self
+                    .subs
+                    .subscribe(&rid, move |r| fetch(inner.clone(), ctx.clone(), r))
+                    .await?;
+                Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
+            }
+            RequestKind::Get { rid } => {
+                let ctx = self.context()?;
+                let inner = self.inner.clone();
+                let limit = self.inner.options.max_resources;
+                let set =
+                    Subscriptions::get(&rid, limit, move |r| fetch(inner.clone(), ctx.clone(), r))
+                        .await?;
+                Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
+            }
+            RequestKind::Unsubscribe { rid, count } => {
+                self.subs.unsubscribe(&rid, count)?;
+                Ok(Box::new(|id| cairn_res::Response::result(id, Json::Null)))
+            }
+            RequestKind::Call {
+                rid,
+                method,
+                params,
+            } => {
+                let ctx = self.context()?;
+                let service = self.service(&rid)?;
+                let answer = timeout(
+                    self.inner.options.request_timeout,
+                    service.call(&ctx, &rid, &method, params),
+                )
+                .await
+                .map_err(|_| ResError::timeout())??;
+                match answer {
+                    CallAnswer::Payload(payload) => Ok(Box::new(move |id| {
+                        cairn_res::Response::payload(id, payload)
+                    })),
+                    CallAnswer::Resource(target) => {
+                        let inner = self.inner.clone();
+                        let set = self
+                            .subs
+                            .subscribe(&target, move |r| fetch(inner.clone(), ctx.clone(), r))
+                            .await?;
+                        Ok(Box::new(move |id| {
+                            cairn_res::Response::resource(id, &target, &set)
+                        }))
+                    }
+                }
+            }
+            RequestKind::Auth {
+                rid,
+                method,
+                params,
+            } => {
+                if rid.to_string() != AUTH_RID || method != AUTH_METHOD {
+                    return Err(ResError::method_not_found());
+                }
+                let token = params
+                    .get("token")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| ResError::invalid_params("token is a string"))?;
+                let ctx = self.inner.auth.context(token).await?;
+                let payload = json!({ "tenant": ctx.tenant.as_str(), "actor": ctx.actor });
+                self.reaccess(ctx).await;
+                Ok(Box::new(move |id| {
+                    cairn_res::Response::payload(id, payload)
+                }))
+            }
+        }
+    }
+
+    fn context(&self) -> Result<RequestContext, ResError> {
+        self.ctx
+            .clone()
+            .ok_or_else(|| ResError::access_denied().with_data(json!({ "code": "missing_token" })))
+    }
+
+    fn service(&self, rid: &Rid) -> Result<Arc<dyn crate::Resources>, ResError> {
+        self.inner
+            .services
+            .get(rid.service())
+            .cloned()
+            .ok_or_else(ResError::not_found)
+    }
+
+    /// A new identity: what it may no longer read is unsubscribed, with
+    /// the reason.
+    async fn reaccess(&mut self, ctx: RequestContext) {
+        let same = self
+            .ctx
+            .as_ref()
+            .is_some_and(|old| old.tenant == ctx.tenant && old.actor == ctx.actor);
+        self.ctx = Some(ctx.clone());
+        if same {
+            return;
+        }
+        for rid in self.subs.directly_held() {
+            if fetch(self.inner.clone(), ctx.clone(), rid.clone())
+                .await
+                .is_err()
+            {
+                self.subs.revoke(&rid);
+                self.send(Event::unsubscribe(rid, ResError::access_denied()).to_json());
+            }
+        }
+    }
+
+    /// Passes a change on if this connection holds its resource in its
+    /// tenant; a change that references resources brings them along.
+    /// False when the connection is to end.
+    async fn on_change(&mut self, change: Change) -> bool {
+        let Some(ctx) = self.ctx.clone() else {
+            return true;
+        };
+        if change.tenant != ctx.tenant || !self.subs.holds(&change.event.rid) {
+            return true;
+        }
+        let mut event = change.event;
+        let references_change = matches!(event.name.as_str(), "add" | "change" | "remove")
+            && event
+                .data
+                .as_ref()
+                .is_some_and(|d| d.to_string().contains("\"rid\""))
+            || event.name == "remove";
+        if references_change {
+            let inner = self.inner.clone();
+            match fetch(inner.clone(), ctx.clone(), event.rid.clone()).await {
+                Ok(resource) => {
+                    let references = ResourceSet::references(&resource);
+                    let (set, _dropped) = self
+                        .subs
+                        .rereference(&event.rid, references, move |r| {
+                            fetch(inner.clone(), ctx.clone(), r)
+                        })
+                        .await;
+                    merge(&mut event, &set);
+                }
+                Err(error) => {
+                    tracing::debug!(rid = %event.rid, %error, "a changed resource cannot be read again");
+                }
+            }
+        }
+        self.send(event.to_json())
+    }
+}
+
+/// Adds the resources a change brings to its event's data.
+fn merge(event: &mut Event, set: &ResourceSet) {
+    if set.is_empty() {
+        return;
+    }
+    let Some(Json::Object(data)) = event.data.as_mut() else {
+        return;
+    };
+    if let Ok(Json::Object(fields)) = serde_json::to_value(set) {
+        data.extend(fields);
+    }
+}
+
+/// Reads one resource from its service, as `ctx`, within the time allowed.
+async fn fetch(inner: Arc<Inner>, ctx: RequestContext, rid: Rid) -> Result<Resource, ResError> {
+    let Some(service) = inner.services.get(rid.service()).cloned() else {
+        return Err(ResError::not_found());
+    };
+    timeout(inner.options.request_timeout, service.get(&ctx, &rid))
+        .await
+        .map_err(|_| ResError::timeout())?
+}

@@ -1,0 +1,221 @@
+//! The live API: the RES-Client protocol (`cairn-res`) over WebSocket at
+//! `/ws`.
+//!
+//! A [`Live`] endpoint serves the resources of every service that gave it
+//! a [`Resources`] (by the first part of a resource id: `flights.…` to
+//! Flights) and pushes each [`Change`] a service publishes, after its
+//! commit, to the connections that hold the resource in that tenant.
+//!
+//! Who a connection is comes from a bearer token, given at the upgrade
+//! (`Authorization`) or later with the request
+//! `auth.identity.session.token` (`{"token": "…"}`), and turned into a
+//! [`RequestContext`] by an [`Authenticate`]. Without one, every request on
+//! a resource is `system.accessDenied`; resources are read and called as
+//! the connection's context, so a tenant sees its own only.
+//!
+//! Bounded per connection ([`LiveOptions`]): the frame size, the resources
+//! held, the frames waiting to be sent (a client that stops reading is
+//! closed with 1008, the others go on), and the time without a frame or a
+//! pong (closed with 1001). A frame that is not a request is answered with
+//! a RES error; the connection goes on.
+
+mod connection;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use axum::{Router, routing::get};
+use cairn_core::{RequestContext, TenantId};
+use cairn_res::{Event, ResError, Resource, Rid};
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+
+/// The request that authenticates a connection with a bearer token.
+pub const AUTH_RID: &str = "identity.session";
+/// Its method.
+pub const AUTH_METHOD: &str = "token";
+
+/// Limits and timings of every connection.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Largest frame a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most resources one connection may hold.
+    pub max_resources: usize,
+    /// Frames waiting to be sent to one connection; past it, the client is
+    /// too slow and is closed.
+    pub send_queue: usize,
+    /// How long one frame may take to be written before the client is
+    /// taken as gone.
+    pub write_timeout: Duration,
+    /// A ping this often.
+    pub heartbeat: Duration,
+    /// Closed after this long without a frame or a pong.
+    pub idle_timeout: Duration,
+    /// How long a service may take to answer a get or a call.
+    pub request_timeout: Duration,
+    /// Changes kept for connections that are behind; one that falls further
+    /// behind is closed (1013) to reconnect and read afresh.
+    pub change_buffer: usize,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_resources: cairn_res::DEFAULT_LIMIT,
+            send_queue: 256,
+            write_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            request_timeout: Duration::from_secs(10),
+            change_buffer: 4096,
+        }
+    }
+}
+
+/// What a call answers: a payload, or a resource the caller then holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallAnswer {
+    Payload(Json),
+    Resource(Rid),
+}
+
+/// A service's resources, read and called as a connection's context.
+#[async_trait]
+pub trait Resources: Send + Sync + 'static {
+    /// The resource `rid` as `ctx` may see it (`system.notFound` for one
+    /// of another tenant).
+    async fn get(&self, ctx: &RequestContext, rid: &Rid) -> Result<Resource, ResError>;
+
+    /// Calls `method` on `rid` with `params`.
+    async fn call(
+        &self,
+        ctx: &RequestContext,
+        rid: &Rid,
+        method: &str,
+        params: Json,
+    ) -> Result<CallAnswer, ResError> {
+        let _ = (ctx, rid, method, params);
+        Err(ResError::method_not_found())
+    }
+}
+
+/// Turns a bearer token into who the connection is.
+#[async_trait]
+pub trait Authenticate: Send + Sync + 'static {
+    async fn context(&self, token: &str) -> Result<RequestContext, ResError>;
+}
+
+/// A change to a resource, committed, for the connections of `tenant`
+/// that hold it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub tenant: TenantId,
+    pub event: Event,
+}
+
+/// The live endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    services: HashMap<String, Arc<dyn Resources>>,
+    auth: Arc<dyn Authenticate>,
+    changes: broadcast::Sender<Change>,
+    options: LiveOptions,
+    connections: AtomicUsize,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut services: Vec<_> = self.inner.services.keys().collect();
+        services.sort();
+        f.debug_struct("Live")
+            .field("services", &services)
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Live`].
+pub struct LiveBuilder {
+    services: HashMap<String, Arc<dyn Resources>>,
+    auth: Arc<dyn Authenticate>,
+    options: LiveOptions,
+}
+
+impl std::fmt::Debug for LiveBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveBuilder {
+    /// Serves the resources whose ids start with `service.`.
+    pub fn serve(mut self, service: &str, resources: impl Resources) -> Self {
+        self.services
+            .insert(service.to_owned(), Arc::new(resources));
+        self
+    }
+
+    pub fn options(mut self, options: LiveOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    pub fn build(self) -> Live {
+        let (changes, _) = broadcast::channel(self.options.change_buffer.max(1));
+        Live {
+            inner: Arc::new(Inner {
+                services: self.services,
+                auth: self.auth,
+                changes,
+                options: self.options,
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl Live {
+    /// An endpoint whose connections are authenticated by `auth`.
+    pub fn builder(auth: impl Authenticate) -> LiveBuilder {
+        LiveBuilder {
+            services: HashMap::new(),
+            auth: Arc::new(auth),
+            options: LiveOptions::default(),
+        }
+    }
+
+    /// Pushes `change` to the connections holding its resource in its
+    /// tenant. Call it after the change committed and the resource reads
+    /// as changed.
+    pub fn publish(&self, change: Change) {
+        // No receiver means no connection: nothing to tell.
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// `GET /ws`, the WebSocket upgrade.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(connection::upgrade))
+            .with_state(self.clone())
+    }
+}

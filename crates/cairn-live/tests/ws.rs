@@ -1,0 +1,514 @@
+//! The live endpoint over a real WebSocket (tokio-tungstenite as the
+//! client), with a small service of items per tenant: the protocol's
+//! requests, tokens and tenants, changes pushed to who holds a resource,
+//! bad frames, and every limit.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use cairn_core::{RequestContext, TenantId};
+use cairn_live::{Authenticate, CallAnswer, Change, Live, LiveOptions, Resources};
+use cairn_res::{Event, ResError, Resource, ResourceSet, Rid, Value};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value as Json, json};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Items by tenant: `toy.items` lists them, `toy.item.<n>` is one.
+#[derive(Clone, Default)]
+struct Toy {
+    items: Arc<Mutex<HashMap<TenantId, Vec<String>>>>,
+}
+
+fn rid(text: &str) -> Rid {
+    Rid::parse(text).unwrap()
+}
+
+#[async_trait]
+impl Resources for Toy {
+    async fn get(&self, ctx: &RequestContext, rid: &Rid) -> Result<Resource, ResError> {
+        let items = self.items.lock().unwrap();
+        let mine = items.get(&ctx.tenant).cloned().unwrap_or_default();
+        let parts: Vec<&str> = rid.parts().collect();
+        match parts.as_slice() {
+            ["toy", "items"] => Ok(Resource::Collection(
+                (0..mine.len())
+                    .map(|n| Value::reference(Rid::parse(&format!("toy.item.{n}")).unwrap()))
+                    .collect(),
+            )),
+            ["toy", "item", n] => {
+                let name = n
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| mine.get(n))
+                    .ok_or_else(ResError::not_found)?;
+                Ok(Resource::model_from_json(
+                    json!({ "name": name }).as_object().unwrap().clone(),
+                ))
+            }
+            _ => Err(ResError::not_found()),
+        }
+    }
+
+    async fn call(
+        &self,
+        ctx: &RequestContext,
+        rid: &Rid,
+        method: &str,
+        params: Json,
+    ) -> Result<CallAnswer, ResError> {
+        match (rid.name(), method) {
+            ("toy.items", "add") => {
+                let name = params["name"]
+                    .as_str()
+                    .ok_or_else(|| ResError::invalid_params("name is a string"))?;
+                let mut items = self.items.lock().unwrap();
+                let mine = items.entry(ctx.tenant.clone()).or_default();
+                mine.push(name.to_owned());
+                Ok(CallAnswer::Payload(json!({ "idx": mine.len() - 1 })))
+            }
+            ("toy.items", "open") => Ok(CallAnswer::Resource(rid.clone())),
+            _ => Err(ResError::method_not_found()),
+        }
+    }
+}
+
+/// `acme` and `globex` tokens; anything else is refused.
+struct Tokens;
+
+#[async_trait]
+impl Authenticate for Tokens {
+    async fn context(&self, token: &str) -> Result<RequestContext, ResError> {
+        let tenant = token
+            .strip_suffix("-token")
+            .filter(|t| matches!(*t, "acme" | "globex"))
+            .ok_or_else(|| {
+                ResError::access_denied().with_data(json!({"code": "invalid_signature"}))
+            })?;
+        Ok(RequestContext::new(TenantId::new(tenant).unwrap())
+            .with_actor(format!("{tenant}-admin")))
+    }
+}
+
+async fn start(options: LiveOptions) -> (Live, Toy, String) {
+    let toy = Toy::default();
+    let live = Live::builder(Tokens)
+        .serve("toy", toy.clone())
+        .options(options)
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let router = live.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (live, toy, url)
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Socket,
+    next_id: u64,
+    events: Vec<Json>,
+}
+
+impl Client {
+    async fn connect(url: &str, token: Option<&str>) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (ws, _) = connect_async(request).await.unwrap();
+        Self {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next JSON frame.
+    async fn frame(&mut self) -> Json {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open")
+                .expect("a frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response, keeping the events that
+    /// come before it.
+    async fn request(&mut self, method: &str, params: Json) -> Json {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = json!({ "id": id, "method": method });
+        if !params.is_null() {
+            request["params"] = params;
+        }
+        self.send_text(&request.to_string()).await;
+        self.response(json!(id)).await
+    }
+
+    async fn response(&mut self, id: Json) -> Json {
+        loop {
+            let frame = self.frame().await;
+            if frame.get("event").is_some() {
+                self.events.push(frame);
+            } else {
+                assert_eq!(frame["id"], id, "{frame}");
+                return frame;
+            }
+        }
+    }
+
+    async fn event(&mut self) -> Json {
+        if !self.events.is_empty() {
+            return self.events.remove(0);
+        }
+        let frame = self.frame().await;
+        assert!(frame.get("event").is_some(), "{frame}");
+        frame
+    }
+
+    /// How the server ended the connection: its close code, if it sent one.
+    async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+fn error_code(response: &Json) -> &str {
+    response["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error: {response}"))
+}
+
+#[tokio::test]
+async fn version_is_answered_and_other_majors_are_refused() {
+    let (_live, _toy, url) = start(LiveOptions::default()).await;
+    let mut client = Client::connect(&url, None).await;
+    let r = client
+        .request("version", json!({"protocol": "1.2.1"}))
+        .await;
+    assert_eq!(r["result"]["protocol"], cairn_res::PROTOCOL);
+    let r = client
+        .request("version", json!({"protocol": "2.0.0"}))
+        .await;
+    assert_eq!(error_code(&r), "system.unsupportedProtocol");
+}
+
+#[tokio::test]
+async fn without_a_token_resources_are_refused_and_auth_opens_them() {
+    let (_live, toy, url) = start(LiveOptions::default()).await;
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(TenantId::new("acme").unwrap(), vec!["anvil".into()]);
+    let mut client = Client::connect(&url, None).await;
+    let r = client.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    assert_eq!(r["error"]["data"]["code"], "missing_token");
+    let r = client
+        .request("auth.identity.session.token", json!({"token": "forged"}))
+        .await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    let r = client
+        .request("auth.identity.session.token", json!({}))
+        .await;
+    assert_eq!(error_code(&r), "system.invalidParams");
+    let r = client
+        .request("auth.identity.session.other", json!({}))
+        .await;
+    assert_eq!(error_code(&r), "system.methodNotFound");
+    let r = client
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "acme-token"}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["payload"],
+        json!({"tenant": "acme", "actor": "acme-admin"})
+    );
+    let r = client.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(
+        r["result"],
+        json!({
+            "collections": {"toy.items": [{"rid": "toy.item.0"}]},
+            "models": {"toy.item.0": {"name": "anvil"}}
+        })
+    );
+    // A token at the upgrade works the same; a forged one leaves the
+    // connection anonymous.
+    let mut upgraded = Client::connect(&url, Some("acme-token")).await;
+    let r = upgraded.request("get.toy.item.0", Json::Null).await;
+    assert_eq!(r["result"]["models"]["toy.item.0"]["name"], "anvil");
+    let mut forged = Client::connect(&url, Some("forged")).await;
+    let r = forged.request("get.toy.item.0", Json::Null).await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+}
+
+#[tokio::test]
+async fn requests_answer_as_the_protocol_says() {
+    let (_live, _toy, url) = start(LiveOptions::default()).await;
+    let mut client = Client::connect(&url, Some("acme-token")).await;
+    let r = client
+        .request("call.toy.items.add", json!({"name": "anvil"}))
+        .await;
+    assert_eq!(r["result"], json!({"payload": {"idx": 0}}));
+    let r = client.request("call.toy.items.add", json!({})).await;
+    assert_eq!(error_code(&r), "system.invalidParams");
+    let r = client.request("call.toy.items.melt", Json::Null).await;
+    assert_eq!(error_code(&r), "system.methodNotFound");
+    let r = client.request("call.nowhere.items.add", Json::Null).await;
+    assert_eq!(error_code(&r), "system.notFound");
+    let r = client.request("get.toy.item.7", Json::Null).await;
+    assert_eq!(error_code(&r), "system.notFound");
+    // A call that answers a resource subscribes to it.
+    let r = client.request("call.toy.items.open", Json::Null).await;
+    assert_eq!(r["result"]["rid"], "toy.items");
+    assert_eq!(r["result"]["models"]["toy.item.0"]["name"], "anvil");
+    let r = client.request("unsubscribe.toy.items", Json::Null).await;
+    assert_eq!(r["result"], Json::Null);
+    let r = client.request("unsubscribe.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "system.noSubscription");
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_connection_goes_on() {
+    let (_live, _toy, url) = start(LiveOptions::default()).await;
+    let mut client = Client::connect(&url, Some("acme-token")).await;
+    for frame in [
+        "not json",
+        "[1,2]",
+        r#"{"method":"version"}"#,
+        r#"{"id":true,"method":"version"}"#,
+    ] {
+        client.send_text(frame).await;
+        let r = client.response(Json::Null).await;
+        assert_eq!(error_code(&r), "system.invalidRequest", "{frame}");
+    }
+    for (frame, code) in [
+        (
+            r#"{"id":9,"method":"subscribe.a..b"}"#,
+            "system.invalidRequest",
+        ),
+        (
+            r#"{"id":9,"method":"publish.toy.items"}"#,
+            "system.invalidRequest",
+        ),
+        (
+            r#"{"id":9,"method":"unsubscribe.toy.items","params":{"count":0}}"#,
+            "system.invalidParams",
+        ),
+    ] {
+        client.send_text(frame).await;
+        let r = client.response(json!(9)).await;
+        assert_eq!(error_code(&r), code, "{frame}");
+    }
+    client
+        .ws
+        .send(Message::binary(b"\xff\xfe".to_vec()))
+        .await
+        .unwrap();
+    let r = client.response(Json::Null).await;
+    assert_eq!(error_code(&r), "system.invalidRequest");
+    let r = client.request("version", Json::Null).await;
+    assert_eq!(r["result"]["protocol"], cairn_res::PROTOCOL);
+}
+
+#[tokio::test]
+async fn a_change_reaches_who_holds_it_in_its_tenant_only() {
+    let (live, _toy, url) = start(LiveOptions::default()).await;
+    let mut acme = Client::connect(&url, Some("acme-token")).await;
+    let mut globex = Client::connect(&url, Some("globex-token")).await;
+    let mut idle = Client::connect(&url, Some("acme-token")).await;
+    for client in [&mut acme, &mut globex] {
+        let r = client.request("subscribe.toy.items", Json::Null).await;
+        assert_eq!(r["result"]["collections"]["toy.items"], json!([]));
+    }
+    let r = acme
+        .request("call.toy.items.add", json!({"name": "anvil"}))
+        .await;
+    assert_eq!(r["result"]["payload"]["idx"], 0);
+    // After the commit, the service publishes what changed.
+    live.publish(Change {
+        tenant: TenantId::new("acme").unwrap(),
+        event: Event::add(
+            rid("toy.items"),
+            0,
+            Value::reference(rid("toy.item.0")),
+            &ResourceSet::default(),
+        ),
+    });
+    let event = acme.event().await;
+    assert_eq!(
+        event,
+        json!({"event": "toy.items.add", "data": {
+            "idx": 0,
+            "value": {"rid": "toy.item.0"},
+            "models": {"toy.item.0": {"name": "anvil"}}
+        }})
+    );
+    // The held item changes too.
+    live.publish(Change {
+        tenant: TenantId::new("acme").unwrap(),
+        event: Event::custom(rid("toy.item.0"), "polished", json!({"by": "alice"})).unwrap(),
+    });
+    assert_eq!(acme.event().await["event"], "toy.item.0.polished");
+    // Globex holds toy.items too, in its own tenant; the idle acme client
+    // holds nothing: neither hears a thing.
+    for client in [&mut globex, &mut idle] {
+        let r = client.request("version", Json::Null).await;
+        assert!(r.get("result").is_some());
+        assert!(client.events.is_empty(), "{:?}", client.events);
+    }
+}
+
+#[tokio::test]
+async fn the_resource_limit_refuses_more() {
+    let (_live, toy, url) = start(LiveOptions {
+        max_resources: 2,
+        ..LiveOptions::default()
+    })
+    .await;
+    toy.items.lock().unwrap().insert(
+        TenantId::new("acme").unwrap(),
+        vec!["a".into(), "b".into(), "c".into()],
+    );
+    let mut client = Client::connect(&url, Some("acme-token")).await;
+    let r = client.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "cairn.subscription_limit");
+    assert!(client.request("subscribe.toy.item.0", Json::Null).await["result"].is_object());
+    assert!(client.request("subscribe.toy.item.1", Json::Null).await["result"].is_object());
+    let r = client.request("subscribe.toy.item.2", Json::Null).await;
+    assert_eq!(error_code(&r), "cairn.subscription_limit");
+    client.request("unsubscribe.toy.item.0", Json::Null).await;
+    assert!(client.request("subscribe.toy.item.2", Json::Null).await["result"].is_object());
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_closes_that_connection_only() {
+    let (live, _toy, url) = start(LiveOptions {
+        max_frame_bytes: 1024,
+        ..LiveOptions::default()
+    })
+    .await;
+    let mut big = Client::connect(&url, Some("acme-token")).await;
+    let mut other = Client::connect(&url, Some("acme-token")).await;
+    let frame = json!({"id": 1, "method": "version", "params": {"pad": "x".repeat(2000)}});
+    let _ = big.ws.send(Message::text(frame.to_string())).await;
+    let code = big.closed().await;
+    assert!(
+        code.is_none() || code == Some(CloseCode::Size),
+        "closed for its size: {code:?}"
+    );
+    let r = other.request("version", Json::Null).await;
+    assert!(r.get("result").is_some());
+    wait_for_connections(&live, 1).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_the_others_go_on() {
+    let (live, _toy, url) = start(LiveOptions {
+        send_queue: 4,
+        write_timeout: Duration::from_millis(300),
+        ..LiveOptions::default()
+    })
+    .await;
+    let mut slow = Client::connect(&url, Some("acme-token")).await;
+    slow.request("subscribe.toy.items", Json::Null).await;
+    let mut reader = Client::connect(&url, Some("acme-token")).await;
+    // Far more than socket buffers hold, to the slow client, which reads
+    // nothing more.
+    let pad = "x".repeat(16 * 1024);
+    for n in 0..4000 {
+        live.publish(Change {
+            tenant: TenantId::new("acme").unwrap(),
+            event: Event::custom(rid("toy.items"), "tick", json!({"n": n, "pad": pad})).unwrap(),
+        });
+        if n % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_for_connections(&live, 1).await;
+    let r = reader.request("version", Json::Null).await;
+    assert!(r.get("result").is_some(), "the other connection goes on");
+    drop(slow);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_pinged_then_closed_and_a_busy_one_is_not() {
+    let (live, _toy, url) = start(LiveOptions {
+        heartbeat: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(300),
+        ..LiveOptions::default()
+    })
+    .await;
+    let mut busy = Client::connect(&url, None).await;
+    let mut idle = Client::connect(&url, None).await;
+    wait_for_connections(&live, 2).await;
+    // The idle client reads nothing, so answers no ping; the busy one
+    // talks every 100 ms.
+    for _ in 0..8 {
+        let r = busy.request("version", Json::Null).await;
+        assert!(r.get("result").is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_connections(&live, 1).await;
+    // What the idle client finds: the pings, then the close (or, once its
+    // own pong cannot be written, the broken connection).
+    let mut pings = 0;
+    let mut code = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(PATIENCE, idle.ws.next()).await {
+        match message {
+            Message::Ping(_) => pings += 1,
+            Message::Close(frame) => {
+                code = frame.map(|f| f.code);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(pings >= 1, "pinged before being closed");
+    assert!(code.is_none() || code == Some(CloseCode::Away), "{code:?}");
+}
+
+async fn wait_for_connections(live: &Live, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while live.connections() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections, not {n}",
+            live.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
