@@ -235,12 +235,16 @@ pub struct Started {
     /// What it provides to the runtime (the identity service provides the
     /// token verifier's source).
     pub provides: Extensions,
+    /// Its live resources (ids starting with the service's name), served
+    /// over the RES protocol at `/ws`.
+    pub live: Option<Arc<dyn cairn_live::Resources>>,
 }
 
 impl fmt::Debug for Started {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Started")
             .field("background", &self.background.len())
+            .field("live", &self.live.is_some())
             .finish_non_exhaustive()
     }
 }

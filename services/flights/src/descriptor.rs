@@ -74,6 +74,11 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     )
     .context("wiring the flights service")?;
     let sagas = flights.start_sagas(Duration::from_secs(1));
+    let live = crate::live::FlightsLive {
+        flights: flights.clone(),
+        commands: env.commands.clone(),
+        queries: env.queries.clone(),
+    };
     let api = crate::http::router(FlightsApi {
         flights,
         commands: env.commands.clone(),
@@ -82,6 +87,7 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     Ok(Started {
         api,
         background: vec![Box::new(sagas)],
+        live: Some(Arc::new(live)),
         ..Started::default()
     })
 }

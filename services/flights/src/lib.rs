@@ -6,6 +6,7 @@ pub mod departure;
 pub mod descriptor;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod messaging;
 pub mod view;
 
