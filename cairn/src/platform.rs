@@ -159,3 +159,35 @@ impl Platform {
         Ok(())
     }
 }
+
+/// Who a live connection is, from a bearer token: the same verifier and
+/// the same context as [`cairn_http::bearer_auth`] gives a request.
+pub(crate) struct TokenAuth(pub(crate) cairn_auth::Verifier);
+
+#[async_trait::async_trait]
+impl cairn_live::Authenticate for TokenAuth {
+    async fn context(
+        &self,
+        token: &str,
+    ) -> Result<cairn_core::RequestContext, cairn_res::ResError> {
+        match self.0.verify(token).await {
+            Ok(principal) => {
+                let mut ctx = cairn_core::RequestContext::new(principal.tenant.clone())
+                    .with_actor(principal.subject.clone());
+                ctx.permissions = principal.permissions.clone();
+                Ok(ctx)
+            }
+            Err(cairn_auth::AuthError::Rejected(rejection)) => Err(cairn_res::ResError::from_code(
+                rejection.code(),
+                rejection.to_string(),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot validate an access token");
+                Err(cairn_res::ResError::from_code(
+                    cairn_core::ErrorCode::Unavailable,
+                    "access tokens cannot be validated right now",
+                ))
+            }
+        }
+    }
+}

@@ -226,6 +226,7 @@ pub(crate) async fn start(
     let mut api = Router::new();
     let mut public = Router::new();
     let mut provided = Vec::new();
+    let mut live_resources = Vec::new();
     for service in &services {
         let started = service
             .start(env.clone())
@@ -237,6 +238,9 @@ pub(crate) async fn start(
         }
         background.extend(started.background);
         provided.push(started.provides);
+        if let Some(resources) = started.live {
+            live_resources.push((service.name, resources));
+        }
     }
     platform::check_handlers(&services, &[], &commands, &queries)?;
     for service in &services {
@@ -285,9 +289,15 @@ pub(crate) async fn start(
             .map(ServiceDescriptor::openapi_document)
             .chain([ProjectionsOpenApi::openapi()]),
     );
+    // The live API checks its connections' tokens itself.
+    let live = live_resources.into_iter().fold(
+        cairn_live::Live::builder(platform::TokenAuth(identity.verifier(trusted.clone()))),
+        |live, (name, resources)| live.serve_shared(name, resources),
+    );
     let public = Router::new()
         .merge(health.router())
         .merge(openapi_router(doc))
+        .merge(live.build().router())
         .merge(public);
     let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (store.clone(), projections.clone());
@@ -330,6 +340,7 @@ pub(crate) async fn start(
         .collect();
     println!("  services:     {}", served.join(", "));
     println!("  openapi:      http://{addr}/openapi.json");
+    println!("  live:         ws://{addr}/ws (RES protocol)");
     println!("  health:       http://{addr}/health/ready");
     println!("  metrics:      http://{addr}/metrics");
     if let Some(line) = crate::cors::banner(&cors) {

@@ -170,6 +170,12 @@ impl LiveBuilder {
         self
     }
 
+    /// [`serve`](Self::serve) for resources already shared.
+    pub fn serve_shared(mut self, service: &str, resources: Arc<dyn Resources>) -> Self {
+        self.services.insert(service.to_owned(), resources);
+        self
+    }
+
     pub fn options(mut self, options: LiveOptions) -> Self {
         self.options = options;
         self
