@@ -14,6 +14,8 @@
 //!   [`cairn_core::ErrorCode`] (as problem+json has over HTTP);
 //! - [`Subscriptions`]: what one connection holds, directly (counted) and
 //!   through references, within a limit;
+//! - [`diff`]: the events that take a client from one state of a
+//!   resource to the next;
 //! - [`service`]: the RES-Service protocol between a gateway and the
 //!   services over NATS (subjects, payloads, responses, events, patterns).
 //!
@@ -21,6 +23,7 @@
 //! `res-client-protocol.md`, `res-service-protocol.md`); the endpoint that serves it and the
 //! resources the services declare build on it.
 
+pub mod diff;
 mod error;
 mod frame;
 mod rid;
