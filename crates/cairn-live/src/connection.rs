@@ -17,7 +17,8 @@ use axum::{
 };
 use cairn_core::RequestContext;
 use cairn_res::{
-    Event, Request, RequestKind, ResError, Resource, ResourceSet, Rid, Subscriptions, check_version,
+    Event, Request, RequestKind, ResError, Resource, ResourceSet, Rid, Subscriptions,
+    check_version, diff,
 };
 use futures_util::{
     SinkExt, StreamExt,
@@ -340,17 +341,36 @@ impl Conn {
         }
     }
 
-    /// Passes a change on if this connection holds its resource in its
-    /// tenant; a change that references resources brings them along.
-    /// False when the connection is to end.
+    /// Passes a change on to this connection, if it concerns what it holds
+    /// in its tenant. False when the connection is to end.
     async fn on_change(&mut self, change: Change) -> bool {
         let Some(ctx) = self.ctx.clone() else {
             return true;
         };
-        if change.tenant != ctx.tenant || !self.subs.holds(&change.event.rid) {
+        if change.tenant() != &ctx.tenant {
             return true;
         }
-        let mut event = change.event;
+        match change {
+            Change::Event { event, .. } => self.on_event(ctx, event).await,
+            Change::Reset { names, .. } => {
+                for name in names {
+                    for rid in self.subs.held_named(&name) {
+                        if !self.reread(&ctx, rid).await {
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// An event for a resource held: passed on, bringing along what it
+    /// references.
+    async fn on_event(&mut self, ctx: RequestContext, mut event: Event) -> bool {
+        if !self.subs.holds(&event.rid) {
+            return true;
+        }
         let references_change = matches!(event.name.as_str(), "add" | "change" | "remove")
             && event
                 .data
@@ -361,10 +381,9 @@ impl Conn {
             let inner = self.inner.clone();
             match fetch(inner.clone(), ctx.clone(), event.rid.clone()).await {
                 Ok(resource) => {
-                    let references = ResourceSet::references(&resource);
                     let (set, _dropped) = self
                         .subs
-                        .rereference(&event.rid, references, move |r| {
+                        .replace(&event.rid, resource, move |r| {
                             fetch(inner.clone(), ctx.clone(), r)
                         })
                         .await;
@@ -376,6 +395,54 @@ impl Conn {
             }
         }
         self.send(event.to_json())
+    }
+
+    /// Reads a held resource again and sends what changed since it was
+    /// last sent. False when the connection is to end.
+    async fn reread(&mut self, ctx: &RequestContext, rid: Rid) -> bool {
+        let inner = self.inner.clone();
+        let resource = match fetch(inner.clone(), ctx.clone(), rid.clone()).await {
+            Ok(resource) => resource,
+            Err(error) if error.code == "system.notFound" => {
+                return self.send(Event::delete(rid).to_json());
+            }
+            Err(error) => {
+                tracing::debug!(%rid, %error, "a reset resource cannot be read again");
+                return true;
+            }
+        };
+        let old = self.subs.resource(&rid).cloned();
+        let ctx = ctx.clone();
+        let (set, _dropped) = self
+            .subs
+            .replace(&rid, resource.clone(), move |r| {
+                fetch(inner.clone(), ctx.clone(), r)
+            })
+            .await;
+        let mut events = Vec::new();
+        match (old, resource) {
+            (Some(Resource::Model(old)), Resource::Model(new)) => {
+                let values = diff::diff_model(&old, &new);
+                if !values.is_empty() {
+                    events.push(Event::change(rid.clone(), values, &set));
+                }
+            }
+            (Some(Resource::Collection(old)), Resource::Collection(new)) => {
+                let mut set = Some(set);
+                for edit in diff::diff_collection(&old, &new) {
+                    events.push(match edit {
+                        diff::Edit::Remove { idx } => Event::remove(rid.clone(), idx),
+                        diff::Edit::Add { idx, value } => {
+                            Event::add(rid.clone(), idx, value, &set.take().unwrap_or_default())
+                        }
+                    });
+                }
+            }
+            // It was an error, or changed kind: nothing a client can
+            // apply; it reads it again when it subscribes again.
+            _ => {}
+        }
+        events.into_iter().all(|event| self.send(event.to_json()))
     }
 }
 

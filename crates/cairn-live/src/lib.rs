@@ -114,12 +114,51 @@ pub trait Authenticate: Send + Sync + 'static {
     async fn context(&self, token: &str) -> Result<RequestContext, ResError>;
 }
 
-/// A change to a resource, committed, for the connections of `tenant`
-/// that hold it.
+/// A change, committed, for the connections of `tenant` that hold the
+/// resource.
 #[derive(Debug, Clone)]
-pub struct Change {
-    pub tenant: TenantId,
-    pub event: Event,
+pub enum Change {
+    /// An event as it is to be sent.
+    Event { tenant: TenantId, event: Event },
+    /// These resources (by name, whatever their query) may read otherwise
+    /// now: each connection holding one reads it again, as itself, and is
+    /// sent what changed (a model's changed properties, a collection's
+    /// removes and adds; `delete` for one that is gone).
+    Reset {
+        tenant: TenantId,
+        names: Vec<String>,
+    },
+}
+
+impl Change {
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Change::Event { tenant, .. } | Change::Reset { tenant, .. } => tenant,
+        }
+    }
+}
+
+/// Where services publish their changes, before and after the endpoint
+/// exists. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    changes: broadcast::Sender<Change>,
+}
+
+impl Publisher {
+    /// Keeps up to `buffer` changes for connections that are behind.
+    pub fn new(buffer: usize) -> Self {
+        let (changes, _) = broadcast::channel(buffer.max(1));
+        Self { changes }
+    }
+
+    /// Pushes `change` to the connections holding its resources in its
+    /// tenant. Call it after the change committed and the resources read
+    /// as changed.
+    pub fn publish(&self, change: Change) {
+        // No receiver means no connection: nothing to tell.
+        let _ = self.changes.send(change);
+    }
 }
 
 /// The live endpoint. Cheap to clone.
@@ -152,6 +191,7 @@ pub struct LiveBuilder {
     services: HashMap<String, Arc<dyn Resources>>,
     auth: Arc<dyn Authenticate>,
     options: LiveOptions,
+    publisher: Option<Publisher>,
 }
 
 impl std::fmt::Debug for LiveBuilder {
@@ -181,8 +221,18 @@ impl LiveBuilder {
         self
     }
 
+    /// Takes its changes from `publisher` (made before the services
+    /// started, so they could be given it).
+    pub fn publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
     pub fn build(self) -> Live {
-        let (changes, _) = broadcast::channel(self.options.change_buffer.max(1));
+        let changes = self
+            .publisher
+            .unwrap_or_else(|| Publisher::new(self.options.change_buffer))
+            .changes;
         Live {
             inner: Arc::new(Inner {
                 services: self.services,
@@ -202,15 +252,20 @@ impl Live {
             services: HashMap::new(),
             auth: Arc::new(auth),
             options: LiveOptions::default(),
+            publisher: None,
         }
     }
 
-    /// Pushes `change` to the connections holding its resource in its
-    /// tenant. Call it after the change committed and the resource reads
-    /// as changed.
+    /// Pushes `change`; see [`Publisher::publish`].
     pub fn publish(&self, change: Change) {
-        // No receiver means no connection: nothing to tell.
-        let _ = self.inner.changes.send(change);
+        self.publisher().publish(change);
+    }
+
+    /// Where to publish changes.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            changes: self.inner.changes.clone(),
+        }
     }
 
     /// Open connections now.

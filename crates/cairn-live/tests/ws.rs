@@ -359,7 +359,7 @@ async fn a_change_reaches_who_holds_it_in_its_tenant_only() {
         .await;
     assert_eq!(r["result"]["payload"]["idx"], 0);
     // After the commit, the service publishes what changed.
-    live.publish(Change {
+    live.publish(Change::Event {
         tenant: TenantId::new("acme").unwrap(),
         event: Event::add(
             rid("toy.items"),
@@ -378,7 +378,7 @@ async fn a_change_reaches_who_holds_it_in_its_tenant_only() {
         }})
     );
     // The held item changes too.
-    live.publish(Change {
+    live.publish(Change::Event {
         tenant: TenantId::new("acme").unwrap(),
         event: Event::custom(rid("toy.item.0"), "polished", json!({"by": "alice"})).unwrap(),
     });
@@ -390,6 +390,72 @@ async fn a_change_reaches_who_holds_it_in_its_tenant_only() {
         assert!(r.get("result").is_some());
         assert!(client.events.is_empty(), "{:?}", client.events);
     }
+}
+
+#[tokio::test]
+async fn a_reset_sends_what_changed_since_the_client_last_read() {
+    let (live, toy, url) = start(LiveOptions::default()).await;
+    let acme_tenant = TenantId::new("acme").unwrap();
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    let mut acme = Client::connect(&url, Some("acme-token")).await;
+    let mut globex = Client::connect(&url, Some("globex-token")).await;
+    acme.request("subscribe.toy.items", Json::Null).await;
+    globex.request("subscribe.toy.items", Json::Null).await;
+
+    // A new item, and the first one renamed, then one reset naming both.
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec!["hammer".into(), "tongs".into()]);
+    live.publish(Change::Reset {
+        tenant: acme_tenant.clone(),
+        names: vec!["toy.items".into(), "toy.item.0".into()],
+    });
+    assert_eq!(
+        acme.event().await,
+        json!({"event": "toy.items.add", "data": {
+            "idx": 1, "value": {"rid": "toy.item.1"},
+            "models": {"toy.item.1": {"name": "tongs"}}
+        }})
+    );
+    assert_eq!(
+        acme.event().await,
+        json!({"event": "toy.item.0.change", "data": {"values": {"name": "hammer"}}})
+    );
+    // The second item goes: removed from the list, and no longer held.
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec!["hammer".into()]);
+    live.publish(Change::Reset {
+        tenant: acme_tenant.clone(),
+        names: vec!["toy.items".into(), "toy.item.1".into()],
+    });
+    assert_eq!(
+        acme.event().await,
+        json!({"event": "toy.items.remove", "data": {"idx": 1}})
+    );
+    // Nothing that did not change is sent; a held model gone is deleted.
+    let r = acme.request("subscribe.toy.item.0", Json::Null).await;
+    assert!(r.get("result").is_some());
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec![]);
+    live.publish(Change::Reset {
+        tenant: acme_tenant,
+        names: vec!["toy.item.0".into()],
+    });
+    assert_eq!(acme.event().await, json!({"event": "toy.item.0.delete"}));
+    let r = acme.request("version", Json::Null).await;
+    assert!(r.get("result").is_some());
+    assert!(acme.events.is_empty(), "{:?}", acme.events);
+    // Globex holds toy.items in its own tenant: nothing reached it.
+    globex.request("version", Json::Null).await;
+    assert!(globex.events.is_empty(), "{:?}", globex.events);
 }
 
 #[tokio::test]
@@ -450,7 +516,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_go_on() {
     // nothing more.
     let pad = "x".repeat(16 * 1024);
     for n in 0..4000 {
-        live.publish(Change {
+        live.publish(Change::Event {
             tenant: TenantId::new("acme").unwrap(),
             event: Event::custom(rid("toy.items"), "tick", json!({"n": n, "pad": pad})).unwrap(),
         });

@@ -19,12 +19,20 @@ use crate::{ResError, Resource, ResourceSet, Rid};
 /// The default number of resources one connection may hold.
 pub const DEFAULT_LIMIT: usize = 1024;
 
+/// A resource a connection holds.
+#[derive(Debug, Clone)]
+struct Held {
+    references: Vec<Rid>,
+    /// What the client was last sent (`None` for an error).
+    resource: Option<Resource>,
+}
+
 /// One connection's subscriptions.
 #[derive(Debug, Clone)]
 pub struct Subscriptions {
     direct: HashMap<Rid, u64>,
-    /// Every held resource, with its hard references (none for an error).
-    held: HashMap<Rid, Vec<Rid>>,
+    /// Every held resource, as last sent, with its hard references.
+    held: HashMap<Rid, Held>,
     limit: usize,
 }
 
@@ -142,9 +150,51 @@ impl Subscriptions {
                 set.insert_error(reference, error);
             }
         }
-        self.held.insert(rid.clone(), references);
+        if let Some(held) = self.held.get_mut(rid) {
+            held.references = references;
+        }
         let dropped = self.collect();
         (set, dropped)
+    }
+
+    /// What the client holds of `rid`, as last sent.
+    pub fn resource(&self, rid: &Rid) -> Option<&Resource> {
+        self.held.get(rid).and_then(|h| h.resource.as_ref())
+    }
+
+    /// The held resources named `name`, whatever their query.
+    pub fn held_named(&self, name: &str) -> Vec<Rid> {
+        let mut rids: Vec<Rid> = self
+            .held
+            .keys()
+            .filter(|r| r.name() == name)
+            .cloned()
+            .collect();
+        rids.sort();
+        rids
+    }
+
+    /// A held resource now reads as `resource`: it is kept as sent, what
+    /// it references that is not held yet is fetched (the set to send with
+    /// the events), and what is no longer reached is answered.
+    pub async fn replace<F, Fut>(
+        &mut self,
+        rid: &Rid,
+        resource: Resource,
+        fetch: F,
+    ) -> (ResourceSet, Vec<Rid>)
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        if !self.holds(rid) {
+            return (ResourceSet::default(), Vec::new());
+        }
+        let references = ResourceSet::references(&resource);
+        if let Some(held) = self.held.get_mut(rid) {
+            held.resource = Some(resource);
+        }
+        self.rereference(rid, references, fetch).await
     }
 
     /// Fetches `rid` and everything it reaches that is not held, holding
@@ -193,14 +243,26 @@ impl Subscriptions {
                 Ok(resource) => {
                     let references = ResourceSet::references(&resource);
                     queue.extend(references.iter().cloned());
-                    self.held.insert(rid.clone(), references);
+                    self.held.insert(
+                        rid.clone(),
+                        Held {
+                            references,
+                            resource: Some(resource.clone()),
+                        },
+                    );
                     set.insert(&rid, resource);
                 }
                 Err(error) if &rid == root => return Err(error),
                 Err(error) => {
                     // Held as an error: the client knows it, and a later
                     // change may reference something else.
-                    self.held.insert(rid.clone(), Vec::new());
+                    self.held.insert(
+                        rid.clone(),
+                        Held {
+                            references: Vec::new(),
+                            resource: None,
+                        },
+                    );
                     set.insert_error(&rid, error);
                 }
             }
@@ -216,8 +278,8 @@ impl Subscriptions {
             if !reached.insert(rid.clone()) {
                 continue;
             }
-            if let Some(references) = self.held.get(&rid) {
-                queue.extend(references.iter().cloned());
+            if let Some(held) = self.held.get(&rid) {
+                queue.extend(held.references.iter().cloned());
             }
         }
         let dropped: BTreeSet<Rid> = self
@@ -419,6 +481,30 @@ mod tests {
             block_on(subs.rereference(&rid("x.y"), vec![rid("flights.flight.1")], world.fetch()));
         assert!(set.is_empty() && dropped.is_empty());
         assert!(!subs.holds(&rid("flights.flight.1")));
+    }
+
+    #[test]
+    fn a_replaced_resource_is_kept_as_sent_and_its_new_references_fetched() {
+        let world = World::new(&[
+            ("flights.flights?status=a", list(&["flights.flight.1"])),
+            ("flights.flight.1", model("SK1")),
+            ("flights.flight.2", model("SK2")),
+        ]);
+        let mut subs = Subscriptions::default();
+        let flights = rid("flights.flights?status=a");
+        block_on(subs.subscribe(&flights, world.fetch())).unwrap();
+        assert_eq!(subs.held_named("flights.flights"), vec![flights.clone()]);
+        assert_eq!(subs.resource(&flights), Some(&list(&["flights.flight.1"])));
+        let (set, dropped) =
+            block_on(subs.replace(&flights, list(&["flights.flight.2"]), world.fetch()));
+        assert_eq!(set.models.keys().collect::<Vec<_>>(), ["flights.flight.2"]);
+        assert_eq!(dropped, vec![rid("flights.flight.1")]);
+        assert_eq!(subs.resource(&flights), Some(&list(&["flights.flight.2"])));
+        assert_eq!(subs.resource(&rid("flights.flight.2")), Some(&model("SK2")));
+        // Not held: nothing happens.
+        let (set, dropped) = block_on(subs.replace(&rid("x.y"), model("X"), world.fetch()));
+        assert!(set.is_empty() && dropped.is_empty());
+        assert!(subs.resource(&rid("x.y")).is_none());
     }
 
     #[test]
