@@ -210,6 +210,7 @@ pub(crate) async fn start(
     ));
     let mut extensions = Extensions::new();
     extensions.insert(master);
+    let live_changes = cairn_live::Publisher::new(cairn_live::LiveOptions::default().change_buffer);
     let env = Env {
         topology: Topology::Shared,
         store: Some(store.clone()),
@@ -221,6 +222,7 @@ pub(crate) async fn start(
         published,
         public_url: public_url.clone(),
         extensions: Arc::new(extensions),
+        live: Some(live_changes.clone()),
     };
     let mut background: Vec<Box<dyn Background>> = vec![Box::new(projections.clone())];
     let mut api = Router::new();
@@ -291,7 +293,8 @@ pub(crate) async fn start(
     );
     // The live API checks its connections' tokens itself.
     let live = live_resources.into_iter().fold(
-        cairn_live::Live::builder(platform::TokenAuth(identity.verifier(trusted.clone()))),
+        cairn_live::Live::builder(platform::TokenAuth(identity.verifier(trusted.clone())))
+            .publisher(live_changes),
         |live, (name, resources)| live.serve_shared(name, resources),
     );
     let public = Router::new()

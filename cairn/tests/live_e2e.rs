@@ -93,6 +93,7 @@ struct Client {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     next_id: u64,
+    events: Vec<Json>,
 }
 
 impl Client {
@@ -106,7 +107,11 @@ impl Client {
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         let (ws, _) = connect_async(request).await.expect("the upgrade succeeds");
-        Self { ws, next_id: 1 }
+        Self {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
     }
 
     async fn request(&mut self, method: &str, params: Json) -> Json {
@@ -131,6 +136,28 @@ impl Client {
                 if frame["id"] == json!(id) {
                     return frame;
                 }
+                if frame.get("event").is_some() {
+                    self.events.push(frame);
+                }
+            }
+        }
+    }
+
+    /// The next event.
+    async fn event(&mut self) -> Json {
+        if !self.events.is_empty() {
+            return self.events.remove(0);
+        }
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("an event in time")
+                .expect("the connection is open")
+                .unwrap();
+            if let Message::Text(text) = message {
+                let frame: Json = serde_json::from_str(&text).unwrap();
+                assert!(frame.get("event").is_some(), "{frame}");
+                return frame;
             }
         }
     }
@@ -217,4 +244,68 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
         .request("get.passengers.flight.x", Json::Null)
         .await;
     assert_eq!(r["error"]["code"], "system.notFound", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_http_changes_is_pushed_to_live_clients_after_the_read_model_shows_it() {
+    let up = start();
+    let token = token(&up).await;
+    let mut client = Client::connect(&up, Some(&token)).await;
+    let r = client
+        .request("subscribe.flights.flights", Json::Null)
+        .await;
+    assert_eq!(
+        r["result"]["collections"]["flights.flights"],
+        json!([]),
+        "{r}"
+    );
+
+    let http = reqwest::Client::new();
+    let created: Json = http
+        .post(format!("http://{}/api/flights", up.base))
+        .bearer_auth(&token)
+        .json(
+            &json!({"number": "SK1421", "origin": "ARN", "destination": "LHR",
+                      "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                      "capacity": 30}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("a flight id").to_owned();
+    let flight = format!("flights.flight.{id}");
+    let event = client.event().await;
+    assert_eq!(event["event"], "flights.flights.add", "{event}");
+    assert_eq!(event["data"]["idx"], 0, "{event}");
+    assert_eq!(event["data"]["value"], json!({ "rid": flight }), "{event}");
+    assert_eq!(
+        event["data"]["models"][&flight]["status"], "scheduled",
+        "{event}"
+    );
+
+    let r = http
+        .post(format!("http://{}/api/flights/{id}/departure", up.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // The flight, held through the list's reference, changes; the list
+    // itself does not.
+    let event = client.event().await;
+    assert_eq!(event["event"], format!("{flight}.change"), "{event}");
+    assert_eq!(event["data"]["values"]["status"], "departed", "{event}");
+    let r = client.request("version", Json::Null).await;
+    assert!(r.get("result").is_some());
+    assert!(
+        client
+            .events
+            .iter()
+            .all(|e| e["event"] != "flights.flights.add"),
+        "{:?}",
+        client.events
+    );
 }

@@ -190,6 +190,7 @@ pub(crate) async fn start(
         published: published.clone(),
         public_url,
         extensions: Arc::new(extensions),
+        live: None,
     };
     let mut background: Vec<Box<dyn Background>> = Vec::new();
     if let Some(projections) = &projections {

@@ -194,6 +194,9 @@ pub struct Env {
     pub public_url: String,
     /// What the runtime hands to particular services (a master key).
     pub extensions: Arc<Extensions>,
+    /// Where its live resources' changes go, when the runtime serves the
+    /// live API.
+    pub live: Option<cairn_live::Publisher>,
 }
 
 impl fmt::Debug for Env {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use cairn_flightops_contracts::{
     CloseBoarding, GetFlightForBooking, RemoveFlightPassengers, ReopenBoarding,
 };
-use cairn_service::{ConsumerGroup, Env, ServiceDescriptor, Started, Topology};
+use cairn_service::{Background, ConsumerGroup, Env, ServiceDescriptor, Started, Topology};
 use utoipa::OpenApi as _;
 
 use crate::{
@@ -67,13 +67,21 @@ pub fn descriptor() -> ServiceDescriptor {
 async fn start(env: Env) -> anyhow::Result<Started> {
     let store = env.store(SERVICE)?;
     let flights = Flights::register(
-        store,
+        store.clone(),
         &env.commands,
         &env.queries,
         env.projections(SERVICE)?,
     )
     .context("wiring the flights service")?;
     let sagas = flights.start_sagas(Duration::from_secs(1));
+    let mut background: Vec<Box<dyn Background>> = vec![Box::new(sagas)];
+    if let Some(publisher) = &env.live {
+        background.push(Box::new(crate::live::push_changes(
+            store,
+            flights.clone(),
+            publisher.clone(),
+        )));
+    }
     let live = crate::live::FlightsLive {
         flights: flights.clone(),
         commands: env.commands.clone(),
@@ -86,7 +94,7 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     });
     Ok(Started {
         api,
-        background: vec![Box::new(sagas)],
+        background,
         live: Some(Arc::new(live)),
         ..Started::default()
     })
