@@ -143,6 +143,17 @@ impl Client {
         }
     }
 
+    /// Events until one of each name has come (the last of each name).
+    async fn events_until(&mut self, names: &[String]) -> std::collections::HashMap<String, Json> {
+        let mut seen = std::collections::HashMap::new();
+        while !names.iter().all(|n| seen.contains_key(n)) {
+            let event = self.event().await;
+            let name = event["event"].as_str().unwrap().to_owned();
+            seen.insert(name, event);
+        }
+        seen
+    }
+
     /// The next event.
     async fn event(&mut self) -> Json {
         if !self.events.is_empty() {
@@ -240,9 +251,7 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
         .await;
     assert_eq!(r["result"]["models"][&flight]["number"], "SK1421", "{r}");
     // A service that serves no live resources yet.
-    let r = anonymous
-        .request("get.passengers.flight.x", Json::Null)
-        .await;
+    let r = anonymous.request("get.audit.log", Json::Null).await;
     assert_eq!(r["error"]["code"], "system.notFound", "{r}");
 }
 
@@ -307,5 +316,86 @@ async fn what_http_changes_is_pushed_to_live_clients_after_the_read_model_shows_
             .all(|e| e["event"] != "flights.flights.add"),
         "{:?}",
         client.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passengers_move_live_and_the_flights_counts_with_them() {
+    let up = start();
+    let token = token(&up).await;
+    let http = reqwest::Client::new();
+    let created: Json = http
+        .post(format!("http://{}/api/flights", up.base))
+        .bearer_auth(&token)
+        .json(
+            &json!({"number": "SK1421", "origin": "ARN", "destination": "LHR",
+                      "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                      "capacity": 30}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (flight, manifest) = (
+        format!("flights.flight.{id}"),
+        format!("passengers.flight.{id}"),
+    );
+    let mut client = Client::connect(&up, Some(&token)).await;
+    let r = client
+        .request(&format!("subscribe.{flight}"), Json::Null)
+        .await;
+    assert_eq!(
+        r["result"]["models"][&flight]["passengers"],
+        json!({"data": {"total": 0, "boarded": 0}}),
+        "{r}"
+    );
+    let r = client
+        .request(&format!("subscribe.{manifest}"), Json::Null)
+        .await;
+    assert_eq!(r["result"]["collections"][&manifest], json!([]), "{r}");
+
+    // Added over HTTP: the manifest grows, the flight counts it.
+    let added: Json = http
+        .post(format!("http://{}/api/passengers", up.base))
+        .bearer_auth(&token)
+        .json(&json!({"flightId": id, "name": "Ada Lovelace", "document": "P1234567"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let passenger = format!("passengers.passenger.{}", added["id"].as_str().unwrap());
+    let seen = client
+        .events_until(&[format!("{manifest}.add"), format!("{flight}.change")])
+        .await;
+    let add = &seen[&format!("{manifest}.add")];
+    assert_eq!(add["data"]["value"], json!({ "rid": passenger }), "{add}");
+    assert_eq!(add["data"]["models"][&passenger]["boarded"], false, "{add}");
+    let counts = &seen[&format!("{flight}.change")];
+    assert_eq!(
+        counts["data"]["values"]["passengers"],
+        json!({"data": {"total": 1, "boarded": 0}}),
+        "{counts}"
+    );
+
+    // Boarded live: the passenger and the counts change.
+    let r = client
+        .request(&format!("call.{passenger}.board"), Json::Null)
+        .await;
+    assert_eq!(r["result"]["payload"]["readModel"], "current", "{r}");
+    let seen = client
+        .events_until(&[format!("{passenger}.change"), format!("{flight}.change")])
+        .await;
+    let boarded = &seen[&format!("{passenger}.change")];
+    assert_eq!(boarded["data"]["values"]["boarded"], true, "{boarded}");
+    let counts = &seen[&format!("{flight}.change")];
+    assert_eq!(
+        counts["data"]["values"]["passengers"],
+        json!({"data": {"total": 1, "boarded": 1}}),
+        "{counts}"
     );
 }

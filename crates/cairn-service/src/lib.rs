@@ -23,6 +23,7 @@
 //! or socket of its own.
 
 mod descriptor;
+pub mod live;
 
 pub use cairn_runtime::{Background, Running, Stage, shutdown_all};
 pub use descriptor::{

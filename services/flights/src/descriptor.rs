@@ -76,9 +76,10 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     let sagas = flights.start_sagas(Duration::from_secs(1));
     let mut background: Vec<Box<dyn Background>> = vec![Box::new(sagas)];
     if let Some(publisher) = &env.live {
-        background.push(Box::new(crate::live::push_changes(
+        background.push(Box::new(cairn_service::live::push_resets(
             store,
-            flights.clone(),
+            env.projections(SERVICE)?.clone(),
+            crate::live::feed(),
             publisher.clone(),
         )));
     }

@@ -8,26 +8,21 @@
 //!   /api/flights` takes them): answers the new flight, which the caller
 //!   then holds;
 //!
-//! [`push_changes`] follows the flight events and, once the read model
-//! shows each, publishes a reset of the resources it touched: live
-//! clients then read them again and get what changed.
+//! [`feed`] says which events touch which of these resources; the runtime
+//! publishes their resets once the read model shows the events.
 //!
 //! - `call.flights.flight.<id>.depart` and `.land`: answer
 //!   `{"version", "position", "readModel"}`, `readModel` saying whether
 //!   the flight reads as changed yet (it is waited for, as over HTTP).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use cairn_core::{RequestContext, TenantId};
+use cairn_core::RequestContext;
 use cairn_domain::{BusError, CommandBus, QueryBus};
-use cairn_live::{CallAnswer, Change, Publisher, Resources};
+use cairn_live::{CallAnswer, Resources};
 use cairn_res::{ResError, Resource, Rid, Value};
-use cairn_runtime::{Controls, Running, Stage};
-use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
+use cairn_service::live::LiveFeed;
 use serde_json::{Value as Json, json};
 
 use cairn_flightops_contracts::Written;
@@ -226,94 +221,23 @@ impl Resources for FlightsLive {
     }
 }
 
-/// What the change pusher has done.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PushStatus {
-    /// The last position whose changes were published.
-    pub position: u64,
-    /// Resets published.
-    pub published: u64,
-    pub last_error: Option<String>,
-}
-
-/// Follows the flight events from now on and, after the flights read model
-/// shows each page, publishes a reset of `flights.flights` and of each
-/// flight touched, per tenant.
-pub fn push_changes(
-    store: Arc<dyn EventStore>,
-    flights: Flights,
-    publisher: Publisher,
-) -> Running<PushStatus> {
-    let from = *store.head().borrow();
-    let follower = AllFollower::new(
-        store,
-        from,
-        AllFilter::all_tenants().categories(["flight"]),
-        FollowOptions::default(),
-    );
-    Running::start(
-        "live flights",
-        Stage::Projections,
-        PushStatus {
-            position: from,
-            ..PushStatus::default()
-        },
-        |controls| vec![tokio::spawn(push(follower, flights, publisher, controls))],
-    )
-}
-
-async fn push(
-    mut follower: AllFollower,
-    flights: Flights,
-    publisher: Publisher,
-    mut controls: Controls<PushStatus>,
-) {
-    loop {
-        let page = tokio::select! {
-            page = follower.read() => page,
-            _ = controls.stop.wait_for(|stop| *stop) => return,
-        };
-        let events = match page {
-            Ok(page) => page.events,
-            Err(e) => {
-                controls
-                    .status
-                    .send_modify(|s| s.last_error = Some(e.to_string()));
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    _ = controls.stop.wait_for(|stop| *stop) => return,
-                }
+/// Which events touch Flights' live resources: a flight's events touch
+/// the list and the flight; a manifest's (passengers of a flight, in the
+/// same log when every service runs in one process) touch the flight's
+/// counts.
+pub fn feed() -> LiveFeed {
+    LiveFeed {
+        categories: vec!["flight", "manifest"],
+        projection: crate::view::PROJECTION,
+        touched: Arc::new(|event| {
+            let stream = event.stream.as_str();
+            if let Some(id) = stream.strip_prefix("flight-") {
+                vec!["flights.flights".to_owned(), format!("flights.flight.{id}")]
+            } else if let Some(id) = stream.strip_prefix("manifest-") {
+                vec![format!("flights.flight.{id}")]
+            } else {
+                Vec::new()
             }
-        };
-        let Some(last) = events.last().map(|e| e.position) else {
-            tokio::select! {
-                _ = follower.wait() => continue,
-                _ = controls.stop.wait_for(|stop| *stop) => return,
-            }
-        };
-        // Never before the read model shows it. A read model that stays
-        // behind (stopped at a poison event) is reset anyway: clients then
-        // read what it shows.
-        let _ = flights.catch_up(last, READ_YOUR_WRITES_WAIT).await;
-        let mut touched: BTreeMap<TenantId, BTreeSet<String>> = BTreeMap::new();
-        for event in &events {
-            let names = touched.entry(event.tenant.clone()).or_default();
-            names.insert("flights.flights".to_owned());
-            if let Some(id) = event.stream.as_str().strip_prefix("flight-") {
-                names.insert(format!("flights.flight.{id}"));
-            }
-        }
-        let resets = touched.len() as u64;
-        for (tenant, names) in touched {
-            publisher.publish(Change::Reset {
-                tenant,
-                names: names.into_iter().collect(),
-            });
-        }
-        controls.status.send_modify(|s| {
-            s.position = last;
-            s.published += resets;
-            s.last_error = None;
-        });
+        }),
     }
 }

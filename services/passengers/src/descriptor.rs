@@ -60,12 +60,26 @@ pub fn descriptor() -> ServiceDescriptor {
 async fn start(env: Env) -> anyhow::Result<Started> {
     let store = env.store(SERVICE)?;
     let passengers = Passengers::register(
-        store,
+        store.clone(),
         &env.commands,
         &env.queries,
         env.projections(SERVICE)?,
     )
     .context("wiring the passengers service")?;
+    let live = crate::live::PassengersLive {
+        passengers: passengers.clone(),
+        commands: env.commands.clone(),
+        queries: env.queries.clone(),
+    };
+    let mut background: Vec<Box<dyn cairn_service::Background>> = Vec::new();
+    if let Some(publisher) = &env.live {
+        background.push(Box::new(cairn_service::live::push_resets(
+            store,
+            env.projections(SERVICE)?.clone(),
+            crate::live::feed(),
+            publisher.clone(),
+        )));
+    }
     let api = crate::http::router(PassengersApi {
         passengers,
         commands: env.commands.clone(),
@@ -73,6 +87,8 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     });
     Ok(Started {
         api,
+        background,
+        live: Some(std::sync::Arc::new(live)),
         ..Started::default()
     })
 }

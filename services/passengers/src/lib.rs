@@ -5,6 +5,7 @@ pub mod app;
 pub mod descriptor;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod messaging;
 pub mod view;
 
