@@ -251,7 +251,7 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
         .await;
     assert_eq!(r["result"]["models"][&flight]["number"], "SK1421", "{r}");
     // A service that serves no live resources yet.
-    let r = anonymous.request("get.audit.log", Json::Null).await;
+    let r = anonymous.request("get.ops.projections", Json::Null).await;
     assert_eq!(r["error"]["code"], "system.notFound", "{r}");
 }
 
@@ -398,4 +398,55 @@ async fn passengers_move_live_and_the_flights_counts_with_them() {
         json!({"data": {"total": 1, "boarded": 1}}),
         "{counts}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_moves_live_newest_first() {
+    let up = start();
+    let token = token(&up).await;
+    let mut client = Client::connect(&up, Some(&token)).await;
+    let scheduled = "audit.log?type=FlightScheduled";
+    let r = client
+        .request(&format!("subscribe.{scheduled}"), Json::Null)
+        .await;
+    assert_eq!(r["result"]["collections"][scheduled], json!([]), "{r}");
+    let r = client
+        .request("subscribe.audit.log?colour=red", Json::Null)
+        .await;
+    assert_eq!(r["error"]["code"], "system.invalidQuery", "{r}");
+
+    let http = reqwest::Client::new();
+    for number in ["SK1", "SK2"] {
+        let r = http
+            .post(format!("http://{}/api/flights", up.base))
+            .bearer_auth(&token)
+            .json(
+                &json!({"number": number, "origin": "ARN", "destination": "LHR",
+                          "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                          "capacity": 30}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let event = client.event().await;
+        assert_eq!(event["event"], format!("{scheduled}.add"), "{event}");
+        // Newest first: each new entry goes on top.
+        assert_eq!(event["data"]["idx"], 0, "{event}");
+        let entry = &event["data"]["value"]["data"];
+        assert_eq!(entry["type"], "FlightScheduled", "{event}");
+        assert_eq!(entry["data"]["number"], number, "{event}");
+    }
+    let r = client
+        .request(&format!("get.{scheduled}"), Json::Null)
+        .await;
+    let entries = r["result"]["collections"][scheduled]
+        .as_array()
+        .unwrap()
+        .clone();
+    let numbers: Vec<&Json> = entries
+        .iter()
+        .map(|e| &e["data"]["data"]["number"])
+        .collect();
+    assert_eq!(numbers, [&json!("SK2"), &json!("SK1")]);
 }

@@ -65,8 +65,21 @@ async fn start(env: Env) -> anyhow::Result<Started> {
             AuditApi::Consumers(env.db.clone())
         }
     };
+    let mut background: Vec<Box<dyn cairn_service::Background>> = Vec::new();
+    if let (Some(publisher), Some(store), AuditApi::Log(projections)) =
+        (&env.live, &env.store, &api)
+    {
+        background.push(Box::new(cairn_service::live::push_resets(
+            store.clone(),
+            projections.clone(),
+            crate::live::feed(),
+            publisher.clone(),
+        )));
+    }
     Ok(Started {
-        api: crate::router(api),
+        api: crate::router(api.clone()),
+        background,
+        live: Some(Arc::new(crate::live::AuditLive { api })),
         ..Started::default()
     })
 }

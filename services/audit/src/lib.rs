@@ -30,6 +30,7 @@ pub use cairn_flightops_contracts::MAX_PAGE;
 pub use descriptor::{AuditLogAudit, SERVICE, descriptor};
 
 mod descriptor;
+pub mod live;
 
 /// One entry of the audit log: an event as it was recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
