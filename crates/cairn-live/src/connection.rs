@@ -371,29 +371,12 @@ impl Conn {
         if !self.subs.holds(&event.rid) {
             return true;
         }
-        let references_change = matches!(event.name.as_str(), "add" | "change" | "remove")
-            && event
-                .data
-                .as_ref()
-                .is_some_and(|d| d.to_string().contains("\"rid\""))
-            || event.name == "remove";
-        if references_change {
-            let inner = self.inner.clone();
-            match fetch(inner.clone(), ctx.clone(), event.rid.clone()).await {
-                Ok(resource) => {
-                    let (set, _dropped) = self
-                        .subs
-                        .replace(&event.rid, resource, move |r| {
-                            fetch(inner.clone(), ctx.clone(), r)
-                        })
-                        .await;
-                    merge(&mut event, &set);
-                }
-                Err(error) => {
-                    tracing::debug!(rid = %event.rid, %error, "a changed resource cannot be read again");
-                }
-            }
-        }
+        let inner = self.inner.clone();
+        let (set, _dropped) = self
+            .subs
+            .apply(&event, move |r| fetch(inner.clone(), ctx.clone(), r))
+            .await;
+        merge(&mut event, &set);
         self.send(event.to_json())
     }
 

@@ -14,7 +14,7 @@ use std::{
     future::Future,
 };
 
-use crate::{ResError, Resource, ResourceSet, Rid};
+use crate::{Event, ResError, Resource, ResourceSet, Rid, Value};
 
 /// The default number of resources one connection may hold.
 pub const DEFAULT_LIMIT: usize = 1024;
@@ -172,6 +172,62 @@ impl Subscriptions {
             .collect();
         rids.sort();
         rids
+    }
+
+    /// `event` happened to a held resource: it is applied to what the
+    /// client holds (`change` to a model, `add` and `remove` to a
+    /// collection), what a new value references and is not held yet is
+    /// fetched (the set the event carries), and what is no longer reached
+    /// is answered. An event that does not apply (another kind, an index
+    /// out of range, a resource not held) changes nothing.
+    pub async fn apply<F, Fut>(&mut self, event: &Event, fetch: F) -> (ResourceSet, Vec<Rid>)
+    where
+        F: FnMut(Rid) -> Fut,
+        Fut: Future<Output = Result<Resource, ResError>>,
+    {
+        let Some(mut resource) = self.resource(&event.rid).cloned() else {
+            return (ResourceSet::default(), Vec::new());
+        };
+        let data = event.data.clone().unwrap_or_default();
+        let applied = match (&mut resource, event.name.as_str()) {
+            (Resource::Model(model), "change") => match data.get("values") {
+                Some(serde_json::Value::Object(values)) => {
+                    for (key, value) in values {
+                        if value == &serde_json::json!({ "action": "delete" }) {
+                            model.remove(key);
+                        } else if let Ok(value) = Value::parse(value.clone()) {
+                            model.insert(key.clone(), value);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            },
+            (Resource::Collection(values), "add") => {
+                let idx = data["idx"].as_u64().and_then(|i| usize::try_from(i).ok());
+                match (idx, Value::parse(data["value"].clone())) {
+                    (Some(idx), Ok(value)) if idx <= values.len() => {
+                        values.insert(idx, value);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (Resource::Collection(values), "remove") => {
+                match data["idx"].as_u64().and_then(|i| usize::try_from(i).ok()) {
+                    Some(idx) if idx < values.len() => {
+                        values.remove(idx);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !applied {
+            return (ResourceSet::default(), Vec::new());
+        }
+        self.replace(&event.rid, resource, fetch).await
     }
 
     /// A held resource now reads as `resource`: it is kept as sent, what
@@ -505,6 +561,74 @@ mod tests {
         let (set, dropped) = block_on(subs.replace(&rid("x.y"), model("X"), world.fetch()));
         assert!(set.is_empty() && dropped.is_empty());
         assert!(subs.resource(&rid("x.y")).is_none());
+    }
+
+    #[test]
+    fn events_are_applied_to_what_the_client_holds() {
+        let world = World::new(&[
+            ("flights.flights", list(&["flights.flight.1"])),
+            ("flights.flight.1", model("SK1")),
+            ("flights.flight.2", model("SK2")),
+        ]);
+        let mut subs = Subscriptions::default();
+        let flights = rid("flights.flights");
+        block_on(subs.subscribe(&flights, world.fetch())).unwrap();
+        let fetched = world.fetched.borrow().len();
+        let add = Event::add(
+            flights.clone(),
+            0,
+            Value::reference(rid("flights.flight.2")),
+            &ResourceSet::default(),
+        );
+        let (set, dropped) = block_on(subs.apply(&add, world.fetch()));
+        assert_eq!(set.models.keys().collect::<Vec<_>>(), ["flights.flight.2"]);
+        assert!(dropped.is_empty());
+        assert_eq!(
+            subs.resource(&flights),
+            Some(&list(&["flights.flight.2", "flights.flight.1"]))
+        );
+        assert_eq!(
+            world.fetched.borrow().len(),
+            fetched + 1,
+            "only the new reference is read, not the list"
+        );
+        let (set, dropped) =
+            block_on(subs.apply(&Event::remove(flights.clone(), 1), world.fetch()));
+        assert!(set.is_empty());
+        assert_eq!(dropped, vec![rid("flights.flight.1")]);
+        let change = Event::change(
+            rid("flights.flight.2"),
+            [
+                ("number".to_owned(), None),
+                (
+                    "gate".to_owned(),
+                    Some(Value::from_json(serde_json::json!("A1"))),
+                ),
+            ]
+            .into(),
+            &ResourceSet::default(),
+        );
+        block_on(subs.apply(&change, world.fetch()));
+        assert_eq!(
+            subs.resource(&rid("flights.flight.2")),
+            Some(&Resource::model_from_json(
+                serde_json::json!({"gate": "A1"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            ))
+        );
+        // What does not apply changes nothing.
+        for event in [
+            Event::remove(flights.clone(), 9),
+            Event::custom(flights.clone(), "tick", serde_json::json!({})).unwrap(),
+            Event::remove(rid("x.y"), 0),
+        ] {
+            let before = subs.resource(&flights).cloned();
+            let (set, dropped) = block_on(subs.apply(&event, world.fetch()));
+            assert!(set.is_empty() && dropped.is_empty());
+            assert_eq!(subs.resource(&flights).cloned(), before);
+        }
     }
 
     #[test]
