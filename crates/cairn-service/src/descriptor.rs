@@ -210,6 +210,23 @@ impl fmt::Debug for Env {
 }
 
 impl Env {
+    /// Starts publishing the resets of `feed`'s resources, when the runtime
+    /// serves the live API and the service reads its own store and
+    /// projections here; `None` otherwise.
+    pub fn push_live(&self, feed: crate::live::LiveFeed) -> Option<Box<dyn Background>> {
+        let (Some(publisher), Some(store), Some(projections)) =
+            (&self.live, &self.store, &self.projections)
+        else {
+            return None;
+        };
+        Some(Box::new(crate::live::push_resets(
+            store.clone(),
+            projections.clone(),
+            feed,
+            publisher.clone(),
+        )))
+    }
+
     /// The running projections, or an error naming the service that needs
     /// them.
     pub fn projections(&self, service: &str) -> anyhow::Result<&Projections> {

@@ -14,10 +14,13 @@ use std::{
 };
 
 use cairn_core::{RecordedEvent, TenantId};
-use cairn_live::{Change, Publisher};
+use cairn_domain::BusError;
+use cairn_live::{CallAnswer, Change, Publisher};
 use cairn_projection::Projections;
+use cairn_res::ResError;
 use cairn_runtime::{Controls, Running, Stage};
 use cairn_store::{AllFilter, AllFollower, EventStore, FollowOptions};
+use serde_json::json;
 
 /// What a reset pusher has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,4 +149,49 @@ async fn push(
             s.last_error = None;
         });
     }
+}
+
+/// A bus error as a live client gets it: the same code as over HTTP.
+pub fn bus_error(error: BusError) -> ResError {
+    ResError::from_code(error.code(), error.to_string())
+}
+
+/// What a live call that wrote answers, once `projection` shows the write
+/// (waited for up to `wait`, as HTTP waits): its version, its position and
+/// whether the read model shows it (`readModel`: `current` or `pending`).
+pub async fn written(
+    projections: &Projections,
+    projection: &str,
+    version: Option<u64>,
+    position: Option<u64>,
+    wait: Duration,
+) -> (bool, serde_json::Value) {
+    let shown = match position {
+        Some(position) => matches!(
+            projections.catch_up(projection, position, wait).await,
+            cairn_projection::CatchUp::Reached
+        ),
+        None => true,
+    };
+    let payload = json!({
+        "version": version,
+        "position": position,
+        "readModel": if shown { "current" } else { "pending" },
+    });
+    (shown, payload)
+}
+
+/// A command's answer as a payload; see [`written`].
+pub async fn written_answer(
+    projections: &Projections,
+    projection: &str,
+    version: Option<u64>,
+    position: Option<u64>,
+    wait: Duration,
+) -> CallAnswer {
+    CallAnswer::Payload(
+        written(projections, projection, version, position, wait)
+            .await
+            .1,
+    )
 }

@@ -65,17 +65,7 @@ async fn start(env: Env) -> anyhow::Result<Started> {
             AuditApi::Consumers(env.db.clone())
         }
     };
-    let mut background: Vec<Box<dyn cairn_service::Background>> = Vec::new();
-    if let (Some(publisher), Some(store), AuditApi::Log(projections)) =
-        (&env.live, &env.store, &api)
-    {
-        background.push(Box::new(cairn_service::live::push_resets(
-            store.clone(),
-            projections.clone(),
-            crate::live::feed(),
-            publisher.clone(),
-        )));
-    }
+    let background = env.push_live(crate::live::feed()).into_iter().collect();
     Ok(Started {
         api: crate::router(api.clone()),
         background,

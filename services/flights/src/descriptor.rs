@@ -67,7 +67,7 @@ pub fn descriptor() -> ServiceDescriptor {
 async fn start(env: Env) -> anyhow::Result<Started> {
     let store = env.store(SERVICE)?;
     let flights = Flights::register(
-        store.clone(),
+        store,
         &env.commands,
         &env.queries,
         env.projections(SERVICE)?,
@@ -75,16 +75,9 @@ async fn start(env: Env) -> anyhow::Result<Started> {
     .context("wiring the flights service")?;
     let sagas = flights.start_sagas(Duration::from_secs(1));
     let mut background: Vec<Box<dyn Background>> = vec![Box::new(sagas)];
-    if let Some(publisher) = &env.live {
-        background.push(Box::new(cairn_service::live::push_resets(
-            store,
-            env.projections(SERVICE)?.clone(),
-            crate::live::feed(),
-            publisher.clone(),
-        )));
-    }
+    background.extend(env.push_live(crate::live::feed()));
     let live = crate::live::FlightsLive {
-        flights: flights.clone(),
+        projections: env.projections(SERVICE)?.clone(),
         commands: env.commands.clone(),
         queries: env.queries.clone(),
     };

@@ -19,17 +19,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_core::RequestContext;
-use cairn_domain::{BusError, CommandBus, QueryBus};
+use cairn_domain::{CommandBus, QueryBus};
 use cairn_live::{CallAnswer, Resources};
+use cairn_projection::Projections;
 use cairn_res::{ResError, Resource, Rid, Value};
-use cairn_service::live::LiveFeed;
+use cairn_service::live::{self, LiveFeed, bus_error};
 use serde_json::{Value as Json, json};
 
 use cairn_flightops_contracts::Written;
-use cairn_projection::CatchUp;
 
 use crate::{
-    app::{DepartFlight, Flights, GetFlight, LandFlight, ListFlights, MAX_PAGE, ScheduleFlight},
+    app::{DepartFlight, GetFlight, LandFlight, ListFlights, MAX_PAGE, ScheduleFlight},
     domain::Schedule,
     http::{NewFlight, READ_YOUR_WRITES_WAIT},
     view::{FlightFilter, FlightView},
@@ -38,42 +38,29 @@ use crate::{
 /// Flights' resources over the buses.
 #[derive(Debug, Clone)]
 pub struct FlightsLive {
-    pub flights: Flights,
+    /// Its projections: a write is answered once its read model shows it.
+    pub projections: Projections,
     pub commands: CommandBus,
     pub queries: QueryBus,
 }
 
 impl FlightsLive {
-    /// Waits until the read model shows `written` (as HTTP does before it
-    /// answers); whether it does.
-    async fn shown(&self, written: &Written) -> bool {
-        match written.position {
-            Some(position) => matches!(
-                self.flights.catch_up(position, READ_YOUR_WRITES_WAIT).await,
-                CatchUp::Reached
-            ),
-            None => true,
-        }
-    }
-
-    /// What a command answers: its version, and whether the read model
-    /// shows it yet.
+    /// What a command answers once the read model shows it (waited for as
+    /// HTTP waits).
     async fn answer(&self, written: Written) -> CallAnswer {
-        let shown = self.shown(&written).await;
-        CallAnswer::Payload(json!({
-            "version": written.version,
-            "position": written.position,
-            "readModel": if shown { "current" } else { "pending" },
-        }))
+        live::written_answer(
+            &self.projections,
+            crate::view::PROJECTION,
+            written.version,
+            written.position,
+            READ_YOUR_WRITES_WAIT,
+        )
+        .await
     }
 }
 
 fn flight_rid(id: &str) -> Result<Rid, ResError> {
     Rid::parse(&format!("flights.flight.{id}"))
-}
-
-fn bus_error(error: BusError) -> ResError {
-    ResError::from_code(error.code(), error.to_string())
 }
 
 /// The flight as a model: its fields as the HTTP API answers them.
@@ -172,17 +159,21 @@ impl Resources for FlightsLive {
                     .send(ctx, ScheduleFlight { schedule })
                     .await
                     .map_err(bus_error)?;
-                if self.shown(&written).await {
+                let (shown, mut payload) = live::written(
+                    &self.projections,
+                    crate::view::PROJECTION,
+                    written.version,
+                    written.position,
+                    READ_YOUR_WRITES_WAIT,
+                )
+                .await;
+                if shown {
                     Ok(CallAnswer::Resource(flight_rid(&id)?))
                 } else {
                     // Committed, not yet readable: say so rather than
                     // answer a flight that reads as not found.
-                    Ok(CallAnswer::Payload(json!({
-                        "id": id,
-                        "version": written.version,
-                        "position": written.position,
-                        "readModel": "pending",
-                    })))
+                    payload["id"] = json!(id);
+                    Ok(CallAnswer::Payload(payload))
                 }
             }
             (["flights", "flight", id], "depart") => {

@@ -31,7 +31,7 @@ async fn live() -> (FlightsLive, Projections) {
     .unwrap();
     let commands = CommandBus::with_config(BusConfig::new().with_authorizer(DeclaredAccess::new()));
     let queries = QueryBus::with_config(BusConfig::new().with_authorizer(DeclaredAccess::new()));
-    let flights = Flights::register(store, &commands, &queries, &projections).unwrap();
+    Flights::register(store, &commands, &queries, &projections).unwrap();
     // Passengers' side of a departure: boarding closes (no passengers here).
     commands
         .register_fn(|_ctx, _: CloseBoarding| async { Ok(Some(0)) })
@@ -41,7 +41,7 @@ async fn live() -> (FlightsLive, Projections) {
         .unwrap();
     (
         FlightsLive {
-            flights,
+            projections: projections.clone(),
             commands,
             queries,
         },

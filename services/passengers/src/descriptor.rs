@@ -60,26 +60,18 @@ pub fn descriptor() -> ServiceDescriptor {
 async fn start(env: Env) -> anyhow::Result<Started> {
     let store = env.store(SERVICE)?;
     let passengers = Passengers::register(
-        store.clone(),
+        store,
         &env.commands,
         &env.queries,
         env.projections(SERVICE)?,
     )
     .context("wiring the passengers service")?;
     let live = crate::live::PassengersLive {
-        passengers: passengers.clone(),
+        projections: env.projections(SERVICE)?.clone(),
         commands: env.commands.clone(),
         queries: env.queries.clone(),
     };
-    let mut background: Vec<Box<dyn cairn_service::Background>> = Vec::new();
-    if let Some(publisher) = &env.live {
-        background.push(Box::new(cairn_service::live::push_resets(
-            store,
-            env.projections(SERVICE)?.clone(),
-            crate::live::feed(),
-            publisher.clone(),
-        )));
-    }
+    let background = env.push_live(crate::live::feed()).into_iter().collect();
     let api = crate::http::router(PassengersApi {
         passengers,
         commands: env.commands.clone(),

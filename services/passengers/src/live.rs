@@ -17,27 +17,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_core::RequestContext;
-use cairn_domain::{BusError, CommandBus, QueryBus};
+use cairn_domain::{CommandBus, QueryBus};
 use cairn_flightops_contracts::Written;
 use cairn_live::{CallAnswer, Resources};
-use cairn_projection::CatchUp;
+use cairn_projection::Projections;
 use cairn_res::{ResError, Resource, Rid, Value};
-use cairn_service::live::LiveFeed;
+use cairn_service::live::{self, LiveFeed, bus_error};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::{
-    app::{
-        AddPassenger, BoardPassenger, GetPassenger, ListPassengers, MAX_PAGE, Passengers,
-        RemovePassenger,
-    },
+    app::{AddPassenger, BoardPassenger, GetPassenger, ListPassengers, MAX_PAGE, RemovePassenger},
     http::READ_YOUR_WRITES_WAIT,
 };
 
 /// Passengers' resources over the buses.
 #[derive(Debug, Clone)]
 pub struct PassengersLive {
-    pub passengers: Passengers,
+    /// Its projections: a write is answered once its read model shows it.
+    pub projections: Projections,
     pub commands: CommandBus,
     pub queries: QueryBus,
 }
@@ -54,30 +52,18 @@ fn passenger_rid(id: &str) -> Result<Rid, ResError> {
     Rid::parse(&format!("passengers.passenger.{id}"))
 }
 
-fn bus_error(error: BusError) -> ResError {
-    ResError::from_code(error.code(), error.to_string())
-}
-
 impl PassengersLive {
-    async fn shown(&self, written: &Written) -> bool {
-        match written.position {
-            Some(position) => matches!(
-                self.passengers
-                    .catch_up(position, READ_YOUR_WRITES_WAIT)
-                    .await,
-                CatchUp::Reached
-            ),
-            None => true,
-        }
-    }
-
+    /// What a command answers once the read model shows it (waited for as
+    /// HTTP waits).
     async fn answer(&self, written: Written) -> CallAnswer {
-        let shown = self.shown(&written).await;
-        CallAnswer::Payload(json!({
-            "version": written.version,
-            "position": written.position,
-            "readModel": if shown { "current" } else { "pending" },
-        }))
+        live::written_answer(
+            &self.projections,
+            crate::view::PROJECTION,
+            written.version,
+            written.position,
+            READ_YOUR_WRITES_WAIT,
+        )
+        .await
     }
 }
 
@@ -154,15 +140,19 @@ impl Resources for PassengersLive {
                     )
                     .await
                     .map_err(bus_error)?;
-                if self.shown(&written).await {
+                let (shown, mut payload) = live::written(
+                    &self.projections,
+                    crate::view::PROJECTION,
+                    written.version,
+                    written.position,
+                    READ_YOUR_WRITES_WAIT,
+                )
+                .await;
+                if shown {
                     Ok(CallAnswer::Resource(passenger_rid(&id)?))
                 } else {
-                    Ok(CallAnswer::Payload(json!({
-                        "id": id,
-                        "version": written.version,
-                        "position": written.position,
-                        "readModel": "pending",
-                    })))
+                    payload["id"] = json!(id);
+                    Ok(CallAnswer::Payload(payload))
                 }
             }
             (["passengers", "passenger", id], "board") => {
