@@ -15,6 +15,7 @@ mod dlq;
 mod events;
 mod gateway;
 mod identity_cli;
+mod ops;
 mod platform;
 mod projections_cli;
 pub mod run;

@@ -161,33 +161,112 @@ impl Platform {
 }
 
 /// Who a live connection is, from a bearer token: the same verifier and
-/// the same context as [`cairn_http::bearer_auth`] gives a request.
-pub(crate) struct TokenAuth(pub(crate) cairn_auth::Verifier);
+/// context as [`cairn_http::bearer_auth`] gives a request, the token's
+/// expiry and revocation checked again while the connection lives, and a
+/// cross-tenant session recorded per read as `X-Cairn-Tenant` reads are.
+pub(crate) struct TokenAuth {
+    pub(crate) verifier: cairn_auth::Verifier,
+    /// Where cross-tenant reads are recorded; without it they are refused.
+    pub(crate) audit: Option<std::sync::Arc<dyn cairn_http::CrossTenantAudit>>,
+}
+
+fn refusal(error: cairn_auth::AuthError) -> cairn_res::ResError {
+    match error {
+        cairn_auth::AuthError::Rejected(rejection) => {
+            cairn_res::ResError::from_code(rejection.code(), rejection.to_string())
+        }
+        e => {
+            tracing::warn!(error = %e, "cannot validate an access token");
+            cairn_res::ResError::from_code(
+                cairn_core::ErrorCode::Unavailable,
+                "access tokens cannot be validated right now",
+            )
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl cairn_live::Authenticate for TokenAuth {
-    async fn context(
+    async fn session(
         &self,
         token: &str,
-    ) -> Result<cairn_core::RequestContext, cairn_res::ResError> {
-        match self.0.verify(token).await {
-            Ok(principal) => {
-                let mut ctx = cairn_core::RequestContext::new(principal.tenant.clone())
-                    .with_actor(principal.subject.clone());
-                ctx.permissions = principal.permissions.clone();
-                Ok(ctx)
-            }
-            Err(cairn_auth::AuthError::Rejected(rejection)) => Err(cairn_res::ResError::from_code(
-                rejection.code(),
-                rejection.to_string(),
-            )),
+        tenant: Option<&str>,
+    ) -> Result<cairn_live::Session, cairn_res::ResError> {
+        let principal = self.verifier.verify(token).await.map_err(refusal)?;
+        let own = principal.tenant.clone();
+        let tenant = match tenant {
+            None => own.clone(),
+            Some(tenant) => cairn_core::TenantId::new(tenant)
+                .map_err(|_| cairn_res::ResError::invalid_params("tenant is not a tenant id"))?,
+        };
+        let cross_tenant = tenant != own;
+        if cross_tenant
+            && !principal
+                .permissions
+                .contains(cairn_auth::permissions::CROSS_TENANT_READ)
+        {
+            return Err(cairn_res::ResError::from_code(
+                cairn_core::ErrorCode::Forbidden,
+                "this token reads its own tenant only",
+            ));
+        }
+        let mut ctx = cairn_core::RequestContext::new(tenant).with_actor(principal.subject.clone());
+        ctx.permissions = principal.permissions.clone();
+        Ok(cairn_live::Session {
+            context: ctx,
+            expires_at: u64::try_from(principal.expires_at)
+                .ok()
+                .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+            token_id: principal.token_id.clone().map(|jti| (own, jti)),
+            cross_tenant,
+        })
+    }
+
+    async fn still_valid(&self, session: &cairn_live::Session) -> Result<(), cairn_res::ResError> {
+        let Some((tenant, jti)) = &session.token_id else {
+            return Ok(());
+        };
+        match self.verifier.is_revoked(tenant, jti).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(refusal(cairn_auth::AuthError::Rejected(
+                cairn_auth::Rejection::Revoked,
+            ))),
+            // Unknown for now: checked again at the next tick.
             Err(e) => {
-                tracing::warn!(error = %e, "cannot validate an access token");
-                Err(cairn_res::ResError::from_code(
-                    cairn_core::ErrorCode::Unavailable,
-                    "access tokens cannot be validated right now",
-                ))
+                tracing::warn!(error = %e, "cannot check a live session's token");
+                Ok(())
             }
         }
+    }
+
+    async fn record_read(
+        &self,
+        session: &cairn_live::Session,
+        rid: &cairn_res::Rid,
+    ) -> Result<(), cairn_res::ResError> {
+        let (Some(audit), Some((own, _))) = (&self.audit, &session.token_id) else {
+            return Err(cairn_res::ResError::from_code(
+                cairn_core::ErrorCode::Forbidden,
+                "cross-tenant reads cannot be recorded here, so they are refused",
+            ));
+        };
+        let ctx = &session.context;
+        let read = cairn_http::CrossTenantRead {
+            tenant: ctx.tenant.clone(),
+            actor_tenant: own.clone(),
+            actor: ctx.actor.clone().unwrap_or_default(),
+            username: None,
+            method: "RES subscribe".into(),
+            target: rid.to_string(),
+            correlation_id: ctx.correlation_id.clone(),
+            shared: None,
+        };
+        audit.record(read).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot record a cross-tenant read; refusing it");
+            cairn_res::ResError::from_code(
+                cairn_core::ErrorCode::Unavailable,
+                "the cross-tenant read cannot be recorded, so it is refused",
+            )
+        })
     }
 }

@@ -245,14 +245,15 @@ pub(crate) async fn start(
         }
     }
     platform::check_handlers(&services, &[], &commands, &queries)?;
+    let mut consumers = Vec::new();
     for service in &services {
         for consumer in service.consumers_in(&env)? {
-            background.push(Box::new(
-                consumer
-                    .start()
-                    .await
-                    .with_context(|| format!("starting {}'s consumers", service.name))?,
-            ));
+            let running = consumer
+                .start()
+                .await
+                .with_context(|| format!("starting {}'s consumers", service.name))?;
+            consumers.push(running.watch());
+            background.push(Box::new(running));
         }
     }
     let identity = provided
@@ -293,14 +294,33 @@ pub(crate) async fn start(
     );
     // The live API checks its connections' tokens itself.
     let live = live_resources.into_iter().fold(
-        cairn_live::Live::builder(platform::TokenAuth(identity.verifier(trusted.clone())))
-            .publisher(live_changes),
+        cairn_live::Live::builder(platform::TokenAuth {
+            verifier: identity.verifier(trusted.clone()),
+            audit: Some(Arc::new(auth::StoreAudit(
+                store.clone(),
+                "crossread".into(),
+            ))),
+        })
+        .publisher(live_changes.clone()),
         |live, (name, resources)| live.serve_shared(name, resources),
     );
+    let ops = crate::ops::Ops::new(
+        projections.clone(),
+        consumers,
+        Some(
+            cairn_messaging::DeadLetters::open(read_db.clone())
+                .await
+                .context("opening the dead letters")?,
+        ),
+        store.clone(),
+    );
+    background.push(Box::new(ops.push(live_changes.clone())));
+    let live = live.serve("ops", ops);
     let public = Router::new()
         .merge(health.router())
         .merge(openapi_router(doc))
         .merge(live.build().router())
+        .merge(cairn_console::router())
         .merge(public);
     let metrics = metrics.with_collector("store-and-projections", {
         let (store, projections) = (store.clone(), projections.clone());
@@ -331,6 +351,7 @@ pub(crate) async fn start(
     let router = app(api, public, &options, Some(&idempotency));
 
     println!("cairn up: listening on http://{addr}");
+    println!("  console:      http://{addr}/ (sign in with a password below)");
     println!("  event store:  {store_what}");
     println!("  read models:  {read_what}");
     let served: Vec<String> = services

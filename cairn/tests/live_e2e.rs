@@ -19,6 +19,7 @@ struct Up {
     child: Child,
     base: String,
     demo_password: String,
+    platform_password: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,11 +45,17 @@ fn start() -> Up {
     }
     let mut child = cmd.spawn().expect("cairn up starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut base, mut demo_password) = (None, None);
+    let (mut base, mut demo_password, mut platform_password) = (None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("cairn up: listening on http://") {
             base = Some(rest.trim().to_owned());
+        }
+        if line.contains("tenant platform") {
+            platform_password = line
+                .split_once("password: ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_owned);
         }
         if line.contains("tenant demo") {
             demo_password = line
@@ -65,20 +72,25 @@ fn start() -> Up {
         child,
         base: base.expect("cairn up printed its address"),
         demo_password: demo_password.expect("cairn up printed demo's password"),
+        platform_password: platform_password.expect("cairn up printed platform's password"),
         _dir: dir,
     }
 }
 
 async fn token(up: &Up) -> String {
+    token_of(up, "demo", &up.demo_password).await
+}
+
+async fn token_of(up: &Up, tenant: &str, password: &str) -> String {
     let r = reqwest::Client::new()
         .post(format!(
-            "http://{}/realms/demo/protocol/openid-connect/token",
+            "http://{}/realms/{tenant}/protocol/openid-connect/token",
             up.base
         ))
         .form(&[
             ("grant_type", "password"),
             ("username", "admin"),
-            ("password", up.demo_password.as_str()),
+            ("password", password),
         ])
         .send()
         .await
@@ -250,8 +262,8 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
         .request(&format!("get.{flight}"), Json::Null)
         .await;
     assert_eq!(r["result"]["models"][&flight]["number"], "SK1421", "{r}");
-    // A service that serves no live resources yet.
-    let r = anonymous.request("get.ops.projections", Json::Null).await;
+    // A service that serves no live resources.
+    let r = anonymous.request("get.nothing.here", Json::Null).await;
     assert_eq!(r["error"]["code"], "system.notFound", "{r}");
 }
 
@@ -449,4 +461,172 @@ async fn the_audit_log_moves_live_newest_first() {
         .map(|e| &e["data"]["data"]["number"])
         .collect();
     assert_eq!(numbers, [&json!("SK2"), &json!("SK1")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_loses_its_live_subscriptions_within_a_second() {
+    let up = start();
+    let token = token(&up).await;
+    let mut client = Client::connect(&up, Some(&token)).await;
+    let r = client
+        .request("subscribe.flights.flights", Json::Null)
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/realms/demo/protocol/openid-connect/revoke",
+            up.base
+        ))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let revoked = std::time::Instant::now();
+    let event = client.event().await;
+    let took = revoked.elapsed();
+    assert_eq!(event["event"], "flights.flights.unsubscribe", "{event}");
+    assert_eq!(event["data"]["reason"]["code"], "system.accessDenied");
+    assert_eq!(event["data"]["reason"]["data"]["code"], "revoked");
+    // The session checks its token twice a second; a second is the promise.
+    assert!(
+        took <= Duration::from_millis(1500),
+        "ended {took:?} after the revocation"
+    );
+    let r = client.request("get.flights.flights", Json::Null).await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_are_live_for_admins() {
+    let up = start();
+    let token = token(&up).await;
+    let mut client = Client::connect(&up, Some(&token)).await;
+    let r = client
+        .request("subscribe.ops.projections", Json::Null)
+        .await;
+    let names: Vec<&str> = r["result"]["collections"]["ops.projections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|v| v["rid"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ops.projection.flights.flights"), "{r}");
+    let flights = &r["result"]["models"]["ops.projection.flights.flights"];
+    assert_eq!(flights["state"], "running", "{r}");
+    assert!(flights["lag"].is_u64(), "{r}");
+    let r = client.request("subscribe.ops.consumers", Json::Null).await;
+    assert!(
+        !r["result"]["collections"]["ops.consumers"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{r}"
+    );
+    let r = client.request("subscribe.ops.store", Json::Null).await;
+    let head = r["result"]["models"]["ops.store"]["head"].as_u64().unwrap();
+    let r = client
+        .request("subscribe.ops.deadletters", Json::Null)
+        .await;
+    assert_eq!(
+        r["result"]["collections"]["ops.deadletters"],
+        json!([]),
+        "{r}"
+    );
+    let r = client.request("get.ops.nothing", Json::Null).await;
+    assert_eq!(r["error"]["code"], "system.notFound", "{r}");
+    let r = client
+        .request(
+            "call.ops.deadletter.consumer.x.passengers.replay",
+            Json::Null,
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "system.notFound", "{r}");
+
+    // A write moves the store's head and the projection's position live.
+    let r = client
+        .request(
+            "call.flights.flights.create",
+            json!({"number": "SK1", "origin": "ARN", "destination": "LHR",
+                   "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                   "capacity": 3}),
+        )
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    loop {
+        let event = client.event().await;
+        if event["event"] == "ops.store.change"
+            && event["data"]["values"]["head"]
+                .as_u64()
+                .is_some_and(|h| h > head)
+        {
+            break;
+        }
+    }
+
+    // Without a token every ops resource is refused.
+    let mut anonymous = Client::connect(&up, None).await;
+    let r = anonymous.request("get.ops.store", Json::Null).await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_admin_reads_another_tenant_live_read_only_and_audited() {
+    let up = start();
+    let demo = token(&up).await;
+    let platform = token_of(&up, "platform", &up.platform_password).await;
+    // Demo's admin cannot name another tenant.
+    let mut client = Client::connect(&up, None).await;
+    let r = client
+        .request(
+            "auth.identity.session.token",
+            json!({"token": demo, "tenant": "platform"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+
+    let mut root = Client::connect(&up, None).await;
+    let r = root
+        .request(
+            "auth.identity.session.token",
+            json!({"token": platform, "tenant": "demo"}),
+        )
+        .await;
+    assert_eq!(r["result"]["payload"]["tenant"], "demo", "{r}");
+    assert_eq!(r["result"]["payload"]["crossTenant"], true, "{r}");
+    let r = root.request("subscribe.flights.flights", Json::Null).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = root
+        .request(
+            "call.flights.flights.create",
+            json!({"number": "SK9", "origin": "ARN", "destination": "LHR",
+                   "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                   "capacity": 3}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+
+    // The read is in demo's audit log, as an HTTP cross-tenant read is.
+    let mut found = None;
+    for _ in 0..50 {
+        let r: Json = reqwest::Client::new()
+            .get(format!(
+                "http://{}/api/audit?type=CrossTenantRead&limit=10",
+                up.base
+            ))
+            .bearer_auth(&demo)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(item) = r["items"].as_array().and_then(|items| items.first()) {
+            found = Some(item.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let found = found.expect("the cross-tenant read is audited in demo");
+    assert!(found.to_string().contains("flights.flights"), "{found}");
 }

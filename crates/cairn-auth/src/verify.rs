@@ -398,6 +398,17 @@ impl Verifier {
         &self.inner.roles
     }
 
+    /// Whether the token `token_id` of `tenant` has been revoked since it
+    /// was verified (false when this verifier knows no revocations). For
+    /// long-lived sessions, such as a live connection, that check again
+    /// without verifying the whole token.
+    pub async fn is_revoked(&self, tenant: &TenantId, token_id: &str) -> Result<bool, AuthError> {
+        match &self.inner.revocations {
+            Some(revocations) => revocations.is_revoked(tenant, token_id).await,
+            None => Ok(false),
+        }
+    }
+
     /// Validates `token` (without `Bearer `).
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let reject = |r: Rejection| Err(AuthError::Rejected(r));

@@ -74,7 +74,7 @@ pub use problem::{
 };
 pub use projections_admin::{
     DeadLetterPage, DeadLetterParams, MAX_DEAD_LETTERS_PAGE, ProjectionsOpenApi, REDACTED,
-    SkipRequest, projections_router,
+    SkipRequest, projections_router, visible as visible_projection_status,
 };
 pub use server::{
     BodyLimit, BodyLimitLayer, CairnTraceLayer, DEFAULT_BODY_LIMIT_BYTES, HttpOptions, RequestSpan,

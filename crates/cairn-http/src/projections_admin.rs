@@ -112,8 +112,8 @@ fn model_error(e: ReadModelError) -> ApiError {
 }
 
 /// The status as `ctx` may see it: another tenant's event keeps only its
-/// position, type and time.
-fn visible(ctx: &RequestContext, mut status: ProjectionStatus) -> ProjectionStatus {
+/// position, type and time (over HTTP and in the live API's `ops.*`).
+pub fn visible(ctx: &RequestContext, mut status: ProjectionStatus) -> ProjectionStatus {
     if !is_super(ctx)
         && let Some(failure) = status.failure.as_mut()
     {

@@ -30,7 +30,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior, timeout},
 };
 
-use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live};
+use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live, Session};
 
 pub(crate) async fn upgrade(
     State(live): State<Live>,
@@ -70,7 +70,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
     let writer = tokio::spawn(write(sink, rx, close_rx, options.write_timeout));
     let mut conn = Conn {
         inner: inner.clone(),
-        ctx: None,
+        session: None,
         subs: Subscriptions::with_limit(options.max_resources),
         tx,
         close: close_tx,
@@ -78,7 +78,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
     if let Some(token) = token {
         // A token refused at the upgrade leaves the connection anonymous;
         // its requests then say why they are refused.
-        conn.ctx = inner.auth.context(&token).await.ok();
+        conn.session = inner.auth.session(&token, None).await.ok();
     }
     let changes = inner.changes.subscribe();
     read(&mut conn, stream, changes, &options).await;
@@ -95,6 +95,8 @@ async fn read(
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.tick().await;
+    let mut session_check = tokio::time::interval(options.session_check);
+    session_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -125,6 +127,11 @@ async fn read(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            _ = session_check.tick() => {
+                if !conn.check_session().await {
+                    return;
+                }
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= options.idle_timeout {
                     conn.close_with(close_code::AWAY, "idle");
@@ -177,7 +184,7 @@ async fn write(
 
 struct Conn {
     inner: Arc<Inner>,
-    ctx: Option<RequestContext>,
+    session: Option<Session>,
     subs: Subscriptions,
     tx: mpsc::Sender<Message>,
     close: mpsc::Sender<Closing>,
@@ -233,7 +240,7 @@ impl Conn {
                 }))
             }
             RequestKind::Subscribe { rid } => {
-                let ctx = self.context()?;
+                let ctx = self.reading(&rid).await?;
                 let inner = self.inner.clone();
                 let set = self
                     .subs
@@ -242,7 +249,7 @@ impl Conn {
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
             }
             RequestKind::Get { rid } => {
-                let ctx = self.context()?;
+                let ctx = self.reading(&rid).await?;
                 let inner = self.inner.clone();
                 let limit = self.inner.options.max_resources;
                 let set =
@@ -260,6 +267,12 @@ impl Conn {
                 params,
             } => {
                 let ctx = self.context()?;
+                if self.session.as_ref().is_some_and(|s| s.cross_tenant) {
+                    return Err(ResError::access_denied().with_data(json!({
+                        "code": "forbidden",
+                        "detail": "another tenant's resources are read only",
+                    })));
+                }
                 let service = self.service(&rid)?;
                 let answer = timeout(
                     self.inner.options.request_timeout,
@@ -295,9 +308,18 @@ impl Conn {
                     .get("token")
                     .and_then(Json::as_str)
                     .ok_or_else(|| ResError::invalid_params("token is a string"))?;
-                let ctx = self.inner.auth.context(token).await?;
-                let payload = json!({ "tenant": ctx.tenant.as_str(), "actor": ctx.actor });
-                self.reaccess(ctx).await;
+                let tenant = match params.get("tenant") {
+                    None | Some(Json::Null) => None,
+                    Some(Json::String(tenant)) => Some(tenant.as_str()),
+                    Some(_) => return Err(ResError::invalid_params("tenant is a string")),
+                };
+                let session = self.inner.auth.session(token, tenant).await?;
+                let payload = json!({
+                    "tenant": session.context.tenant.as_str(),
+                    "actor": session.context.actor,
+                    "crossTenant": session.cross_tenant,
+                });
+                self.reaccess(session).await;
                 Ok(Box::new(move |id| {
                     cairn_res::Response::payload(id, payload)
                 }))
@@ -306,9 +328,47 @@ impl Conn {
     }
 
     fn context(&self) -> Result<RequestContext, ResError> {
-        self.ctx
-            .clone()
+        self.session
+            .as_ref()
+            .map(|s| s.context.clone())
             .ok_or_else(|| ResError::access_denied().with_data(json!({ "code": "missing_token" })))
+    }
+
+    /// The context to read `rid` as; a cross-tenant session's read is
+    /// recorded first.
+    async fn reading(&self, rid: &Rid) -> Result<RequestContext, ResError> {
+        let ctx = self.context()?;
+        if let Some(session) = self.session.as_ref().filter(|s| s.cross_tenant) {
+            self.inner.auth.record_read(session, rid).await?;
+        }
+        Ok(ctx)
+    }
+
+    /// Ends the session if its token expired or no longer holds. False
+    /// when the connection is to end.
+    async fn check_session(&mut self) -> bool {
+        let Some(session) = &self.session else {
+            return true;
+        };
+        let expired = session
+            .expires_at
+            .is_some_and(|at| std::time::SystemTime::now() >= at);
+        let error = if expired {
+            ResError::access_denied().with_data(json!({ "code": "expired" }))
+        } else {
+            match self.inner.auth.still_valid(session).await {
+                Ok(()) => return true,
+                Err(error) => error,
+            }
+        };
+        self.session = None;
+        for rid in self.subs.directly_held() {
+            self.subs.revoke(&rid);
+            if !self.send(Event::unsubscribe(rid, error.clone()).to_json()) {
+                return false;
+            }
+        }
+        true
     }
 
     fn service(&self, rid: &Rid) -> Result<Arc<dyn crate::Resources>, ResError> {
@@ -321,12 +381,14 @@ impl Conn {
 
     /// A new identity: what it may no longer read is unsubscribed, with
     /// the reason.
-    async fn reaccess(&mut self, ctx: RequestContext) {
-        let same = self
-            .ctx
-            .as_ref()
-            .is_some_and(|old| old.tenant == ctx.tenant && old.actor == ctx.actor);
-        self.ctx = Some(ctx.clone());
+    async fn reaccess(&mut self, session: Session) {
+        let ctx = session.context.clone();
+        let same = self.session.as_ref().is_some_and(|old| {
+            old.context.tenant == ctx.tenant
+                && old.context.actor == ctx.actor
+                && old.cross_tenant == session.cross_tenant
+        });
+        self.session = Some(session);
         if same {
             return;
         }
@@ -344,15 +406,15 @@ impl Conn {
     /// Passes a change on to this connection, if it concerns what it holds
     /// in its tenant. False when the connection is to end.
     async fn on_change(&mut self, change: Change) -> bool {
-        let Some(ctx) = self.ctx.clone() else {
+        let Ok(ctx) = self.context() else {
             return true;
         };
-        if change.tenant() != &ctx.tenant {
+        if !change.concerns(&ctx.tenant) {
             return true;
         }
         match change {
             Change::Event { event, .. } => self.on_event(ctx, event).await,
-            Change::Reset { names, .. } => {
+            Change::Reset { names, .. } | Change::ResetAll { names } => {
                 for name in names {
                     for rid in self.subs.held_named(&name) {
                         if !self.reread(&ctx, rid).await {

@@ -27,7 +27,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -64,6 +64,9 @@ pub struct LiveOptions {
     /// Changes kept for connections that are behind; one that falls further
     /// behind is closed (1013) to reconnect and read afresh.
     pub change_buffer: usize,
+    /// How often a connection's token is checked again (revoked or
+    /// expired: its subscriptions end).
+    pub session_check: Duration,
 }
 
 impl Default for LiveOptions {
@@ -77,6 +80,7 @@ impl Default for LiveOptions {
             idle_timeout: Duration::from_secs(90),
             request_timeout: Duration::from_secs(10),
             change_buffer: 4096,
+            session_check: Duration::from_millis(500),
         }
     }
 }
@@ -108,10 +112,57 @@ pub trait Resources: Send + Sync + 'static {
     }
 }
 
-/// Turns a bearer token into who the connection is.
+/// Who a connection is, from its token, for as long as the token holds.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// What its requests run as.
+    pub context: RequestContext,
+    /// When the token expires: its subscriptions end then.
+    pub expires_at: Option<SystemTime>,
+    /// The token's tenant and id, for [`Authenticate::still_valid`] to
+    /// look up (a revoked token's subscriptions end).
+    pub token_id: Option<(TenantId, String)>,
+    /// Another tenant than the token's, read by a caller allowed to read
+    /// any (a super-admin): it reads only, and each read is recorded
+    /// first ([`Authenticate::record_read`]).
+    pub cross_tenant: bool,
+}
+
+impl Session {
+    /// A session that holds until the connection ends.
+    pub fn new(context: RequestContext) -> Self {
+        Self {
+            context,
+            expires_at: None,
+            token_id: None,
+            cross_tenant: false,
+        }
+    }
+}
+
+/// Turns a bearer token into who the connection is, and says when that
+/// ends.
 #[async_trait]
 pub trait Authenticate: Send + Sync + 'static {
-    async fn context(&self, token: &str) -> Result<RequestContext, ResError>;
+    /// The session of `token`; in `tenant`, when given and not the
+    /// token's own (refused unless the token may read any tenant).
+    async fn session(&self, token: &str, tenant: Option<&str>) -> Result<Session, ResError>;
+
+    /// Whether `session` still holds, asked every
+    /// [`LiveOptions::session_check`]; its expiry is checked apart. An
+    /// error ends the session's subscriptions with that error. Must be
+    /// cheap: it runs for every connection.
+    async fn still_valid(&self, session: &Session) -> Result<(), ResError> {
+        let _ = session;
+        Ok(())
+    }
+
+    /// Records a cross-tenant session's read of `rid` before it is
+    /// answered (no record, no read).
+    async fn record_read(&self, session: &Session, rid: &Rid) -> Result<(), ResError> {
+        let _ = (session, rid);
+        Err(ResError::access_denied())
+    }
 }
 
 /// A change, committed, for the connections of `tenant` that hold the
@@ -128,12 +179,17 @@ pub enum Change {
         tenant: TenantId,
         names: Vec<String>,
     },
+    /// [`Change::Reset`] in every tenant: for resources of the whole
+    /// process (its operations), read by each connection as itself.
+    ResetAll { names: Vec<String> },
 }
 
 impl Change {
-    pub fn tenant(&self) -> &TenantId {
+    /// Whether a connection of `tenant` is concerned.
+    pub fn concerns(&self, tenant: &TenantId) -> bool {
         match self {
-            Change::Event { tenant, .. } | Change::Reset { tenant, .. } => tenant,
+            Change::Event { tenant: t, .. } | Change::Reset { tenant: t, .. } => t == tenant,
+            Change::ResetAll { .. } => true,
         }
     }
 }

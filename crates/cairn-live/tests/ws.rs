@@ -6,12 +6,12 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_trait::async_trait;
 use cairn_core::{RequestContext, TenantId};
-use cairn_live::{Authenticate, CallAnswer, Change, Live, LiveOptions, Resources};
+use cairn_live::{Authenticate, CallAnswer, Change, Live, LiveOptions, Resources, Session};
 use cairn_res::{Event, ResError, Resource, ResourceSet, Rid, Value};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
@@ -81,20 +81,55 @@ impl Resources for Toy {
     }
 }
 
-/// `acme` and `globex` tokens; anything else is refused.
+/// `acme` and `globex` tokens, `acme-brief-token` (expires a second after
+/// it is used) and `root-token` (may read any tenant); anything else is
+/// refused. A token in `REVOKED` no longer holds.
 struct Tokens;
+
+static REVOKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static RECORDED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 #[async_trait]
 impl Authenticate for Tokens {
-    async fn context(&self, token: &str) -> Result<RequestContext, ResError> {
-        let tenant = token
-            .strip_suffix("-token")
-            .filter(|t| matches!(*t, "acme" | "globex"))
-            .ok_or_else(|| {
-                ResError::access_denied().with_data(json!({"code": "invalid_signature"}))
-            })?;
-        Ok(RequestContext::new(TenantId::new(tenant).unwrap())
-            .with_actor(format!("{tenant}-admin")))
+    async fn session(&self, token: &str, tenant: Option<&str>) -> Result<Session, ResError> {
+        let refused = || ResError::access_denied().with_data(json!({"code": "invalid_signature"}));
+        let (own, expires_at) = match token {
+            "acme-token" | "acme-revocable-token" => ("acme", None),
+            "globex-token" => ("globex", None),
+            "root-token" => ("root", None),
+            "acme-brief-token" => ("acme", Some(SystemTime::now() + Duration::from_secs(1))),
+            _ => return Err(refused()),
+        };
+        if REVOKED.lock().unwrap().iter().any(|t| t == token) {
+            return Err(refused());
+        }
+        let cross_tenant = tenant.is_some_and(|t| t != own);
+        if cross_tenant && own != "root" {
+            return Err(ResError::access_denied().with_data(json!({"code": "forbidden"})));
+        }
+        let tenant = TenantId::new(tenant.unwrap_or(own)).unwrap();
+        Ok(Session {
+            context: RequestContext::new(tenant).with_actor(format!("{own}-admin")),
+            expires_at,
+            token_id: Some((TenantId::new(own).unwrap(), token.to_owned())),
+            cross_tenant,
+        })
+    }
+
+    async fn still_valid(&self, session: &Session) -> Result<(), ResError> {
+        let (_, id) = session.token_id.as_ref().unwrap();
+        if REVOKED.lock().unwrap().contains(id) {
+            return Err(ResError::access_denied().with_data(json!({"code": "revoked"})));
+        }
+        Ok(())
+    }
+
+    async fn record_read(&self, session: &Session, rid: &Rid) -> Result<(), ResError> {
+        RECORDED
+            .lock()
+            .unwrap()
+            .push((session.context.tenant.as_str().to_owned(), rid.to_string()));
+        Ok(())
     }
 }
 
@@ -255,7 +290,7 @@ async fn without_a_token_resources_are_refused_and_auth_opens_them() {
         .await;
     assert_eq!(
         r["result"]["payload"],
-        json!({"tenant": "acme", "actor": "acme-admin"})
+        json!({"tenant": "acme", "actor": "acme-admin", "crossTenant": false})
     );
     let r = client.request("subscribe.toy.items", Json::Null).await;
     assert_eq!(
@@ -577,4 +612,142 @@ async fn wait_for_connections(live: &Live, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for the `unsubscribe` event of `rid`, answering how long it took.
+async fn unsubscribed(client: &mut Client, rid: &str) -> (Duration, Json) {
+    let started = Instant::now();
+    loop {
+        let event = client.event().await;
+        if event["event"] == format!("{rid}.unsubscribe") {
+            return (started.elapsed(), event["data"]["reason"].clone());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_loses_its_subscriptions_and_its_reads() {
+    let options = LiveOptions {
+        session_check: Duration::from_millis(200),
+        ..LiveOptions::default()
+    };
+    let (_live, _toy, url) = start(options).await;
+    let mut client = Client::connect(&url, Some("acme-revocable-token")).await;
+    let mut other = Client::connect(&url, Some("acme-token")).await;
+    assert!(
+        client
+            .request("subscribe.toy.items", Json::Null)
+            .await
+            .get("result")
+            .is_some()
+    );
+    assert!(
+        other
+            .request("subscribe.toy.items", Json::Null)
+            .await
+            .get("result")
+            .is_some()
+    );
+    REVOKED.lock().unwrap().push("acme-revocable-token".into());
+    let (_, reason) = unsubscribed(&mut client, "toy.items").await;
+    assert_eq!(reason["code"], "system.accessDenied");
+    assert_eq!(reason["data"]["code"], "revoked");
+    // Nothing more is read as it, and the token cannot come back.
+    let r = client.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    let r = client
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "acme-revocable-token"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    // Another connection of the same tenant goes on.
+    let r = other.request("get.toy.items", Json::Null).await;
+    assert!(r.get("result").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn an_expired_token_loses_its_subscriptions() {
+    let options = LiveOptions {
+        session_check: Duration::from_millis(100),
+        ..LiveOptions::default()
+    };
+    let (_live, _toy, url) = start(options).await;
+    let mut client = Client::connect(&url, None).await;
+    let r = client
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "acme-brief-token"}),
+        )
+        .await;
+    assert_eq!(r["result"]["payload"]["tenant"], "acme", "{r}");
+    assert!(
+        client
+            .request("subscribe.toy.items", Json::Null)
+            .await
+            .get("result")
+            .is_some()
+    );
+    let (after, reason) = unsubscribed(&mut client, "toy.items").await;
+    assert_eq!(reason["data"]["code"], "expired");
+    assert!(
+        after <= Duration::from_secs(3),
+        "ended {after:?} after subscribing"
+    );
+    let r = client.request("get.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+}
+
+#[tokio::test]
+async fn another_tenant_is_read_only_by_who_may_read_any_and_each_read_is_recorded() {
+    let (_live, toy, url) = start(LiveOptions::default()).await;
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(TenantId::new("globex").unwrap(), vec!["globex's".into()]);
+    // A tenant's token cannot name another tenant.
+    let mut acme = Client::connect(&url, None).await;
+    let r = acme
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "acme-token", "tenant": "globex"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    let r = acme
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "acme-token", "tenant": 7}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "system.invalidParams");
+    // Root reads globex's, recorded first; it cannot call.
+    let mut root = Client::connect(&url, None).await;
+    let r = root
+        .request(
+            "auth.identity.session.token",
+            json!({"token": "root-token", "tenant": "globex"}),
+        )
+        .await;
+    assert_eq!(r["result"]["payload"]["crossTenant"], true, "{r}");
+    let r = root.request("subscribe.toy.item.0", Json::Null).await;
+    assert_eq!(
+        r["result"]["models"]["toy.item.0"]["name"], "globex's",
+        "{r}"
+    );
+    assert!(
+        RECORDED
+            .lock()
+            .unwrap()
+            .contains(&("globex".to_owned(), "toy.item.0".to_owned()))
+    );
+    let r = root
+        .request("call.toy.items.add", json!({"name": "root's"}))
+        .await;
+    assert_eq!(error_code(&r), "system.accessDenied");
+    assert_eq!(
+        toy.items.lock().unwrap()[&TenantId::new("globex").unwrap()].len(),
+        1
+    );
 }
