@@ -12,6 +12,13 @@
 //! refuses them at the edge; without them the services alone do.
 //! `--insecure-tenant-header` turns the edge check off and leaves it to
 //! the services.
+//!
+//! The gateway is also the live endpoint (`/ws`, the RES protocol) and
+//! serves the console (`/`), when it checks tokens and its `--broker` is
+//! NATS: it asks the services for their resources and hears their changes
+//! over NATS with the RES-Service protocol (`cairn_live::nats`), with no
+//! code per service. A connection's token is checked here, as at `cairn
+//! up`, and again by the service for each resource it reads.
 
 use std::sync::Arc;
 
@@ -24,7 +31,7 @@ use cairn_service_db::ServiceDb;
 use cairn_telemetry::Metrics;
 
 use crate::{
-    auth,
+    auth, platform,
     run::{
         link::connect,
         settings::{Access, Settings},
@@ -63,7 +70,35 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             ))
         }
     };
+    let mut live_parts = None;
+    if let (Some(verifier), Some(url)) = (&verifier, settings.broker.as_deref())
+        && url.starts_with("nats://")
+    {
+        let client = async_nats::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {url} for the live API"))?;
+        let changes = cairn_live::Publisher::new(cairn_live::LiveOptions::default().change_buffer);
+        let heard = cairn_live::nats::hear(client.clone(), &settings.prefix, changes.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("hearing live changes on NATS: {e}"))?;
+        let remote = cairn_live::nats::Remote::new(
+            client,
+            settings.prefix.clone(),
+            settings.request_timeout,
+        );
+        let live = cairn_live::Live::builder(EdgeAuth(platform::TokenAuth {
+            verifier: verifier.clone(),
+            audit: None,
+        }))
+        .fallback(Arc::new(remote))
+        .publisher(changes)
+        .build();
+        live_parts = Some((live, heard));
+    }
     let mut options = GatewayOptions::new(settings.routes.clone());
+    if let Some((live, _)) = &live_parts {
+        options.own_routes = Some(live.router().merge(cairn_console::router()));
+    }
     options.upstream_timeout = settings.upstream_timeout;
     options.verifier = verifier;
     options.metrics = Some(metrics);
@@ -107,6 +142,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(line) = crate::cors::banner(&settings.cors) {
         println!("{line}");
     }
+    match &live_parts {
+        Some(_) => {
+            println!("  live:         ws://{addr}/ws (RES protocol; services asked over NATS)");
+            println!("  console:      http://{addr}/");
+        }
+        None => println!("  live:         off (needs token checks and a nats:// --broker)"),
+    }
     match &revocations {
         Some((_, _, broker)) => println!("  revocations:  heard on {broker}, refused at the edge"),
         None if matches!(settings.access, Access::Tokens { .. }) => {
@@ -122,10 +164,42 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")?;
+    if let Some((_, heard)) = live_parts {
+        shutdown_all(vec![Box::new(heard)]).await;
+    }
     if let Some((background, db, _)) = revocations {
         shutdown_all(background).await;
         db.close().await;
     }
     println!("cairn run gateway: stopped");
     Ok(())
+}
+
+/// A connection's token checked at the edge; a super-admin's read of
+/// another tenant is recorded by the service that holds the data, when it
+/// answers the `access` request (no record, no read, there as at `cairn
+/// up`), so the gateway records nothing itself.
+struct EdgeAuth(platform::TokenAuth);
+
+#[async_trait::async_trait]
+impl cairn_live::Authenticate for EdgeAuth {
+    async fn session(
+        &self,
+        token: &str,
+        tenant: Option<&str>,
+    ) -> Result<cairn_live::Session, cairn_res::ResError> {
+        self.0.session(token, tenant).await
+    }
+
+    async fn still_valid(&self, session: &cairn_live::Session) -> Result<(), cairn_res::ResError> {
+        self.0.still_valid(session).await
+    }
+
+    async fn record_read(
+        &self,
+        _session: &cairn_live::Session,
+        _rid: &cairn_res::Rid,
+    ) -> Result<(), cairn_res::ResError> {
+        Ok(())
+    }
 }

@@ -219,6 +219,7 @@ impl cairn_live::Authenticate for TokenAuth {
                 .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
             token_id: principal.token_id.clone().map(|jti| (own, jti)),
             cross_tenant,
+            bearer: Some(cairn_live::Bearer(token.to_owned())),
         })
     }
 

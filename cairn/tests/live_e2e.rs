@@ -8,12 +8,11 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt};
+#[path = "support/ws.rs"]
+mod ws;
+
 use serde_json::{Value as Json, json};
-use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{Message, client::IntoClientRequest},
-};
+use ws::Client;
 
 struct Up {
     child: Child,
@@ -100,97 +99,11 @@ async fn token_of(up: &Up, tenant: &str, password: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-struct Client {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-    events: Vec<Json>,
-}
-
-impl Client {
-    async fn connect(up: &Up, token: Option<&str>) -> Self {
-        let mut request = format!("ws://{}/ws", up.base)
-            .into_client_request()
-            .unwrap();
-        if let Some(token) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        let (ws, _) = connect_async(request).await.expect("the upgrade succeeds");
-        Self {
-            ws,
-            next_id: 1,
-            events: Vec::new(),
-        }
-    }
-
-    async fn request(&mut self, method: &str, params: Json) -> Json {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut request = json!({ "id": id, "method": method });
-        if !params.is_null() {
-            request["params"] = params;
-        }
-        self.ws
-            .send(Message::text(request.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("an answer in time")
-                .expect("the connection is open")
-                .unwrap();
-            if let Message::Text(text) = message {
-                let frame: Json = serde_json::from_str(&text).unwrap();
-                if frame["id"] == json!(id) {
-                    return frame;
-                }
-                if frame.get("event").is_some() {
-                    self.events.push(frame);
-                }
-            }
-        }
-    }
-
-    /// Events until one of each name has come (the last of each name).
-    async fn events_until(&mut self, names: &[String]) -> std::collections::HashMap<String, Json> {
-        let mut seen = std::collections::HashMap::new();
-        while !names.iter().all(|n| seen.contains_key(n)) {
-            let event = self.event().await;
-            let name = event["event"].as_str().unwrap().to_owned();
-            seen.insert(name, event);
-        }
-        seen
-    }
-
-    /// The next event.
-    async fn event(&mut self) -> Json {
-        if !self.events.is_empty() {
-            return self.events.remove(0);
-        }
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("an event in time")
-                .expect("the connection is open")
-                .unwrap();
-            if let Message::Text(text) = message {
-                let frame: Json = serde_json::from_str(&text).unwrap();
-                assert!(frame.get("event").is_some(), "{frame}");
-                return frame;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
     let up = start();
     let token = token(&up).await;
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let r = client
         .request("version", json!({"protocol": "1.2.3"}))
         .await;
@@ -244,7 +157,7 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
     );
 
     // Without a token nothing opens; a token given later does.
-    let mut anonymous = Client::connect(&up, None).await;
+    let mut anonymous = Client::connect(&up.base, None).await;
     let r = anonymous.request("get.flights.flights", Json::Null).await;
     assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
     let r = anonymous
@@ -271,7 +184,7 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
 async fn what_http_changes_is_pushed_to_live_clients_after_the_read_model_shows_it() {
     let up = start();
     let token = token(&up).await;
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let r = client
         .request("subscribe.flights.flights", Json::Null)
         .await;
@@ -355,7 +268,7 @@ async fn passengers_move_live_and_the_flights_counts_with_them() {
         format!("flights.flight.{id}"),
         format!("passengers.flight.{id}"),
     );
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let r = client
         .request(&format!("subscribe.{flight}"), Json::Null)
         .await;
@@ -416,7 +329,7 @@ async fn passengers_move_live_and_the_flights_counts_with_them() {
 async fn the_audit_log_moves_live_newest_first() {
     let up = start();
     let token = token(&up).await;
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let scheduled = "audit.log?type=FlightScheduled";
     let r = client
         .request(&format!("subscribe.{scheduled}"), Json::Null)
@@ -467,7 +380,7 @@ async fn the_audit_log_moves_live_newest_first() {
 async fn a_revoked_token_loses_its_live_subscriptions_within_a_second() {
     let up = start();
     let token = token(&up).await;
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let r = client
         .request("subscribe.flights.flights", Json::Null)
         .await;
@@ -501,7 +414,7 @@ async fn a_revoked_token_loses_its_live_subscriptions_within_a_second() {
 async fn operations_are_live_for_admins() {
     let up = start();
     let token = token(&up).await;
-    let mut client = Client::connect(&up, Some(&token)).await;
+    let mut client = Client::connect(&up.base, Some(&token)).await;
     let r = client
         .request("subscribe.ops.projections", Json::Null)
         .await;
@@ -565,7 +478,7 @@ async fn operations_are_live_for_admins() {
     }
 
     // Without a token every ops resource is refused.
-    let mut anonymous = Client::connect(&up, None).await;
+    let mut anonymous = Client::connect(&up.base, None).await;
     let r = anonymous.request("get.ops.store", Json::Null).await;
     assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
 }
@@ -576,7 +489,7 @@ async fn a_super_admin_reads_another_tenant_live_read_only_and_audited() {
     let demo = token(&up).await;
     let platform = token_of(&up, "platform", &up.platform_password).await;
     // Demo's admin cannot name another tenant.
-    let mut client = Client::connect(&up, None).await;
+    let mut client = Client::connect(&up.base, None).await;
     let r = client
         .request(
             "auth.identity.session.token",
@@ -585,7 +498,7 @@ async fn a_super_admin_reads_another_tenant_live_read_only_and_audited() {
         .await;
     assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
 
-    let mut root = Client::connect(&up, None).await;
+    let mut root = Client::connect(&up.base, None).await;
     let r = root
         .request(
             "auth.identity.session.token",

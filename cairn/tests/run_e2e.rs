@@ -6,8 +6,14 @@
 //! `scenarios/` (the ones `cairn up` passes) runs here too, through the
 //! gateway, plus what only separate processes show. Each test owns its
 //! schemas and a broker prefix, so tests never see each other's messages.
+//! On NATS the gateway is also the live endpoint: the services answer it
+//! with the RES-Service protocol, and `resclient` runs through it.
 
+#[path = "support/js.rs"]
+mod js;
 mod scenarios;
+#[path = "support/ws.rs"]
+mod ws;
 
 use std::{
     io::{BufRead, BufReader},
@@ -1377,6 +1383,123 @@ async fn nats_a_departure_cut_short_by_a_crash_is_undone() {
 async fn nats_the_gateway_refuses_requests_without_a_token_itself() {
     if let Some(c) = Cluster::start(Kind::Nats).await {
         the_gateway_refuses_requests_without_a_token_itself(c).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_the_live_api_and_the_console_through_the_gateway() {
+    if let Some(c) = Cluster::start(Kind::Nats).await {
+        live_through_the_gateway(c).await;
+    }
+}
+
+/// The gateway's `/ws`, with every resource answered by the service that
+/// owns it over NATS and every change heard there.
+async fn live_through_the_gateway(c: Cluster) {
+    let host = c.gateway.base.trim_start_matches("http://").to_owned();
+    // The console is the gateway's too.
+    let page = reqwest::get(format!("{}/", c.gateway.base)).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("<html"));
+
+    let mut anonymous = ws::Client::connect(&host, None).await;
+    let r = anonymous
+        .request("subscribe.flights.flights", Value::Null)
+        .await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+
+    let mut live = ws::Client::connect(&host, Some(&c.demo)).await;
+    let r = live.request("subscribe.flights.flights", Value::Null).await;
+    assert!(
+        r["result"]["collections"]["flights.flights"].is_array(),
+        "{r}"
+    );
+    // A call goes to Flights' command bus and answers the new flight, by
+    // the name a client knows (no tenant in it).
+    let r = live
+        .request(
+            "call.flights.flights.create",
+            json!({"number": "SK77", "origin": "ARN", "destination": "LHR",
+                   "departure": "2030-06-01T08:00:00Z", "arrival": "2030-06-01T10:30:00Z",
+                   "capacity": 3}),
+        )
+        .await;
+    let rid = r["result"]["rid"].as_str().expect("a resource").to_owned();
+    let id = rid
+        .strip_prefix("flights.flight.")
+        .expect("a flight")
+        .to_owned();
+    assert_eq!(r["result"]["models"][&rid]["number"], "SK77", "{r}");
+    let seen = live.events_until(&["flights.flights.add".to_owned()]).await;
+    assert_eq!(
+        seen["flights.flights.add"]["data"]["value"]["rid"], rid,
+        "{seen:?}"
+    );
+    // What HTTP changes reaches the live client from another service.
+    let r = live.request(&format!("subscribe.{rid}"), Value::Null).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = c.add_passenger(&id, "L1").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let seen = live.events_until(&[format!("{rid}.change")]).await;
+    assert!(
+        seen[&format!("{rid}.change")].to_string().contains("1"),
+        "{seen:?}"
+    );
+    let manifest = format!("passengers.flight.{id}");
+    let r = live
+        .request(&format!("subscribe.{manifest}"), Value::Null)
+        .await;
+    let refs = r["result"]["collections"][&manifest]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(refs.len(), 1, "{r}");
+    let passenger = refs[0]["rid"].as_str().unwrap();
+    assert!(passenger.starts_with("passengers.passenger."), "{r}");
+    assert!(r["result"]["models"][passenger].is_object(), "{r}");
+    let r = live.request("subscribe.audit.log", Value::Null).await;
+    assert!(r["result"]["collections"]["audit.log"].is_array(), "{r}");
+
+    // Another tenant's flight is not found; its calls are refused.
+    let mut eve = ws::Client::connect(&host, Some(&c.other)).await;
+    let r = eve.request(&format!("subscribe.{rid}"), Value::Null).await;
+    assert_eq!(r["error"]["code"], "system.notFound", "{r}");
+    let r = eve.request(&format!("call.{rid}.depart"), json!({})).await;
+    assert!(r.get("error").is_some(), "{r}");
+
+    // The super-admin reads demo's flight read-only, and Flights records
+    // the read before answering it.
+    let mut root = ws::Client::connect(&host, None).await;
+    let r = root
+        .request(
+            "auth.identity.session.token",
+            json!({"token": c.super_admin, "tenant": "demo"}),
+        )
+        .await;
+    assert_eq!(r["result"]["payload"]["crossTenant"], true, "{r}");
+    let r = root.request(&format!("subscribe.{rid}"), Value::Null).await;
+    assert_eq!(r["result"]["models"][&rid]["number"], "SK77", "{r}");
+    let r = root.request(&format!("call.{rid}.depart"), json!({})).await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+    let read = c
+        .eventually(c.audit("/api/audit?type=CrossTenantRead&limit=50"), |r| {
+            r["items"].to_string().contains(&rid)
+        })
+        .await;
+    assert!(read.to_string().contains("RES subscribe"), "{read}");
+
+    // Resgate's own client, through the gateway.
+    if js::ready("resclient.test.mjs", false) {
+        let password = c
+            .identity
+            .passwords
+            .iter()
+            .find(|(t, _)| t == "demo")
+            .map(|(_, p)| p.clone())
+            .unwrap();
+        tokio::task::spawn_blocking(move || js::run_node("resclient.test.mjs", &host, &password))
+            .await
+            .unwrap();
     }
 }
 

@@ -21,6 +21,9 @@ pub(crate) struct Link {
     pub(crate) broker: Arc<dyn Broker>,
     pub(super) transport: Arc<dyn RequestTransport>,
     pub(crate) what: String,
+    /// The NATS connection, on NATS: the live API's requests and changes
+    /// travel on it (RES-Service, `cairn_live::nats`).
+    pub(crate) nats: Option<async_nats::Client>,
 }
 
 pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Link> {
@@ -32,6 +35,7 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Link> {
         let nats = Arc::new(nats);
         Ok(Link {
             broker: nats.clone(),
+            nats: Some(nats.client().clone()),
             transport: nats,
             what: format!("NATS JetStream {url} (prefix {})", settings.prefix),
         })
@@ -43,6 +47,7 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<Link> {
         Ok(Link {
             broker: amqp.clone(),
             transport: amqp,
+            nats: None,
             what: format!("RabbitMQ (prefix {})", settings.prefix),
         })
     } else {

@@ -190,7 +190,12 @@ pub(crate) async fn start(
         published: published.clone(),
         public_url,
         extensions: Arc::new(extensions),
-        live: None,
+        // Its live resources are served over NATS (RES-Service), for a
+        // gateway's live API.
+        live: link
+            .nats
+            .as_ref()
+            .map(|_| cairn_live::Publisher::new(cairn_live::LiveOptions::default().change_buffer)),
     };
     let mut background: Vec<Box<dyn Background>> = Vec::new();
     if let Some(projections) = &projections {
@@ -245,6 +250,7 @@ pub(crate) async fn start(
         (CrossReads::Store, None) => None,
     };
     let identity = started.provides.get::<Identity>().cloned();
+    let mut live_auth = None;
     let auth = match &settings.access {
         Access::Header { .. } => None,
         Access::Tokens {
@@ -261,12 +267,51 @@ pub(crate) async fn start(
                     remote_verifier(issuer, identity_url, trusted, Some(Arc::new(revoked)))
                 }
             };
+            live_auth = Some(platform::TokenAuth {
+                verifier: verifier.clone(),
+                audit: cross_reads.clone(),
+            });
             Some(platform::shareable(
                 AuthOptions::new(verifier, cross_reads.clone()),
                 &services,
             ))
         }
     };
+    let mut live_line = None;
+    match (&started.live, &link.nats, &env.live, live_auth) {
+        (Some(resources), Some(nats), Some(changes), Some(auth)) => {
+            let side = cairn_live::nats::ServiceSide {
+                prefix: settings.prefix.clone(),
+                service: name.to_owned(),
+                resources: resources.clone(),
+                auth: Arc::new(auth),
+                reader: reader_permissions(service)
+                    .into_iter()
+                    .chain(resources.read_permissions())
+                    .collect(),
+            };
+            background.push(Box::new(
+                cairn_live::nats::serve(nats.clone(), side, changes)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("serving live resources over NATS: {e}"))?,
+            ));
+            live_line = Some(format!(
+                "  live:         {name}.* over NATS (RES-Service, subjects {}.get.{name}.…), for the gateway's /ws",
+                settings.prefix
+            ));
+        }
+        (Some(_), None, _, _) => {
+            live_line =
+                Some("  live:         not served (the live API's requests travel on NATS)".into());
+        }
+        (Some(_), _, _, None) => {
+            live_line = Some(
+                "  live:         not served (it checks tokens; --insecure-tenant-header has none)"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
 
     let idempotency = IdempotencyStore::open(db.pool().clone(), IdempotencyOptions::default())
         .await
@@ -323,6 +368,9 @@ pub(crate) async fn start(
     }
     println!("  database:     {}", redact(db_url));
     println!("  broker:       {}", link.what);
+    if let Some(line) = live_line {
+        println!("{line}");
+    }
     if let Some(line) = crate::cors::banner(&settings.cors) {
         println!("{line}");
     }
@@ -364,6 +412,20 @@ pub(crate) async fn start(
         serving,
         dev_token: None,
     })
+}
+
+/// What a live `get` reads with (it carries no token: who may read was
+/// answered by `access`): the permissions `service`'s queries declare.
+fn reader_permissions(service: &ServiceDescriptor) -> std::collections::BTreeSet<String> {
+    service
+        .messages
+        .iter()
+        .filter(|m| m.kind == cairn_domain::bus::MessageKind::Query)
+        .filter_map(|m| match m.access {
+            cairn_domain::bus::Access::Permission(p) => Some(p.to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn redact(url: &str) -> String {

@@ -157,9 +157,9 @@ pub(crate) struct Settings {
     /// Absent for the gateway unless it keeps the revoked tokens.
     pub(crate) broker: Option<String>,
     pub(crate) listen: String,
-    pub(super) prefix: String,
+    pub(crate) prefix: String,
     pub(crate) access: Access,
-    pub(super) request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// The identity service's public URL (default: its listen address).
     pub(super) public_url: Option<String>,
     /// The identity service's master key file (else `CAIRN_MASTER_KEY`).

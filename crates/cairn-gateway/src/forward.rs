@@ -9,6 +9,15 @@
 //! `X-Forwarded-Host` (what the caller asked for), and always an
 //! `X-Correlation-Id`. Everything else, `Authorization`, `traceparent` and
 //! `X-Cairn-Tenant` among it, passes untouched.
+//!
+//! One exception: a WebSocket upgrade ([`websocket_upgrade`]) keeps
+//! `Connection: upgrade` and its `Upgrade` value, on the request and on the
+//! upstream's 101, so that the two connections can be joined into a tunnel
+//! (see `tunnel`). Only `websocket` is passed: it is the one upgrade the
+//! gateway declares and knows how to carry (a byte tunnel after a 101).
+//! Any other (`h2c`, TLS, a protocol of one's own) is dropped as before and
+//! the request goes on as a plain one, so the gateway never joins
+//! connections for a protocol nobody declared it would carry.
 
 use std::{error::Error as StdError, fmt::Write as _, net::IpAddr};
 
@@ -57,6 +66,38 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in proxy {
         headers.remove(name);
     }
+}
+
+/// The `Upgrade` value when `headers` ask to switch to WebSocket (RFC 6455
+/// §4.1): `Connection` names `upgrade` and the one `Upgrade` value is
+/// `websocket`, both case-insensitive. `None` for anything else, other
+/// protocols included.
+pub(crate) fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    match (upgrades.next(), upgrades.next()) {
+        (Some(upgrade), None)
+            if connection_upgrade
+                && upgrade
+                    .to_str()
+                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")) =>
+        {
+            Some(upgrade.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Puts back the two headers of a WebSocket upgrade after
+/// [`strip_hop_by_hop`]: `Connection: upgrade` and `Upgrade` as it came.
+pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
 }
 
 /// Turns the caller's request headers into the upstream's.
@@ -159,6 +200,61 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "traceparent", "x-cairn-tenant"]);
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_recognised() {
+        let upgrade = |pairs: &[(&str, &str)]| websocket_upgrade(&headers(pairs));
+        assert_eq!(
+            upgrade(&[("connection", "Upgrade"), ("upgrade", "websocket")]).unwrap(),
+            "websocket"
+        );
+        assert_eq!(
+            upgrade(&[
+                ("connection", "keep-alive, UPGRADE"),
+                ("upgrade", "WebSocket")
+            ])
+            .unwrap(),
+            "WebSocket",
+            "tokens are case-insensitive and the value is passed as it came"
+        );
+        for refused in [
+            &[("upgrade", "websocket")][..],
+            &[("connection", "close"), ("upgrade", "websocket")],
+            &[("connection", "upgrade")],
+            &[("connection", "upgrade"), ("upgrade", "h2c")],
+            &[("connection", "upgrade"), ("upgrade", "websocket, h2c")],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c"),
+            ],
+        ] {
+            assert_eq!(upgrade(refused), None, "{refused:?}");
+        }
+
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-hop"),
+            ("x-hop", "1"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        let kept = websocket_upgrade(&h).unwrap();
+        strip_hop_by_hop(&mut h);
+        keep_upgrade(&mut h, kept);
+        let mut left: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "connection: upgrade",
+                "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+                "upgrade: WebSocket"
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! (404 when none matches), the body limit (413 at once for a declared
 //! length, or when a streamed body passes it), and the upstream call (502
 //! when it fails, 504 when no response head arrives within the upstream
-//! timeout).
+//! timeout). A WebSocket upgrade takes the same way; when the upstream
+//! answers it with 101, that answer is passed on and the two connections
+//! are joined into a tunnel (`tunnel`), which neither the timeout nor the
+//! body limit bounds.
 
 use std::{
     net::SocketAddr,
@@ -35,6 +38,7 @@ use cairn_http::{
 };
 use cairn_telemetry::{Metrics, names};
 use http_body_util::Limited;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -46,6 +50,7 @@ use crate::{
     openapi::OpenApiCache,
     projections::{PROJECTIONS_PREFIX, is_projections_path},
     route::{Route, RouteError, RouteTable, Target, Upstream, is_dot_segment, prefix_matches},
+    tunnel,
 };
 
 /// How long an upstream has to send its response head, by default.
@@ -83,6 +88,10 @@ pub struct GatewayOptions {
     pub metrics: Option<Metrics>,
     /// Cross-origin requests, answered at the edge (off by default).
     pub cors: CorsOptions,
+    /// Routes the gateway answers itself, ahead of the proxy and without
+    /// its token check (they check what they need): the live endpoint and
+    /// the console of `cairn run gateway`.
+    pub own_routes: Option<Router>,
 }
 
 impl GatewayOptions {
@@ -97,6 +106,7 @@ impl GatewayOptions {
             public_prefixes: PUBLIC_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
             metrics: None,
             cors: CorsOptions::default(),
+            own_routes: None,
         }
     }
 }
@@ -109,6 +119,7 @@ pub struct Gateway {
     health: Health,
     metrics: Option<Metrics>,
     cors: CorsOptions,
+    own_routes: Option<Router>,
 }
 
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
@@ -161,6 +172,7 @@ impl Gateway {
             health,
             metrics: options.metrics,
             cors: options.cors,
+            own_routes: options.own_routes,
         })
     }
 
@@ -179,6 +191,9 @@ impl Gateway {
     /// (`X-Forwarded-For` needs it).
     pub fn router(&self) -> Router {
         let mut own = self.health.router();
+        if let Some(routes) = &self.own_routes {
+            own = own.merge(routes.clone());
+        }
         if let Some(metrics) = &self.metrics {
             own = own.merge(metrics_router(metrics.clone()));
         }
@@ -329,7 +344,12 @@ impl Inner {
         req: Request,
         correlation_id: &HeaderValue,
     ) -> Response {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // A WebSocket upgrade is passed on only when the caller's connection
+        // can switch (HTTP/1.1 served by hyper): its side of the tunnel is
+        // taken here.
+        let upgrade = forward::websocket_upgrade(&parts.headers)
+            .and_then(|value| Some((value, parts.extensions.remove::<OnUpgrade>()?)));
         let caller = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -342,6 +362,9 @@ impl Inner {
         });
         let mut headers = parts.headers;
         forward::request_headers(&mut headers, caller, asked_host, upstream, correlation_id);
+        if let Some((value, _)) = &upgrade {
+            forward::keep_upgrade(&mut headers, value.clone());
+        }
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = match Uri::try_from(format!("{}{path_and_query}", upstream.origin)) {
             Ok(uri) => uri,
@@ -355,6 +378,12 @@ impl Inner {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => switch(
+                response,
+                upgrade.map(|(_, caller)| caller),
+                upstream,
+                prefix,
+            ),
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
@@ -393,6 +422,35 @@ impl Inner {
         )
         .into_response()
     }
+}
+
+/// An upstream's 101: passed on with the upstream's headers, and the tunnel
+/// started, when it switches to the WebSocket the caller asked for; else
+/// 502, as the upstream switched to what nobody asked the gateway to carry.
+fn switch(
+    mut response: Response<Incoming>,
+    caller: Option<OnUpgrade>,
+    upstream: &Upstream,
+    prefix: &str,
+) -> Response {
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    let (Some(caller), Some(protocol)) = (caller, forward::websocket_upgrade(&parts.headers))
+    else {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "route {prefix}: upstream {} switched protocols without a WebSocket upgrade asked and agreed",
+                upstream.origin
+            ),
+        )
+        .with_status(StatusCode::BAD_GATEWAY)
+        .into_response();
+    };
+    forward::strip_hop_by_hop(&mut parts.headers);
+    forward::keep_upgrade(&mut parts.headers, protocol);
+    tunnel::spawn(caller, upstream_side, prefix.to_owned());
+    Response::from_parts(parts, Body::empty())
 }
 
 /// The caller's correlation id when it is a valid one (the rule of event

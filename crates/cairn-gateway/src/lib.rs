@@ -11,6 +11,14 @@
 //!   `X-Forwarded-For`/`-Proto`/`-Host` are set, and every request carries
 //!   an `X-Correlation-Id` (the caller's, or a fresh one) that the response
 //!   carries back;
+//! - passes WebSocket upgrades through on every proxied route: the request
+//!   goes to the route's upstream with `Connection: upgrade` and its
+//!   `Upgrade: websocket` kept (after the same token check, CORS and
+//!   routing as any request), the upstream's 101 comes back with its
+//!   headers, and the two connections are then joined, bytes copied both
+//!   ways until either side closes (the upstream timeout bounds only the
+//!   wait for the 101; an upstream that refuses is answered as it came).
+//!   Other upgrades are dropped: only what is declared is passed;
 //! - answers its failures as the services do, as problems: 404 for a path
 //!   no route serves, 413 for a body over the limit (16 MiB by default),
 //!   502 `unavailable` when an upstream cannot be reached, 504 `timeout`
@@ -40,16 +48,17 @@
 //! What it does not do yet: balancing other than round robin, active or
 //! passive health checks that take upstreams out of turn, retries, circuit
 //! breaking, rate limits, compression, host or method routing and
-//! rewrites, TLS to upstreams, hot reload of routes, WebSocket upgrades and
-//! the realtime (RES) protocol.
+//! rewrites, TLS to upstreams, hot reload of routes, upgrades to protocols
+//! other than WebSocket.
 //!
 //! Architecture invariant: the gateway never answers for an upstream. A
 //! response either comes from the upstream (status, headers minus
-//! hop-by-hop, body as it streams; plus CORS headers when configured) or
-//! is a problem the gateway made about its own part: no route, no token,
-//! too large, unreachable, too slow. Its own endpoints compose what
-//! upstreams answered (a merged document, a concatenated list, an
-//! upstream's refusal passed on) and never invent an upstream's answer.
+//! hop-by-hop, body as it streams or the tunnel after a 101; plus CORS
+//! headers when configured) or is a problem the gateway made about its own
+//! part: no route, no token, too large, unreachable, too slow. Its own
+//! endpoints compose what upstreams answered (a merged document, a
+//! concatenated list, an upstream's refusal passed on) and never invent an
+//! upstream's answer.
 
 mod compose;
 mod edge;
@@ -58,6 +67,7 @@ mod gateway;
 mod openapi;
 mod projections;
 mod route;
+mod tunnel;
 
 pub use forward::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 pub use gateway::{

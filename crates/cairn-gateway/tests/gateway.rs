@@ -1,11 +1,11 @@
 //! The gateway in front of real upstream servers on loopback: routing,
-//! round robin, streaming, headers, failures as problems, and tokens at
-//! the edge.
+//! round robin, streaming, headers, failures as problems, tokens at the
+//! edge, and WebSocket tunnels.
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -14,7 +14,11 @@ use std::{
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{
+        DefaultBodyLimit, Request, State,
+        ws::{self, WebSocketUpgrade},
+    },
+    http::HeaderMap,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -24,13 +28,19 @@ use cairn_auth::{
 };
 use cairn_gateway::{Gateway, GatewayOptions, Route};
 use cairn_telemetry::Metrics;
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     sync::Notify,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{
+        self, Message, client::IntoClientRequest as _, handshake::client::Request as WsRequest,
+    },
 };
 use tower::ServiceExt as _;
 
@@ -47,6 +57,11 @@ struct Up {
     release: Arc<Notify>,
     /// `/upload` notifies this when the first chunk of its body arrives.
     got_first: Arc<Notify>,
+    /// The request head of the last upgrade `/ws` accepted.
+    upgraded: Arc<Mutex<Option<HeaderMap>>>,
+    /// `/ws` notifies this when its socket ends: a close frame came, or
+    /// the connection closed.
+    ws_ended: Arc<Notify>,
 }
 
 impl Up {
@@ -63,6 +78,8 @@ async fn upstream(name: &'static str) -> Up {
         hits: Arc::default(),
         release: Arc::default(),
         got_first: Arc::default(),
+        upgraded: Arc::default(),
+        ws_ended: Arc::default(),
     };
     let app = Router::new()
         .route("/health/live", get(|| async { "live" }))
@@ -71,6 +88,11 @@ async fn upstream(name: &'static str) -> Up {
         .route("/drip", get(drip))
         .route("/slow", get(slow))
         .route("/hops", get(hops))
+        .route("/ws", get(ws_echo))
+        .route(
+            "/ws/refused",
+            get(|| async { (StatusCode::BAD_REQUEST, "no upgrade here") }),
+        )
         .fallback(describe)
         .layer(DefaultBodyLimit::disable())
         .with_state(up.clone());
@@ -148,6 +170,29 @@ async fn hops(State(up): State<Up>) -> Response {
         "hops",
     )
         .into_response()
+}
+
+/// A WebSocket echo: each text or binary message comes back as it was
+/// sent; offers the subprotocol `cairn.echo`.
+async fn ws_echo(State(up): State<Up>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    *up.upgraded.lock().unwrap() = Some(headers);
+    upgrade
+        .protocols(["cairn.echo"])
+        .on_upgrade(move |mut socket| async move {
+            while let Some(Ok(message)) = socket.recv().await {
+                match message {
+                    ws::Message::Text(_) | ws::Message::Binary(_) => {
+                        if socket.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                    ws::Message::Close(_) => break,
+                    ws::Message::Ping(_) | ws::Message::Pong(_) => {}
+                }
+            }
+            up.ws_ended.notify_one();
+        })
 }
 
 fn route(prefix: &str, upstreams: &[&Up]) -> Route {
@@ -1378,4 +1423,230 @@ async fn tokens_are_checked_and_preflights_answered_at_the_edge() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["access-control-allow-origin"], console);
+}
+
+/// A WebSocket request for `path` through the gateway at `gw`, with
+/// `headers` added to the handshake.
+fn ws_request(gw: &str, path: &str, headers: &[(&'static str, &str)]) -> WsRequest {
+    let mut request = format!("{}{path}", gw.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    request
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Sends `message` and returns what comes back.
+async fn round_trip(ws: &mut Ws, message: Message) -> Message {
+    ws.send(message).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an echo in time")
+        .expect("the tunnel is open")
+        .unwrap()
+}
+
+/// The status of a handshake the gateway did not switch.
+async fn handshake_refused(request: WsRequest) -> StatusCode {
+    match connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => response.status(),
+        other => panic!("expected a refused handshake: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_is_tunnelled_to_the_upstream() {
+    let up = upstream("ws").await;
+    let mut options = GatewayOptions::new(vec![route("/", &[&up])]);
+    // Neither bounds the tunnel: the timeout is for the 101 head, the
+    // limit for request bodies.
+    options.upstream_timeout = Duration::from_millis(300);
+    options.body_limit_bytes = 1024;
+    let gw = serve(options).await;
+
+    let (mut ws, response) = connect_async(ws_request(
+        &gw,
+        "/ws?room=7",
+        &[
+            ("sec-websocket-protocol", "cairn.echo"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-correlation-id", "ws-1"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-cairn-tenant", "demo"),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let h = response.headers();
+    assert!(
+        h["upgrade"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("websocket")
+    );
+    assert!(
+        h["connection"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("upgrade")
+    );
+    assert!(h.contains_key("sec-websocket-accept"), "{h:?}");
+    assert_eq!(h["sec-websocket-protocol"], "cairn.echo");
+    assert_eq!(h["x-correlation-id"], "ws-1");
+
+    // What the upstream was asked: the upgrade kept, the rest as for any
+    // request.
+    let seen = up.upgraded.lock().unwrap().clone().expect("an upgrade");
+    assert!(
+        seen["upgrade"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("websocket")
+    );
+    assert_eq!(seen["connection"], "upgrade");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], gw.trim_start_matches("http://"));
+    assert_eq!(seen["host"], up.base.trim_start_matches("http://"));
+    assert_eq!(seen["x-correlation-id"], "ws-1");
+    assert_eq!(seen["x-cairn-tenant"], "demo");
+    assert_eq!(seen["sec-websocket-protocol"], "cairn.echo");
+    assert!(seen.contains_key("sec-websocket-key"));
+    assert!(!seen.contains_key("proxy-authorization"));
+
+    for text in ["hello", "second", "third"] {
+        assert_eq!(
+            round_trip(&mut ws, Message::text(text)).await,
+            Message::text(text)
+        );
+    }
+    // Past the upstream timeout, and larger than the body limit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let large: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        round_trip(&mut ws, Message::binary(large.clone())).await,
+        Message::binary(large)
+    );
+
+    // The caller closes: the upstream sees it.
+    ws.close(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), up.ws_ended.notified())
+        .await
+        .expect("the upstream's socket ends");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_closes_the_upstream_side() {
+    let up = upstream("ws").await;
+    let gw = serve(GatewayOptions::new(vec![route("/", &[&up])])).await;
+    let (mut ws, _) = connect_async(ws_request(&gw, "/ws", &[])).await.unwrap();
+    assert_eq!(
+        round_trip(&mut ws, Message::text("hi")).await,
+        Message::text("hi")
+    );
+    // No close frame: the connection just goes.
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), up.ws_ended.notified())
+        .await
+        .expect("the upstream's socket ends when the caller's connection does");
+}
+
+#[tokio::test]
+async fn an_upgrade_the_upstream_refuses_is_answered_as_it_came() {
+    let up = upstream("ws").await;
+    let gw = serve(GatewayOptions::new(vec![route("/", &[&up])])).await;
+    assert_eq!(
+        handshake_refused(ws_request(&gw, "/ws/refused", &[])).await,
+        StatusCode::BAD_REQUEST
+    );
+    // A plain route: the upstream's 200, passed on, switches nothing.
+    assert_eq!(
+        handshake_refused(ws_request(&gw, "/api/x", &[])).await,
+        StatusCode::OK
+    );
+
+    // Only WebSocket is passed: another upgrade goes on as a plain
+    // request, without its upgrade headers.
+    let (status, head, answer) = raw(
+        &gw,
+        "GET /api/x HTTP/1.1\r\n\
+         Host: gw\r\n\
+         Connection: Upgrade, HTTP2-Settings, close\r\n\
+         Upgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\
+         \r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let seen: Value = serde_json::from_slice(&answer).unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    for gone in ["connection", "upgrade", "http2-settings"] {
+        assert!(!headers.contains_key(gone), "{gone} was forwarded: {seen}");
+    }
+    assert!(up.upgraded.lock().unwrap().is_none());
+
+    // An upstream that switches to what was not asked: the gateway's 502,
+    // no tunnel.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let odd = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let gw = serve(GatewayOptions::new(vec![
+        Route::new("/", vec![odd.parse().unwrap()]).unwrap(),
+    ]))
+    .await;
+    assert_eq!(
+        handshake_refused(ws_request(&gw, "/ws", &[])).await,
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_needs_a_token_like_any_request() {
+    let issuer = Issuer::new();
+    let up = upstream("ws").await;
+    let mut options = GatewayOptions::new(vec![route("/ws", &[&up])]);
+    options.verifier = Some(issuer.verifier());
+    let gw = serve(options).await;
+
+    assert_eq!(
+        handshake_refused(ws_request(&gw, "/ws", &[])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        handshake_refused(ws_request(
+            &gw,
+            "/ws",
+            &[("authorization", "Bearer not-a-token")]
+        ))
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(up.hits(), 0, "no refused upgrade reached the upstream");
+
+    let token = format!("Bearer {}", issuer.token("demo"));
+    let (mut ws, _) = connect_async(ws_request(&gw, "/ws", &[("authorization", &token)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        round_trip(&mut ws, Message::text("with a token")).await,
+        Message::text("with a token")
+    );
+    let seen = up.upgraded.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["authorization"], token.as_str(), "forwarded untouched");
 }

@@ -12,10 +12,12 @@ use axum::{
         State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket, close_code},
     },
-    http::{HeaderMap, header::AUTHORIZATION},
+    http::{
+        HeaderMap,
+        header::{AUTHORIZATION, COOKIE, HOST, ORIGIN},
+    },
     response::Response,
 };
-use cairn_core::RequestContext;
 use cairn_res::{
     Event, Request, RequestKind, ResError, Resource, ResourceSet, Rid, Subscriptions,
     check_version, diff,
@@ -30,7 +32,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior, timeout},
 };
 
-use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live, Session};
+use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live, Session, TOKEN_COOKIE};
 
 pub(crate) async fn upgrade(
     State(live): State<Live>,
@@ -41,11 +43,36 @@ pub(crate) async fn upgrade(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
+        .map(|t| t.trim().to_owned())
+        .or_else(|| cookie_token(&headers));
     let max = live.inner.options.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| run(live, socket, token))
+}
+
+/// The token in the cookie [`TOKEN_COOKIE`], when the upgrade comes from
+/// a page of the same origin or from no page (see [`TOKEN_COOKIE`]).
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(origin) = headers.get(ORIGIN) {
+        let host = headers.get(HOST)?.to_str().ok()?;
+        let origin = origin.to_str().ok()?;
+        let origin_host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))?;
+        if !origin_host.eq_ignore_ascii_case(host) {
+            return None;
+        }
+    }
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .filter(|token| !token.is_empty())
 }
 
 /// Counts the connection while it lives.
@@ -78,7 +105,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
     if let Some(token) = token {
         // A token refused at the upgrade leaves the connection anonymous;
         // its requests then say why they are refused.
-        conn.session = inner.auth.session(&token, None).await.ok();
+        conn.session = inner.auth.session(&token, None).await.ok().map(Arc::new);
     }
     let changes = inner.changes.subscribe();
     read(&mut conn, stream, changes, &options).await;
@@ -184,7 +211,7 @@ async fn write(
 
 struct Conn {
     inner: Arc<Inner>,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     subs: Subscriptions,
     tx: mpsc::Sender<Message>,
     close: mpsc::Sender<Closing>,
@@ -240,21 +267,22 @@ impl Conn {
                 }))
             }
             RequestKind::Subscribe { rid } => {
-                let ctx = self.reading(&rid).await?;
+                let session = self.reading(&rid).await?;
                 let inner = self.inner.clone();
                 let set = self
                     .subs
-                    .subscribe(&rid, move |r| fetch(inner.clone(), ctx.clone(), r))
+                    .subscribe(&rid, move |r| fetch(inner.clone(), session.clone(), r))
                     .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
             }
             RequestKind::Get { rid } => {
-                let ctx = self.reading(&rid).await?;
+                let session = self.reading(&rid).await?;
                 let inner = self.inner.clone();
                 let limit = self.inner.options.max_resources;
-                let set =
-                    Subscriptions::get(&rid, limit, move |r| fetch(inner.clone(), ctx.clone(), r))
-                        .await?;
+                let set = Subscriptions::get(&rid, limit, move |r| {
+                    fetch(inner.clone(), session.clone(), r)
+                })
+                .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
             }
             RequestKind::Unsubscribe { rid, count } => {
@@ -266,8 +294,8 @@ impl Conn {
                 method,
                 params,
             } => {
-                let ctx = self.context()?;
-                if self.session.as_ref().is_some_and(|s| s.cross_tenant) {
+                let session = self.session()?;
+                if session.cross_tenant {
                     return Err(ResError::access_denied().with_data(json!({
                         "code": "forbidden",
                         "detail": "another tenant's resources are read only",
@@ -276,7 +304,7 @@ impl Conn {
                 let service = self.service(&rid)?;
                 let answer = timeout(
                     self.inner.options.request_timeout,
-                    service.call(&ctx, &rid, &method, params),
+                    service.call_as(&session, &rid, &method, params),
                 )
                 .await
                 .map_err(|_| ResError::timeout())??;
@@ -288,7 +316,7 @@ impl Conn {
                         let inner = self.inner.clone();
                         let set = self
                             .subs
-                            .subscribe(&target, move |r| fetch(inner.clone(), ctx.clone(), r))
+                            .subscribe(&target, move |r| fetch(inner.clone(), session.clone(), r))
                             .await?;
                         Ok(Box::new(move |id| {
                             cairn_res::Response::resource(id, &target, &set)
@@ -313,7 +341,7 @@ impl Conn {
                     Some(Json::String(tenant)) => Some(tenant.as_str()),
                     Some(_) => return Err(ResError::invalid_params("tenant is a string")),
                 };
-                let session = self.inner.auth.session(token, tenant).await?;
+                let session = Arc::new(self.inner.auth.session(token, tenant).await?);
                 let payload = json!({
                     "tenant": session.context.tenant.as_str(),
                     "actor": session.context.actor,
@@ -327,21 +355,20 @@ impl Conn {
         }
     }
 
-    fn context(&self) -> Result<RequestContext, ResError> {
+    fn session(&self) -> Result<Arc<Session>, ResError> {
         self.session
-            .as_ref()
-            .map(|s| s.context.clone())
+            .clone()
             .ok_or_else(|| ResError::access_denied().with_data(json!({ "code": "missing_token" })))
     }
 
-    /// The context to read `rid` as; a cross-tenant session's read is
+    /// The session to read `rid` as; a cross-tenant session's read is
     /// recorded first.
-    async fn reading(&self, rid: &Rid) -> Result<RequestContext, ResError> {
-        let ctx = self.context()?;
-        if let Some(session) = self.session.as_ref().filter(|s| s.cross_tenant) {
-            self.inner.auth.record_read(session, rid).await?;
+    async fn reading(&self, rid: &Rid) -> Result<Arc<Session>, ResError> {
+        let session = self.session()?;
+        if session.cross_tenant {
+            self.inner.auth.record_read(&session, rid).await?;
         }
-        Ok(ctx)
+        Ok(session)
     }
 
     /// Ends the session if its token expired or no longer holds. False
@@ -373,27 +400,25 @@ impl Conn {
 
     fn service(&self, rid: &Rid) -> Result<Arc<dyn crate::Resources>, ResError> {
         self.inner
-            .services
-            .get(rid.service())
-            .cloned()
+            .resources(rid.service())
             .ok_or_else(ResError::not_found)
     }
 
     /// A new identity: what it may no longer read is unsubscribed, with
     /// the reason.
-    async fn reaccess(&mut self, session: Session) {
-        let ctx = session.context.clone();
+    async fn reaccess(&mut self, session: Arc<Session>) {
+        let ctx = &session.context;
         let same = self.session.as_ref().is_some_and(|old| {
             old.context.tenant == ctx.tenant
                 && old.context.actor == ctx.actor
                 && old.cross_tenant == session.cross_tenant
         });
-        self.session = Some(session);
+        self.session = Some(session.clone());
         if same {
             return;
         }
         for rid in self.subs.directly_held() {
-            if fetch(self.inner.clone(), ctx.clone(), rid.clone())
+            if fetch(self.inner.clone(), session.clone(), rid.clone())
                 .await
                 .is_err()
             {
@@ -406,18 +431,18 @@ impl Conn {
     /// Passes a change on to this connection, if it concerns what it holds
     /// in its tenant. False when the connection is to end.
     async fn on_change(&mut self, change: Change) -> bool {
-        let Ok(ctx) = self.context() else {
+        let Ok(session) = self.session() else {
             return true;
         };
-        if !change.concerns(&ctx.tenant) {
+        if !change.concerns(&session.context.tenant) {
             return true;
         }
         match change {
-            Change::Event { event, .. } => self.on_event(ctx, event).await,
+            Change::Event { event, .. } => self.on_event(session, event).await,
             Change::Reset { names, .. } | Change::ResetAll { names } => {
                 for name in names {
                     for rid in self.subs.held_named(&name) {
-                        if !self.reread(&ctx, rid).await {
+                        if !self.reread(&session, rid).await {
                             return false;
                         }
                     }
@@ -429,14 +454,14 @@ impl Conn {
 
     /// An event for a resource held: passed on, bringing along what it
     /// references.
-    async fn on_event(&mut self, ctx: RequestContext, mut event: Event) -> bool {
+    async fn on_event(&mut self, session: Arc<Session>, mut event: Event) -> bool {
         if !self.subs.holds(&event.rid) {
             return true;
         }
         let inner = self.inner.clone();
         let (set, _dropped) = self
             .subs
-            .apply(&event, move |r| fetch(inner.clone(), ctx.clone(), r))
+            .apply(&event, move |r| fetch(inner.clone(), session.clone(), r))
             .await;
         merge(&mut event, &set);
         self.send(event.to_json())
@@ -444,9 +469,9 @@ impl Conn {
 
     /// Reads a held resource again and sends what changed since it was
     /// last sent. False when the connection is to end.
-    async fn reread(&mut self, ctx: &RequestContext, rid: Rid) -> bool {
+    async fn reread(&mut self, session: &Arc<Session>, rid: Rid) -> bool {
         let inner = self.inner.clone();
-        let resource = match fetch(inner.clone(), ctx.clone(), rid.clone()).await {
+        let resource = match fetch(inner.clone(), session.clone(), rid.clone()).await {
             Ok(resource) => resource,
             Err(error) if error.code == "system.notFound" => {
                 return self.send(Event::delete(rid).to_json());
@@ -457,11 +482,11 @@ impl Conn {
             }
         };
         let old = self.subs.resource(&rid).cloned();
-        let ctx = ctx.clone();
+        let session = session.clone();
         let (set, _dropped) = self
             .subs
             .replace(&rid, resource.clone(), move |r| {
-                fetch(inner.clone(), ctx.clone(), r)
+                fetch(inner.clone(), session.clone(), r)
             })
             .await;
         let mut events = Vec::new();
@@ -504,12 +529,16 @@ fn merge(event: &mut Event, set: &ResourceSet) {
     }
 }
 
-/// Reads one resource from its service, as `ctx`, within the time allowed.
-async fn fetch(inner: Arc<Inner>, ctx: RequestContext, rid: Rid) -> Result<Resource, ResError> {
-    let Some(service) = inner.services.get(rid.service()).cloned() else {
+/// Reads one resource from its service, as `session`, within the time
+/// allowed.
+async fn fetch(inner: Arc<Inner>, session: Arc<Session>, rid: Rid) -> Result<Resource, ResError> {
+    let Some(service) = inner.resources(rid.service()) else {
         return Err(ResError::not_found());
     };
-    timeout(inner.options.request_timeout, service.get(&ctx, &rid))
-        .await
-        .map_err(|_| ResError::timeout())?
+    timeout(
+        inner.options.request_timeout,
+        service.get_as(&session, &rid),
+    )
+    .await
+    .map_err(|_| ResError::timeout())?
 }

@@ -7,7 +7,8 @@
 //! commit, to the connections that hold the resource in that tenant.
 //!
 //! Who a connection is comes from a bearer token, given at the upgrade
-//! (`Authorization`) or later with the request
+//! (`Authorization`, or the cookie [`TOKEN_COOKIE`] from a page of the
+//! same origin) or later with the request
 //! `auth.identity.session.token` (`{"token": "…"}`), and turned into a
 //! [`RequestContext`] by an [`Authenticate`]. Without one, every request on
 //! a resource is `system.accessDenied`; resources are read and called as
@@ -20,6 +21,7 @@
 //! a RES error; the connection goes on.
 
 mod connection;
+pub mod nats;
 
 use std::{
     collections::HashMap,
@@ -41,6 +43,11 @@ use tokio::sync::broadcast;
 pub const AUTH_RID: &str = "identity.session";
 /// Its method.
 pub const AUTH_METHOD: &str = "token";
+
+/// The cookie a token may come in at the upgrade. Taken only when the
+/// upgrade's `Origin` is absent or names the host it was sent to: a page
+/// of another site cannot open a connection as the cookie's owner.
+pub const TOKEN_COOKIE: &str = "cairn_token";
 
 /// Limits and timings of every connection.
 #[derive(Debug, Clone)]
@@ -110,6 +117,43 @@ pub trait Resources: Send + Sync + 'static {
         let _ = (ctx, rid, method, params);
         Err(ResError::method_not_found())
     }
+
+    /// The permissions its reads check themselves, beyond those of the
+    /// queries its service declares: a read that carries no caller (a
+    /// RES-Service `get`, whose access was answered already) runs with
+    /// these and the queries' ([`nats::ServiceSide::reader`]).
+    fn read_permissions(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// [`get`](Self::get) as `session`: what the endpoint calls. Resources
+    /// answered elsewhere (over the messaging system, [`nats`]) need the
+    /// session's token, not only its context.
+    async fn get_as(&self, session: &Session, rid: &Rid) -> Result<Resource, ResError> {
+        self.get(&session.context, rid).await
+    }
+
+    /// [`call`](Self::call) as `session`; see [`get_as`](Self::get_as).
+    async fn call_as(
+        &self,
+        session: &Session,
+        rid: &Rid,
+        method: &str,
+        params: Json,
+    ) -> Result<CallAnswer, ResError> {
+        self.call(&session.context, rid, method, params).await
+    }
+}
+
+/// A bearer token kept to be passed on, never shown (its `Debug` hides
+/// it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer(pub String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(…)")
+    }
 }
 
 /// Who a connection is, from its token, for as long as the token holds.
@@ -126,6 +170,9 @@ pub struct Session {
     /// any (a super-admin): it reads only, and each read is recorded
     /// first ([`Authenticate::record_read`]).
     pub cross_tenant: bool,
+    /// The token it came from, for resources answered by services
+    /// elsewhere, which check it themselves.
+    pub bearer: Option<Bearer>,
 }
 
 impl Session {
@@ -136,6 +183,7 @@ impl Session {
             expires_at: None,
             token_id: None,
             cross_tenant: false,
+            bearer: None,
         }
     }
 }
@@ -215,6 +263,12 @@ impl Publisher {
         // No receiver means no connection: nothing to tell.
         let _ = self.changes.send(change);
     }
+
+    /// The changes published from now on (for passing them elsewhere, as
+    /// [`nats::serve`] does).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
 }
 
 /// The live endpoint. Cheap to clone.
@@ -225,10 +279,22 @@ pub struct Live {
 
 struct Inner {
     services: HashMap<String, Arc<dyn Resources>>,
+    /// The resources of every service not in `services`.
+    fallback: Option<Arc<dyn Resources>>,
     auth: Arc<dyn Authenticate>,
     changes: broadcast::Sender<Change>,
     options: LiveOptions,
     connections: AtomicUsize,
+}
+
+impl Inner {
+    /// Who serves `service`'s resources.
+    fn resources(&self, service: &str) -> Option<Arc<dyn Resources>> {
+        self.services
+            .get(service)
+            .or(self.fallback.as_ref())
+            .cloned()
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -245,6 +311,7 @@ impl std::fmt::Debug for Live {
 /// Builds a [`Live`].
 pub struct LiveBuilder {
     services: HashMap<String, Arc<dyn Resources>>,
+    fallback: Option<Arc<dyn Resources>>,
     auth: Arc<dyn Authenticate>,
     options: LiveOptions,
     publisher: Option<Publisher>,
@@ -272,6 +339,14 @@ impl LiveBuilder {
         self
     }
 
+    /// Serves the resources of every service not named with
+    /// [`serve`](Self::serve) from `resources` (a gateway asking the
+    /// services over the messaging system: [`nats::Remote`]).
+    pub fn fallback(mut self, resources: Arc<dyn Resources>) -> Self {
+        self.fallback = Some(resources);
+        self
+    }
+
     pub fn options(mut self, options: LiveOptions) -> Self {
         self.options = options;
         self
@@ -292,6 +367,7 @@ impl LiveBuilder {
         Live {
             inner: Arc::new(Inner {
                 services: self.services,
+                fallback: self.fallback,
                 auth: self.auth,
                 changes,
                 options: self.options,
@@ -306,6 +382,7 @@ impl Live {
     pub fn builder(auth: impl Authenticate) -> LiveBuilder {
         LiveBuilder {
             services: HashMap::new(),
+            fallback: None,
             auth: Arc::new(auth),
             options: LiveOptions::default(),
             publisher: None,

@@ -113,6 +113,7 @@ impl Authenticate for Tokens {
             expires_at,
             token_id: Some((TenantId::new(own).unwrap(), token.to_owned())),
             cross_tenant,
+            bearer: Some(cairn_live::Bearer(token.to_owned())),
         })
     }
 
@@ -161,6 +162,20 @@ impl Client {
             request
                 .headers_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (ws, _) = connect_async(request).await.unwrap();
+        Self {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
+    }
+
+    /// A connection whose upgrade carries `headers` (a cookie, an origin).
+    async fn connect_with(url: &str, headers: &[(&'static str, String)]) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
         }
         let (ws, _) = connect_async(request).await.unwrap();
         Self {
@@ -308,6 +323,44 @@ async fn without_a_token_resources_are_refused_and_auth_opens_them() {
     let mut forged = Client::connect(&url, Some("forged")).await;
     let r = forged.request("get.toy.item.0", Json::Null).await;
     assert_eq!(error_code(&r), "system.accessDenied");
+}
+
+#[tokio::test]
+async fn a_token_cookie_counts_from_the_same_origin_only() {
+    let (_live, toy, url) = start(LiveOptions::default()).await;
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(TenantId::new("acme").unwrap(), vec!["anvil".into()]);
+    let host = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let cookie = ("cookie", "theme=dark; cairn_token=acme-token".to_owned());
+    // No page (a program), or a page of this very origin: the cookie is
+    // the connection's token.
+    for headers in [
+        vec![cookie.clone()],
+        vec![cookie.clone(), ("origin", format!("http://{host}"))],
+    ] {
+        let mut client = Client::connect_with(&url, &headers).await;
+        let r = client.request("subscribe.toy.items", Json::Null).await;
+        assert!(r.get("result").is_some(), "{headers:?}: {r}");
+    }
+    // A page of another site cannot use the cookie its browser sends.
+    let mut client = Client::connect_with(
+        &url,
+        &[cookie.clone(), ("origin", "http://evil.example".to_owned())],
+    )
+    .await;
+    let r = client.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(error_code(&r), "system.accessDenied", "{r}");
+    // Another cookie is not a token, and a forged token is refused.
+    for value in ["cairn_tokens=acme-token", "cairn_token=forged"] {
+        let mut client = Client::connect_with(&url, &[("cookie", value.to_owned())]).await;
+        let r = client.request("subscribe.toy.items", Json::Null).await;
+        assert_eq!(error_code(&r), "system.accessDenied", "{value}: {r}");
+    }
 }
 
 #[tokio::test]

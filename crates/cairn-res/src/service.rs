@@ -491,12 +491,135 @@ pub fn matches_pattern(pattern: &str, name: &str) -> bool {
     names.next().is_none()
 }
 
+/// A resource as Cairn's services name it on the messaging system: the
+/// tenant second, after the service (`flights.flight.7` of `acme` is
+/// `flights.acme.flight.7`), so that what one tenant holds never mixes
+/// with another's, in a gateway's cache or in the events it hears. The
+/// query stays as it is.
+pub fn to_wire(rid: &Rid, tenant: &str) -> Result<Rid, ResError> {
+    let name = rid.name();
+    let (service, rest) = match name.split_once('.') {
+        Some((service, rest)) => (service, Some(rest)),
+        None => (name, None),
+    };
+    let wire = match (rest, rid.query()) {
+        (Some(rest), Some(q)) => format!("{service}.{tenant}.{rest}?{q}"),
+        (Some(rest), None) => format!("{service}.{tenant}.{rest}"),
+        (None, Some(q)) => format!("{service}.{tenant}?{q}"),
+        (None, None) => format!("{service}.{tenant}"),
+    };
+    Rid::parse(&wire)
+}
+
+/// The tenant and the resource of a name on the messaging system; see
+/// [`to_wire`]. A name without a tenant part is not found.
+pub fn from_wire(rid: &Rid) -> Result<(String, Rid), ResError> {
+    let mut parts = rid.name().splitn(3, '.');
+    let (Some(service), Some(tenant)) = (parts.next(), parts.next()) else {
+        return Err(ResError::not_found());
+    };
+    let mut local = service.to_owned();
+    if let Some(rest) = parts.next() {
+        local.push('.');
+        local.push_str(rest);
+    }
+    if let Some(query) = rid.query() {
+        local.push('?');
+        local.push_str(query);
+    }
+    Ok((tenant.to_owned(), Rid::parse(&local)?))
+}
+
+/// [`from_wire`] of a resource that must be of `tenant`: a reference to
+/// another tenant's resource is the service's fault.
+pub fn from_wire_in(rid: &Rid, tenant: &str) -> Result<Rid, ResError> {
+    match from_wire(rid) {
+        Ok((t, local)) if t == tenant => Ok(local),
+        _ => Err(ResError::internal_error()),
+    }
+}
+
+/// `resource` with every reference it holds renamed by `rename`.
+pub fn rename_references(
+    resource: Resource,
+    rename: impl Fn(&Rid) -> Result<Rid, ResError>,
+) -> Result<Resource, ResError> {
+    let value = |value: Value| match value {
+        Value::Reference { rid, soft } => Ok(Value::Reference {
+            rid: rename(&rid)?,
+            soft,
+        }),
+        other => Ok(other),
+    };
+    Ok(match resource {
+        Resource::Model(model) => Resource::Model(
+            model
+                .into_iter()
+                .map(|(k, v)| value(v).map(|v| (k, v)))
+                .collect::<Result<_, ResError>>()?,
+        ),
+        Resource::Collection(values) => Resource::Collection(
+            values
+                .into_iter()
+                .map(value)
+                .collect::<Result<_, ResError>>()?,
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rid(text: &str) -> Rid {
         Rid::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_tenant_goes_second_on_the_wire_and_comes_back() {
+        for (local, wire) in [
+            ("flights.flight.7", "flights.acme.flight.7"),
+            (
+                "flights.flights?status=Departed",
+                "flights.acme.flights?status=Departed",
+            ),
+            ("audit", "audit.acme"),
+        ] {
+            assert_eq!(to_wire(&rid(local), "acme").unwrap(), rid(wire));
+            assert_eq!(
+                from_wire(&rid(wire)).unwrap(),
+                ("acme".to_owned(), rid(local))
+            );
+        }
+        assert_eq!(
+            from_wire(&rid("flights")).unwrap_err().code,
+            "system.notFound"
+        );
+        assert_eq!(
+            from_wire_in(&rid("flights.globex.flight.7"), "acme")
+                .unwrap_err()
+                .code,
+            "system.internalError"
+        );
+        let model = Resource::Model(
+            [
+                ("n".to_owned(), Value::Primitive(json!(1))),
+                (
+                    "f".to_owned(),
+                    Value::soft_reference(rid("flights.acme.flight.7")),
+                ),
+            ]
+            .into(),
+        );
+        let renamed = rename_references(model, |r| from_wire_in(r, "acme")).unwrap();
+        let Resource::Model(renamed) = renamed else {
+            panic!("a model stays a model")
+        };
+        assert_eq!(renamed["f"], Value::soft_reference(rid("flights.flight.7")));
+        assert_eq!(renamed["n"], Value::Primitive(json!(1)));
+        let collection =
+            Resource::Collection(vec![Value::reference(rid("flights.globex.flight.7"))]);
+        assert!(rename_references(collection, |r| from_wire_in(r, "acme")).is_err());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! [`Change::Reset`] of the resources the events touched (the service says
 //! which). Connections holding one read it again and get what changed, so
 //! a change never reaches a client before the read model shows it.
+//!
+//! A read model kept by a consumer (a service on its own, fed by another
+//! service's public events) has no log of its own to follow: its handler,
+//! wrapped in [`Announce`], publishes the same resets once the consumer's
+//! transaction has committed.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +21,7 @@ use std::{
 use cairn_core::{RecordedEvent, TenantId};
 use cairn_domain::BusError;
 use cairn_live::{CallAnswer, Change, Publisher};
+use cairn_messaging::{EventHandler, HandlerError, IntegrationEvent};
 use cairn_projection::Projections;
 use cairn_res::ResError;
 use cairn_runtime::{Controls, Running, Stage};
@@ -194,4 +200,75 @@ pub async fn written_answer(
             .await
             .1,
     )
+}
+
+/// A consumer's handler that, once what it wrote has committed, resets
+/// the live resources `touched` names for each event (see the module
+/// documentation).
+pub struct Announce<H> {
+    pub handler: H,
+    /// Where to announce; without one (the runtime serves no live API
+    /// here) it is `handler` as it is.
+    pub publisher: Option<Publisher>,
+    pub touched: Touched,
+}
+
+impl<H: Clone> Clone for Announce<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            publisher: self.publisher.clone(),
+            touched: self.touched.clone(),
+        }
+    }
+}
+
+impl<H: std::fmt::Debug> std::fmt::Debug for Announce<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announce")
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: EventHandler> EventHandler for Announce<H> {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event: &IntegrationEvent,
+    ) -> Result<(), HandlerError> {
+        self.handler.handle(tx, event).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        events: &[&IntegrationEvent],
+    ) -> Result<(), HandlerError> {
+        self.handler.handle_batch(tx, events).await
+    }
+
+    async fn committed(&self, events: &[&IntegrationEvent]) {
+        self.handler.committed(events).await;
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let mut touched: BTreeMap<TenantId, BTreeSet<String>> = BTreeMap::new();
+        for event in events {
+            let Ok(recorded) = event.to_recorded() else {
+                continue;
+            };
+            let names = (self.touched)(&recorded);
+            if !names.is_empty() {
+                touched.entry(recorded.tenant).or_default().extend(names);
+            }
+        }
+        for (tenant, names) in touched {
+            publisher.publish(Change::Reset {
+                tenant,
+                names: names.into_iter().collect(),
+            });
+        }
+    }
 }

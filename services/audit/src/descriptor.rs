@@ -38,7 +38,12 @@ pub fn descriptor() -> ServiceDescriptor {
             },
             |env| match env.topology {
                 Topology::Shared => Vec::new(),
-                Topology::Own => crate::consumers(&env.db, &env.broker, &sources(&env.published)),
+                Topology::Own => crate::consumers(
+                    &env.db,
+                    &env.broker,
+                    &sources(&env.published),
+                    env.live.clone(),
+                ),
             },
         )
         .cross_reads(CrossReads::Custom(Arc::new(|env: &Env| {

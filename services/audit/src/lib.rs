@@ -247,15 +247,23 @@ pub fn group(source: &str) -> String {
 }
 
 /// The consumers that feed the audit log from `sources`' public events.
+///
+/// With `live`, each entry committed resets `audit.log` in its tenant.
 pub fn consumers(
     db: &ServiceDb,
     broker: &std::sync::Arc<dyn Broker>,
     sources: &[&str],
+    live: Option<cairn_live::Publisher>,
 ) -> Vec<Consumer> {
+    let sink = cairn_service::live::Announce {
+        handler: AuditSink,
+        publisher: live,
+        touched: crate::live::feed().touched,
+    };
     sources
         .iter()
         .map(|source| {
-            Consumer::new(group(source), *source, db.clone(), broker.clone()).on_any(AuditSink)
+            Consumer::new(group(source), *source, db.clone(), broker.clone()).on_any(sink.clone())
         })
         .collect()
 }

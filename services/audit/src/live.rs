@@ -50,6 +50,10 @@ fn filters(rid: &Rid) -> Result<(Option<String>, Option<String>), ResError> {
 
 #[async_trait]
 impl Resources for AuditLive {
+    fn read_permissions(&self) -> Vec<String> {
+        vec![cairn_auth::permissions::AUDIT_READ.to_owned()]
+    }
+
     async fn get(&self, ctx: &RequestContext, rid: &Rid) -> Result<Resource, ResError> {
         if rid.name() != "audit.log" {
             return Err(ResError::not_found());

@@ -59,6 +59,7 @@ pub fn descriptor() -> ServiceDescriptor {
                 Topology::Own => vec![messaging::passenger_events(
                     env.db.clone(),
                     env.broker.clone(),
+                    env.live.clone(),
                 )],
             },
         )

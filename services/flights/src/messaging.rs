@@ -38,8 +38,19 @@ pub const PASSENGER_COUNTS: [&str; 3] = ["PassengerAdded", "PassengerBoarded", "
 /// When Flights runs on its own, the passenger counts of its read model
 /// come from Passengers' public events (in one process, the projection
 /// reads them from the shared log instead).
-pub fn passenger_events(db: ServiceDb, broker: Arc<dyn Broker>) -> Consumer {
-    let counts = ProjectionHandler(Arc::new(crate::view::FlightsProjection));
+///
+/// With `live`, each count committed resets the flight's live resources
+/// ([`crate::live::feed`] says which).
+pub fn passenger_events(
+    db: ServiceDb,
+    broker: Arc<dyn Broker>,
+    live: Option<cairn_live::Publisher>,
+) -> Consumer {
+    let counts = cairn_service::live::Announce {
+        handler: ProjectionHandler(Arc::new(crate::view::FlightsProjection)),
+        publisher: live,
+        touched: crate::live::feed().touched,
+    };
     PASSENGER_COUNTS.into_iter().fold(
         Consumer::new(PASSENGER_EVENTS, "passengers", db, broker),
         |consumer, event_type| consumer.on(event_type, counts.clone()),

@@ -191,6 +191,14 @@ impl Core {
             .await?;
         }
         tx.commit().await?;
+        for i in &candidates {
+            let event = &batch[*i].1;
+            if fresh.contains(&event.id.to_string())
+                && let Some(handler) = self.handler_of(event)
+            {
+                handler.committed(&[event]).await;
+            }
+        }
         Ok(outcomes)
     }
 
@@ -361,6 +369,9 @@ impl Core {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if let Some(handler) = handler {
+            handler.committed(&[event]).await;
+        }
         Ok(if handler.is_some() {
             Outcome::Handled
         } else {

@@ -88,6 +88,16 @@ pub trait EventHandler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Called once what [`handle`](Self::handle) or
+    /// [`handle_batch`](Self::handle_batch) wrote for `events` has
+    /// committed: for what must follow the commit and never precede it
+    /// (telling live clients to read again). Not called for what rolled
+    /// back; a crash between the commit and this call loses the call, so
+    /// it must be a hint, never a write. Default: nothing.
+    async fn committed(&self, events: &[&IntegrationEvent]) {
+        let _ = events;
+    }
 }
 
 /// Consumer tuning.

@@ -1,0 +1,42 @@
+//! WebSocket tunnels: once an upstream has answered a WebSocket upgrade
+//! with 101 and the gateway has passed that 101 on, the caller's connection
+//! and the upstream's are joined, and bytes are copied both ways until
+//! either side closes.
+//!
+//! The gateway does not read the frames: what the two ends negotiated
+//! (subprotocol, extensions, compression) is theirs. The upstream timeout
+//! only bounds the wait for the 101 head, and the body limit only the
+//! request body (a WebSocket request has none): a tunnel lives as long as
+//! its two ends keep it open. A caller that stops sending closes its side,
+//! which closes the upstream's, and the other way round.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::forward::describe;
+
+/// Joins `caller` and `upstream` when both have switched protocols, in a
+/// task of its own (the handler has to return the 101 for the caller's
+/// side to switch). `route` names the route in the log; nothing of the
+/// request (path, query, headers, tokens) is logged.
+pub(crate) fn spawn(caller: OnUpgrade, upstream: OnUpgrade, route: String) {
+    tokio::spawn(async move {
+        let (caller, upstream) = match tokio::try_join!(caller, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::warn!(route, error = %describe(&e), "a WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        tracing::debug!(route, "WebSocket tunnel open");
+        let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
+        match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
+            Ok((sent, received)) => {
+                tracing::debug!(route, sent, received, "WebSocket tunnel closed");
+            }
+            // A side that goes away without closing (a reset) is a normal
+            // end for a tunnel, not the gateway's failure.
+            Err(e) => tracing::debug!(route, error = %e, "WebSocket tunnel closed"),
+        }
+    });
+}

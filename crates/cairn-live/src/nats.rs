@@ -1,0 +1,547 @@
+//! The live API with the services run apart: the RES-Service protocol
+//! (`cairn_res::service`) over NATS, both ends.
+//!
+//! - [`serve`]: a service answers `access`, `get` and `call` requests for
+//!   its resources and publishes their changes as `system.reset` events.
+//! - [`Remote`] and [`hear`]: a gateway's [`crate::Live`] asks the
+//!   services for every resource it does not serve itself (no code per
+//!   service) and passes the changes it hears on to its connections.
+//!
+//! On the wire a resource name carries its tenant second
+//! (`flights.acme.flight.7`, [`cairn_res::service::to_wire`]); a client of
+//! the gateway never sees it. Subjects start with the deployment's
+//! prefix, as every subject of a deployment does (`cairn.get.flights.…`);
+//! Resgate, which sends unprefixed subjects, reaches the services through
+//! a NATS subject mapping (`get.>` to `cairn.get.>`, and so on).
+//!
+//! Who may read: an `access` request carries the caller's token
+//! (`{"token": "<bearer>"}`); the service checks it as it checks any
+//! request ([`crate::Authenticate`]), in the tenant the name gives, and
+//! reads the resource as the caller, so its permissions and its tenant
+//! decide (a super-admin's read of another tenant is recorded there, by
+//! the service that holds the data). A `get` carries no token (RES lets a
+//! gateway share what it got among the callers it gave access): the
+//! service reads as its reader, in the name's tenant, with the
+//! permissions its queries declare and nothing else. A `call` carries the
+//! token and runs as the caller through the same command bus as HTTP.
+//! NATS is the trust boundary, as with Resgate: whoever may publish
+//! `get.…` on it may read.
+//!
+//! Changes: every change a service publishes goes out as `system.reset`
+//! of the resource names it touched, and the gateway has each connection
+//! holding one read it again (so a change still reaches a client only
+//! once the read model shows it). Events on a resource
+//! (`event.<name>.<event>`) from another RES service are heard as a reset
+//! of that resource.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_nats::{Client, Message};
+use async_trait::async_trait;
+use cairn_core::{RequestContext, TenantId};
+use cairn_res::{
+    ResError, Resource, Rid,
+    service::{
+        Access, AccessRequest, CallRequest, GetRequest, GetResult, ServiceRequestKind,
+        ServiceResponse, ServiceSubject, SystemEvent, from_wire, from_wire_in, parse_payload,
+        rename_references, to_wire,
+    },
+};
+use cairn_runtime::{Controls, Running, Stage};
+use futures_util::StreamExt;
+use serde_json::{Value as Json, json};
+use tokio::sync::broadcast;
+
+use crate::{Authenticate, Bearer, CallAnswer, Change, Publisher, Resources, Session};
+
+/// What a service serving its resources over NATS has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeStatus {
+    /// Requests answered (errors included).
+    pub answered: u64,
+    /// `system.reset` events published.
+    pub resets: u64,
+    pub last_error: Option<String>,
+}
+
+/// One service's live resources, as it serves them over NATS.
+pub struct ServiceSide {
+    /// The deployment's subject prefix.
+    pub prefix: String,
+    /// The service's name: the first part of its resource names.
+    pub service: String,
+    pub resources: Arc<dyn Resources>,
+    /// Checks the tokens of `access` and `call` requests.
+    pub auth: Arc<dyn Authenticate>,
+    /// The permissions a `get` reads with: those the service's queries
+    /// declare.
+    pub reader: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for ServiceSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceSide")
+            .field("prefix", &self.prefix)
+            .field("service", &self.service)
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `side`'s resources on NATS (a queue group per service, so its
+/// instances share the requests) and publishes what `changes` carries,
+/// until stopped.
+pub async fn serve(
+    client: Client,
+    side: ServiceSide,
+    changes: &Publisher,
+) -> Result<Running<ServeStatus>, async_nats::Error> {
+    let side = Arc::new(side);
+    let mut subscribers = Vec::new();
+    for kind in ["access", "get", "call"] {
+        let subject = format!("{}.{kind}.{}.>", side.prefix, side.service);
+        let group = format!("{}.res.{}", side.prefix, side.service);
+        subscribers.push(client.queue_subscribe(subject, group).await?);
+    }
+    // So that a request sent right after this returns finds the service.
+    client.flush().await?;
+    let changes = changes.subscribe();
+    let name = format!("live {} (RES-Service)", side.service);
+    Ok(Running::start(
+        name,
+        Stage::Support,
+        ServeStatus::default(),
+        move |controls| {
+            let requests = futures_util::stream::select_all(subscribers);
+            vec![tokio::spawn(run(client, side, requests, changes, controls))]
+        },
+    ))
+}
+
+/// Answers requests, each in a task of its own, and publishes changes,
+/// until stopped.
+async fn run(
+    client: Client,
+    side: Arc<ServiceSide>,
+    mut requests: futures_util::stream::SelectAll<async_nats::Subscriber>,
+    mut changes: broadcast::Receiver<Change>,
+    controls: Controls<ServeStatus>,
+) {
+    let Controls { status, mut stop } = controls;
+    let status = Arc::new(status);
+    loop {
+        tokio::select! {
+            message = requests.next() => {
+                let Some(message) = message else { return };
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
+                let (client, side, status) = (client.clone(), side.clone(), status.clone());
+                tokio::spawn(async move {
+                    let response = match answer(&side, &message).await {
+                        Ok(response) => response,
+                        Err(error) => ServiceResponse::Error(error),
+                    };
+                    if let Err(e) = client.publish(reply, response.to_json().into()).await {
+                        status.send_modify(|s| s.last_error = Some(format!("replying: {e}")));
+                    }
+                    status.send_modify(|s| s.answered += 1);
+                });
+            }
+            change = changes.recv() => {
+                if !publish(&client, &side, change, &status).await {
+                    return;
+                }
+            }
+            // The guard it answers must not live on across the awaits above.
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
+        }
+    }
+}
+
+/// The answer to one request.
+async fn answer(side: &ServiceSide, message: &Message) -> Result<ServiceResponse, ResError> {
+    let subject = message
+        .subject
+        .as_str()
+        .strip_prefix(&side.prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .ok_or_else(|| ResError::invalid_request("not a request of this deployment"))?;
+    let subject = ServiceSubject::parse(subject)?;
+    let payload = &message.payload;
+    match subject.kind {
+        ServiceRequestKind::Access => {
+            let request: AccessRequest = parse_payload(payload)?;
+            let (tenant, rid) = local(&subject.name, request.query.as_deref())?;
+            let session = caller(side, request.token.as_ref(), &tenant).await?;
+            if session.cross_tenant {
+                side.auth.record_read(&session, &rid).await?;
+            }
+            side.resources.get(&session.context, &rid).await?;
+            let access = Access {
+                get: true,
+                call: (!session.cross_tenant).then(|| "*".to_owned()),
+            };
+            Ok(ServiceResponse::Result(
+                serde_json::to_value(access).map_err(|_| ResError::internal_error())?,
+            ))
+        }
+        ServiceRequestKind::Get => {
+            let request: GetRequest = parse_payload(payload)?;
+            let (tenant, rid) = local(&subject.name, request.query.as_deref())?;
+            let tenant = TenantId::new(&tenant).map_err(|_| ResError::not_found())?;
+            let mut reader = RequestContext::new(tenant.clone())
+                .with_actor(format!("{} live reader", side.service));
+            reader.permissions = side.reader.clone();
+            let resource = side.resources.get(&reader, &rid).await?;
+            let resource = rename_references(resource, |r| to_wire(r, tenant.as_str()))?;
+            Ok(ServiceResponse::Result(
+                GetResult {
+                    resource,
+                    query: request.query,
+                }
+                .to_json(),
+            ))
+        }
+        ServiceRequestKind::Call => {
+            let request: CallRequest = parse_payload(payload)?;
+            let (tenant, rid) = local(&subject.name, request.query.as_deref())?;
+            let session = caller(side, request.token.as_ref(), &tenant).await?;
+            if session.cross_tenant {
+                return Err(ResError::access_denied().with_data(json!({
+                    "code": "forbidden",
+                    "detail": "another tenant's resources are read only",
+                })));
+            }
+            let method = subject.method.unwrap_or_default();
+            let params = request.params.unwrap_or(Json::Null);
+            match side
+                .resources
+                .call(&session.context, &rid, &method, params)
+                .await?
+            {
+                CallAnswer::Payload(payload) => Ok(ServiceResponse::Result(payload)),
+                CallAnswer::Resource(target) => {
+                    Ok(ServiceResponse::Resource(to_wire(&target, &tenant)?))
+                }
+            }
+        }
+        ServiceRequestKind::Auth => Err(ResError::method_not_found()),
+    }
+}
+
+/// The tenant and the resource of a request's name and query.
+fn local(name: &str, query: Option<&str>) -> Result<(String, Rid), ResError> {
+    let wire = match query {
+        Some(query) => Rid::parse(&format!("{name}?{query}"))?,
+        None => Rid::parse(name)?,
+    };
+    from_wire(&wire)
+}
+
+/// The caller of a request, from its token, in `tenant`.
+async fn caller(
+    side: &ServiceSide,
+    token: Option<&Json>,
+    tenant: &str,
+) -> Result<Session, ResError> {
+    let bearer = token
+        .and_then(|t| t.get("token"))
+        .and_then(Json::as_str)
+        .ok_or_else(|| ResError::access_denied().with_data(json!({ "code": "missing_token" })))?;
+    side.auth.session(bearer, Some(tenant)).await
+}
+
+/// Publishes a change as a reset of the names it touched. False once no
+/// change can come any more.
+async fn publish(
+    client: &Client,
+    side: &ServiceSide,
+    change: Result<Change, broadcast::error::RecvError>,
+    status: &tokio::sync::watch::Sender<ServeStatus>,
+) -> bool {
+    let (tenant, names) = match change {
+        Ok(Change::Reset { tenant, names }) => (tenant, names),
+        Ok(Change::Event { tenant, event }) => (tenant, vec![event.rid.name().to_owned()]),
+        // The process's own resources (its operations) are not served
+        // over NATS.
+        Ok(Change::ResetAll { .. }) => return true,
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            tracing::warn!(
+                service = side.service,
+                missed,
+                "live changes were missed; connections reading them catch up at their next change"
+            );
+            status.send_modify(|s| s.last_error = Some(format!("{missed} changes missed")));
+            return true;
+        }
+        Err(broadcast::error::RecvError::Closed) => return false,
+    };
+    let resources: Vec<String> = names
+        .iter()
+        .filter_map(|name| Rid::parse(name).ok())
+        .filter_map(|rid| to_wire(&rid, tenant.as_str()).ok())
+        .map(|rid| rid.name().to_owned())
+        .collect();
+    if resources.is_empty() {
+        return true;
+    }
+    let (subject, payload) = SystemEvent::Reset {
+        resources,
+        access: Vec::new(),
+    }
+    .to_message();
+    let subject = format!("{}.{subject}", side.prefix);
+    match client.publish(subject, payload.into()).await {
+        Ok(()) => status.send_modify(|s| s.resets += 1),
+        Err(e) => status.send_modify(|s| s.last_error = Some(format!("publishing a reset: {e}"))),
+    }
+    true
+}
+
+/// A gateway's way to the services' resources: every request goes over
+/// NATS to the service the resource's name starts with.
+pub struct Remote {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// Asks the services of the deployment `prefix`, each answer waited
+    /// for up to `timeout` (longer when a service asks for more with a
+    /// pre-response).
+    pub fn new(client: Client, prefix: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            timeout,
+        }
+    }
+
+    /// Sends a request and waits for its response, following
+    /// pre-responses.
+    async fn request(
+        &self,
+        subject: ServiceSubject,
+        payload: Json,
+    ) -> Result<ServiceResponse, ResError> {
+        let subject = format!("{}.{}", self.prefix, subject.to_subject());
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(unavailable)?;
+        self.client
+            .publish_with_reply(subject, inbox, payload.to_string().into())
+            .await
+            .map_err(unavailable)?;
+        let mut wait = self.timeout;
+        loop {
+            let message = tokio::time::timeout(wait, replies.next())
+                .await
+                .map_err(|_| ResError::timeout())?
+                .ok_or_else(|| unavailable("the connection to NATS closed"))?;
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(ResError::not_found());
+            }
+            match ServiceResponse::parse(&message.payload) {
+                ServiceResponse::PreResponse { timeout_ms } => {
+                    wait = Duration::from_millis(timeout_ms);
+                }
+                response => return Ok(response),
+            }
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ResError {
+    tracing::warn!(error = %e, "a live request cannot reach NATS");
+    ResError::from_code(
+        cairn_core::ErrorCode::Unavailable,
+        "the services cannot be reached right now",
+    )
+}
+
+/// The token a service checks, from the session's bearer.
+fn token(session: &Session) -> Result<Json, ResError> {
+    let Some(Bearer(bearer)) = &session.bearer else {
+        return Err(ResError::access_denied().with_data(json!({ "code": "missing_token" })));
+    };
+    Ok(json!({ "token": bearer }))
+}
+
+#[async_trait]
+impl Resources for Remote {
+    /// Only as a session: the services need the caller's token.
+    async fn get(&self, _ctx: &RequestContext, _rid: &Rid) -> Result<Resource, ResError> {
+        Err(ResError::access_denied())
+    }
+
+    async fn get_as(&self, session: &Session, rid: &Rid) -> Result<Resource, ResError> {
+        let tenant = session.context.tenant.as_str();
+        let wire = to_wire(rid, tenant)?;
+        let access = AccessRequest {
+            cid: session.context.correlation_id.clone(),
+            token: Some(token(session)?),
+            query: rid.query().map(str::to_owned),
+            is_http: false,
+        };
+        let payload = serde_json::to_value(access).map_err(|_| ResError::internal_error())?;
+        let access: Access = match self.request(ServiceSubject::access(&wire), payload).await? {
+            ServiceResponse::Result(result) => {
+                serde_json::from_value(result).map_err(|_| ResError::internal_error())?
+            }
+            ServiceResponse::Error(error) => return Err(error),
+            _ => return Err(ResError::internal_error()),
+        };
+        if !access.get {
+            return Err(ResError::access_denied());
+        }
+        let get = GetRequest {
+            query: rid.query().map(str::to_owned),
+        };
+        let payload = serde_json::to_value(get).map_err(|_| ResError::internal_error())?;
+        let result = match self.request(ServiceSubject::get(&wire), payload).await? {
+            ServiceResponse::Result(result) => GetResult::parse(result)?,
+            ServiceResponse::Error(error) => return Err(error),
+            _ => return Err(ResError::internal_error()),
+        };
+        rename_references(result.resource, |r| from_wire_in(r, tenant))
+    }
+
+    async fn call_as(
+        &self,
+        session: &Session,
+        rid: &Rid,
+        method: &str,
+        params: Json,
+    ) -> Result<CallAnswer, ResError> {
+        let tenant = session.context.tenant.as_str();
+        let wire = to_wire(rid, tenant)?;
+        let call = CallRequest {
+            cid: session.context.correlation_id.clone(),
+            token: Some(token(session)?),
+            query: rid.query().map(str::to_owned),
+            params: Some(params),
+            is_http: false,
+        };
+        let payload = serde_json::to_value(call).map_err(|_| ResError::internal_error())?;
+        match self
+            .request(ServiceSubject::call(&wire, method), payload)
+            .await?
+        {
+            ServiceResponse::Result(payload) => Ok(CallAnswer::Payload(payload)),
+            ServiceResponse::Resource(target) => {
+                Ok(CallAnswer::Resource(from_wire_in(&target, tenant)?))
+            }
+            ServiceResponse::Error(error) => Err(error),
+            ServiceResponse::PreResponse { .. } => Err(ResError::internal_error()),
+        }
+    }
+}
+
+/// Hears the services' changes on NATS (`system.reset`, `event.…`) and
+/// publishes them to `publisher` as resets for the connections holding
+/// them, until stopped.
+pub async fn hear(
+    client: Client,
+    prefix: &str,
+    publisher: Publisher,
+) -> Result<Running<u64>, async_nats::Error> {
+    let resets = client.subscribe(format!("{prefix}.system.reset")).await?;
+    let events = client.subscribe(format!("{prefix}.event.>")).await?;
+    client.flush().await?;
+    let prefix = prefix.to_owned();
+    Ok(Running::start(
+        "live changes (RES-Service)",
+        Stage::Support,
+        0,
+        move |mut controls| {
+            vec![tokio::spawn(async move {
+                let mut messages = futures_util::stream::select(resets, events);
+                loop {
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        _ = controls.stop.wait_for(|stop| *stop) => return,
+                    };
+                    let Some(message) = message else { return };
+                    for change in changes_of(&prefix, &message) {
+                        publisher.publish(change);
+                        controls.status.send_modify(|n| *n += 1);
+                    }
+                }
+            })]
+        },
+    ))
+}
+
+/// The resets a message from the services asks for, per tenant.
+fn changes_of(prefix: &str, message: &Message) -> Vec<Change> {
+    let Some(subject) = message
+        .subject
+        .as_str()
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+    else {
+        return Vec::new();
+    };
+    let names: Vec<String> = if let Some(rest) = subject.strip_prefix("event.") {
+        // `event.<name>.<event>`: the name is all but the last part.
+        match rest.rsplit_once('.') {
+            Some((name, _event)) => vec![name.to_owned()],
+            None => return Vec::new(),
+        }
+    } else {
+        match SystemEvent::parse(subject, &message.payload) {
+            Some(Ok(SystemEvent::Reset { resources, access })) => {
+                resources.into_iter().chain(access).collect()
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "an unreadable system.reset");
+                return Vec::new();
+            }
+            _ => return Vec::new(),
+        }
+    };
+    let mut per_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in names {
+        if name.contains('*') || name.contains('>') {
+            // Patterns across resources are not followed: Cairn's
+            // services reset names.
+            tracing::debug!(pattern = name, "a reset pattern is not followed");
+            continue;
+        }
+        let Ok(wire) = Rid::parse(&name) else {
+            continue;
+        };
+        if let Ok((tenant, rid)) = from_wire(&wire) {
+            per_tenant
+                .entry(tenant)
+                .or_default()
+                .push(rid.name().to_owned());
+        }
+    }
+    per_tenant
+        .into_iter()
+        .filter_map(|(tenant, names)| {
+            TenantId::new(&tenant)
+                .ok()
+                .map(|tenant| Change::Reset { tenant, names })
+        })
+        .collect()
+}
