@@ -34,39 +34,26 @@
 //! result. The dev token is never printed.
 
 use std::{
-    collections::VecDeque,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, anyhow, bail};
-use axum::{
-    body::Bytes,
-    http::{HeaderValue, Method, Request, StatusCode, header},
-};
+use axum::http::{Method, StatusCode};
 use cairn_core::TenantId;
-use cairn_service_db::split_schema;
 use clap::Args;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use super::{
-    baseline::drop_pg_schemas,
     report::{self, Metric},
     store::{self as store_bench, append_concurrent, append_loop},
+    up::{Answer, Api, Backend, Scratch, Server},
     workload::{latency_histogram, quantile_ms, rate, record},
 };
 use cairn_store::StoreUrl;
@@ -116,16 +103,8 @@ pub(crate) const PASSENGERS: usize = 4;
 const ROUND: u64 = 1 + 2 * PASSENGERS as u64;
 /// Every this many commands, a client follows one to the audit log.
 const PROBE_EVERY: u64 = 10;
-/// Longest wait for `cairn up` to print its banner (PostgreSQL migrations
-/// included).
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest a single request may take before the bench calls it failed
-/// rather than hang.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Failures shown in full at the end; the rest are only counted.
 const SHOWN_FAILURES: usize = 5;
-/// Lines of the server's stderr kept to explain a failed start.
-const STDERR_TAIL: usize = 20;
 /// Tenant of the baseline's appends.
 const BASELINE_TENANT: &str = "bench";
 
@@ -152,32 +131,6 @@ pub struct CommandsArgs {
     /// Also write the results as a JSON array to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-}
-
-/// The store kind under test, as `--store` names it.
-#[derive(Debug, Clone)]
-enum Backend {
-    Embedded,
-    /// A connection URL without Cairn's `schema=` parameter.
-    Postgres(String),
-}
-
-impl Backend {
-    fn parse(store: &str) -> anyhow::Result<Self> {
-        if store == "embedded" {
-            return Ok(Self::Embedded);
-        }
-        match StoreUrl::parse(store) {
-            Ok(StoreUrl::Postgres(url)) => {
-                let (conn, schema) = split_schema(&url);
-                if let Some(schema) = schema {
-                    eprintln!("bench: ignoring schema={schema}: the bench uses fresh schemas");
-                }
-                Ok(Self::Postgres(conn))
-            }
-            _ => bail!("--store: expected `embedded` or postgres://USER@HOST/DB"),
-        }
-    }
 }
 
 /// How long the timed phase lasts.
@@ -208,12 +161,8 @@ pub(crate) async fn run(args: CommandsArgs) -> anyhow::Result<()> {
     if args.commands == Some(0) || (args.commands.is_none() && args.duration == 0) {
         bail!("--commands and --duration must be at least 1");
     }
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = format!("cairn_bench_cmd_{stamp}_{}", std::process::id());
-    let scratch = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let scratch = Scratch::create("cairn_bench_cmd")?;
+    let name = &scratch.name;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("cairn bench commands");
@@ -235,17 +184,12 @@ pub(crate) async fn run(args: CommandsArgs) -> anyhow::Result<()> {
     println!("cores:       {cores} (shared by the server and the clients)");
 
     let outcome = tokio::select! {
-        outcome = suite(&args, &backend, &scratch, &name) => outcome,
+        outcome = suite(&args, &backend, &scratch.dir, name) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     // The suite's server is gone by now (killed when dropped), so its data
     // can go whether or not the run succeeded.
-    let mut cleaned = std::fs::remove_dir_all(&scratch)
-        .with_context(|| format!("removing {}", scratch.display()));
-    if let Backend::Postgres(url) = &backend {
-        let schemas = [name.clone(), format!("{name}_read")];
-        cleaned = cleaned.and(drop_pg_schemas(url, &schemas).await);
-    }
+    let cleaned = scratch.remove(&backend).await;
     let (metrics, failures) = outcome?;
 
     println!();
@@ -421,123 +365,6 @@ fn quantiles(name: &str, histogram: &Histogram<u64>) -> [Metric; 2] {
     ]
 }
 
-/// A running `cairn up`, killed when dropped.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-    /// The `--dev` token of demo's admin; never printed.
-    token: String,
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("pid", &self.child.id())
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Server {
-    /// Starts this binary as `cairn up --dev` with its data under `dir`
-    /// (and on PostgreSQL its events in `schema`), and waits for its banner.
-    fn start(backend: &Backend, dir: &Path, schema: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the cairn binary")?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["up", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir);
-        if let Backend::Postgres(url) = backend {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            cmd.arg("--store").arg(format!("{url}{sep}schema={schema}"));
-        }
-        // The server is configured by its flags alone: a CAIRN_* variable of
-        // the caller's (a store, a master key, a public URL) must not point
-        // it at other data or make its token's issuer another.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CAIRN_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning cairn up")?;
-        let stderr = child.stderr.take().context("server stderr")?;
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        std::thread::spawn({
-            let tail = Arc::clone(&tail);
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if tail.len() == STDERR_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            }
-        });
-        let stdout = child.stdout.take().context("server stdout")?;
-        let (lines_tx, lines) = mpsc::channel();
-        // Keeps reading after the banner so the server never blocks on a
-        // full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut server = Self {
-            child,
-            base: String::new(),
-            token: String::new(),
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        let why = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    break format!("no banner within {START_TIMEOUT:?}");
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Give the stderr reader a moment to take the last lines.
-                    let _ = server.child.wait();
-                    std::thread::sleep(Duration::from_millis(100));
-                    break "it exited before printing its banner".into();
-                }
-            };
-            if let Some(rest) = line.strip_prefix("cairn up: listening on ") {
-                server.base = rest.trim().to_owned();
-            }
-            if let Some(rest) = line.trim_start().strip_prefix("token:") {
-                server.token = rest.trim().to_owned();
-            }
-            if line.trim_start().starts_with("stop:") {
-                if server.base.is_empty() || server.token.is_empty() {
-                    break "its banner had no address or no token".into();
-                }
-                return Ok(server);
-            }
-        };
-        let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-        let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
-        bail!(
-            "cairn up did not start: {why}; its stderr:\n{}",
-            tail.join("\n")
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The kinds of command the flow sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -555,103 +382,6 @@ impl Kind {
             Kind::AddPassenger => "add_passenger",
             Kind::BoardPassenger => "board_passenger",
         }
-    }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// The server's API as the clients call it: one connection pool, the dev
-/// token on every request.
-#[derive(Clone)]
-struct Api {
-    client: HttpClient,
-    base: String,
-    authorization: HeaderValue,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One answer, read to its end.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    position: Option<u64>,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-
-    /// Status and the start of the body, for a failure report.
-    fn describe(&self) -> String {
-        let body = String::from_utf8_lossy(&self.body);
-        let body: String = body.chars().take(300).collect();
-        format!("{} {body}", self.status)
-    }
-}
-
-impl Api {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| anyhow!("the server's token is not a valid header value"))?;
-        authorization.set_sensitive(true);
-        Ok(Self {
-            client,
-            base: base.to_owned(),
-            authorization,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Answer> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, self.authorization.clone());
-        let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(serde_json::to_vec(body)?))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let request = request.body(body).context("building a request")?;
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status();
-            let position = response
-                .headers()
-                .get(cairn_http::POSITION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok(Answer {
-                status,
-                position,
-                body,
-            })
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))?
     }
 }
 
@@ -1008,19 +738,6 @@ async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_must_be_embedded_or_postgres() {
-        assert!(matches!(Backend::parse("embedded"), Ok(Backend::Embedded)));
-        match Backend::parse("postgres://u@h/db?schema=x&sslmode=disable") {
-            Ok(Backend::Postgres(url)) => assert_eq!(url, "postgres://u@h/db?sslmode=disable"),
-            other => panic!("{other:?}"),
-        }
-        for bad in ["sqlite://x.db", "memory:", "mysql://h/db", ""] {
-            let err = Backend::parse(bad).unwrap_err().to_string();
-            assert!(err.contains("--store"), "{bad}: {err}");
-        }
-    }
 
     #[test]
     fn a_count_budget_hands_out_exactly_its_commands() {

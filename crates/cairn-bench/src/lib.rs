@@ -12,12 +12,17 @@
 //!   RabbitMQ, against acknowledged publishes with the broker's raw client.
 //! - `cairn bench commands` ([`commands`]): HTTP commands through a real
 //!   `cairn up`, against the store's append rate at the same concurrency.
+//! - `cairn bench live` ([`live`]): the live API of a real `cairn up` with
+//!   many subscribed WebSocket clients under a fixed rate of commands,
+//!   against a raw broadcast over the same WebSocket stack.
 
 mod baseline;
 pub mod commands;
+pub mod live;
 pub mod messaging;
 mod report;
 pub mod store;
+mod up;
 mod workload;
 
 use clap::Subcommand;
@@ -36,6 +41,11 @@ pub enum BenchCommand {
     /// store's append rate.
     #[command(long_about = commands::LONG_ABOUT)]
     Commands(commands::CommandsArgs),
+    /// The live API (`/ws`) with many subscribed clients under a fixed
+    /// rate of commands: updates/s, command-to-client latency and memory
+    /// per connection, beside a raw WebSocket broadcast.
+    #[command(long_about = live::LONG_ABOUT)]
+    Live(live::LiveArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -43,5 +53,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Messaging(args) => messaging::run(args).await,
         BenchCommand::Commands(args) => commands::run(args).await,
+        BenchCommand::Live(args) => live::run(args).await,
     }
 }
