@@ -18,9 +18,11 @@
 //! NATS: it asks the services for their resources and hears their changes
 //! over NATS with the RES-Service protocol (`cairn_live::nats`), with no
 //! code per service. A connection's token is checked here, as at `cairn
-//! up`, and again by the service for each resource it reads.
+//! up`, and again by the service for each resource it reads. The
+//! operations resources (`ops.…`) are every service's: asked of all of
+//! them at once and put together (`cairn_live::nats::Gathered`).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use cairn_auth::Revocations;
@@ -38,6 +40,11 @@ use crate::{
         tokens::{hear_revocations, remote_verifier},
     },
 };
+
+/// The longest the operations resources wait for the services' answers.
+const OPS_WINDOW: Duration = Duration::from_secs(1);
+/// How often a connection holding an operations resource reads it again.
+const OPS_TICK: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -82,21 +89,29 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("hearing live changes on NATS: {e}"))?;
         let remote = cairn_live::nats::Remote::new(
-            client,
+            client.clone(),
             settings.prefix.clone(),
             settings.request_timeout,
         );
+        // The operations resources, asked of every service at once.
+        let ops = Arc::new(cairn_live::nats::Gathered::new(
+            client,
+            settings.prefix.clone(),
+            settings.request_timeout.min(OPS_WINDOW),
+        ));
+        let ticks = ops.tick(changes.clone(), OPS_TICK);
         let live = cairn_live::Live::builder(EdgeAuth(platform::TokenAuth {
             verifier: verifier.clone(),
             audit: None,
         }))
         .fallback(Arc::new(remote))
+        .serve_shared("ops", ops)
         .publisher(changes)
         .build();
-        live_parts = Some((live, heard));
+        live_parts = Some((live, heard, ticks));
     }
     let mut options = GatewayOptions::new(settings.routes.clone());
-    if let Some((live, _)) = &live_parts {
+    if let Some((live, _, _)) = &live_parts {
         options.own_routes = Some(live.router().merge(cairn_console::router()));
     }
     options.upstream_timeout = settings.upstream_timeout;
@@ -164,8 +179,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await
     .context("serving HTTP")?;
-    if let Some((_, heard)) = live_parts {
-        shutdown_all(vec![Box::new(heard)]).await;
+    if let Some((_, heard, ticks)) = live_parts {
+        shutdown_all(vec![Box::new(heard), Box::new(ticks)]).await;
     }
     if let Some((background, db, _)) = revocations {
         shutdown_all(background).await;

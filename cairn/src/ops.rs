@@ -3,7 +3,7 @@
 //! runtime (nothing per service), pushed once a second while they change.
 //!
 //! ```text
-//! ops.store                      {head, eventsPerSecond}
+//! ops.store                      {head, eventsPerSecond[, id]}
 //! ops.projections                ops.projection.<name>, by name
 //! ops.projection.<name>          {name, state, position, head, lag, lagSeconds, parked, skipped, error}
 //! ops.consumers                  ops.consumer.<group>, by group
@@ -50,20 +50,25 @@ pub(crate) struct Ops {
 }
 
 struct Inner {
-    projections: Projections,
+    /// None in a service that runs no projections.
+    projections: Option<Projections>,
     consumers: Vec<watch::Receiver<ConsumerStatus>>,
     dead_letters: Option<DeadLetters>,
-    store: Arc<dyn EventStore>,
+    /// None in a service that keeps no events (`ops.store` is not found).
+    store: Option<Arc<dyn EventStore>>,
     /// Events appended per second, over the last tick.
     rate: Mutex<f64>,
+    /// Which store it is, the same in every service that shares it (the
+    /// gateway counts a store once): a fingerprint of its address.
+    store_id: Option<String>,
 }
 
 impl Ops {
     pub(crate) fn new(
-        projections: Projections,
+        projections: Option<Projections>,
         consumers: Vec<watch::Receiver<ConsumerStatus>>,
         dead_letters: Option<DeadLetters>,
-        store: Arc<dyn EventStore>,
+        store: Option<Arc<dyn EventStore>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -72,8 +77,18 @@ impl Ops {
                 dead_letters,
                 store,
                 rate: Mutex::new(0.0),
+                store_id: None,
             }),
         }
+    }
+
+    /// With the store's address, for `ops.store`'s `id` (a fingerprint:
+    /// the address is not shown).
+    pub(crate) fn with_store_address(mut self, address: &str) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.store_id = Some(fingerprint(address));
+        }
+        self
     }
 
     /// Measures the append rate and asks every connection holding an
@@ -104,7 +119,18 @@ impl Ops {
     }
 
     fn head(&self) -> u64 {
-        *self.inner.store.head().borrow()
+        self.inner
+            .store
+            .as_ref()
+            .map_or(0, |store| *store.head().borrow())
+    }
+
+    fn projection_names(&self) -> Vec<String> {
+        self.inner
+            .projections
+            .as_ref()
+            .map(|p| p.names().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default()
     }
 
     /// Every operations resource by name (dead letters' own models are
@@ -119,9 +145,7 @@ impl Ops {
         .map(String::from)
         .into();
         names.extend(
-            self.inner
-                .projections
-                .names()
+            self.projection_names()
                 .into_iter()
                 .map(|n| format!("ops.projection.{n}")),
         );
@@ -144,11 +168,12 @@ impl Ops {
 
     async fn dead_letters(&self, ctx: &RequestContext) -> Result<Vec<DeadLetterView>, ResError> {
         let mut all = Vec::new();
-        for name in self.inner.projections.names() {
-            let letters = self
-                .inner
-                .projections
-                .dead_letters(name, 0, MAX_DEAD_LETTERS as u32)
+        for name in self.projection_names() {
+            let Some(projections) = &self.inner.projections else {
+                break;
+            };
+            let letters = projections
+                .dead_letters(&name, 0, MAX_DEAD_LETTERS as u32)
                 .await
                 .map_err(|e| unavailable(&e))?;
             all.extend(
@@ -239,6 +264,18 @@ impl DeadLetterView {
     }
 }
 
+/// FNV-1a, 64 bits, in hex: the same for the same address in every
+/// process and release (the standard library's hasher promises neither),
+/// and no crate for eight lines.
+fn fingerprint(address: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in address.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 fn model(json: Json) -> Resource {
     match json {
         Json::Object(fields) => Resource::model_from_json(fields),
@@ -290,12 +327,18 @@ impl Resources for Ops {
         }
         let parts: Vec<&str> = rid.parts().collect();
         match parts.as_slice() {
-            ["ops", "store"] => Ok(model(json!({
-                "head": self.head(),
-                "eventsPerSecond": *self.inner.rate.lock().expect("rate"),
-            }))),
+            ["ops", "store"] if self.inner.store.is_some() => {
+                let mut store = json!({
+                    "head": self.head(),
+                    "eventsPerSecond": *self.inner.rate.lock().expect("rate"),
+                });
+                if let Some(id) = &self.inner.store_id {
+                    store["id"] = json!(id);
+                }
+                Ok(model(store))
+            }
             ["ops", "projections"] => {
-                let mut names = self.inner.projections.names();
+                let mut names = self.projection_names();
                 names.sort_unstable();
                 Ok(references(names.into_iter().filter_map(|n| {
                     Rid::parse(&format!("ops.projection.{n}")).ok()
@@ -306,6 +349,8 @@ impl Resources for Ops {
                 let status = self
                     .inner
                     .projections
+                    .as_ref()
+                    .ok_or_else(ResError::not_found)?
                     .status_of(&name)
                     .await
                     .map_err(|_| ResError::not_found())?;
@@ -392,5 +437,21 @@ impl Resources for Ops {
                 "a projection's dead letter is not replayed alone: retry or rebuild the projection",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_store_address_has_a_stable_fingerprint() {
+        // FNV-1a's published values.
+        assert_eq!(fingerprint(""), "cbf29ce484222325");
+        assert_eq!(fingerprint("a"), "af63dc4c8601ec8c");
+        assert_ne!(
+            fingerprint("postgres://db/cairn?schema=a"),
+            fingerprint("postgres://db/cairn?schema=b")
+        );
     }
 }

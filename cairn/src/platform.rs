@@ -164,6 +164,7 @@ impl Platform {
 /// context as [`cairn_http::bearer_auth`] gives a request, the token's
 /// expiry and revocation checked again while the connection lives, and a
 /// cross-tenant session recorded per read as `X-Cairn-Tenant` reads are.
+#[derive(Clone)]
 pub(crate) struct TokenAuth {
     pub(crate) verifier: cairn_auth::Verifier,
     /// Where cross-tenant reads are recorded; without it they are refused.

@@ -305,14 +305,14 @@ pub(crate) async fn start(
         |live, (name, resources)| live.serve_shared(name, resources),
     );
     let ops = crate::ops::Ops::new(
-        projections.clone(),
+        Some(projections.clone()),
         consumers,
         Some(
             cairn_messaging::DeadLetters::open(read_db.clone())
                 .await
                 .context("opening the dead letters")?,
         ),
-        store.clone(),
+        Some(store.clone()),
     );
     background.push(Box::new(ops.push(live_changes.clone())));
     let live = live.serve("ops", ops);

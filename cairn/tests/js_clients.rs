@@ -3,7 +3,7 @@
 //! `resclient.test.mjs` speaks the live API with Resgate's own client
 //! (`resclient` from npm); `console.test.mjs` drives the web console in
 //! Debian's Chromium through `playwright-core`, saving screenshots under
-//! `<target dir>/test-artifacts/console`.
+//! `<target dir>/test-artifacts/console/up`.
 //! What they need, and when they skip, is in `support/js.rs`.
 
 #[path = "support/js.rs"]
@@ -19,7 +19,7 @@ use js::{ready, run_node};
 /// Runs `node --test` on `file` against a fresh `cairn up`.
 fn run(file: &str) {
     let up = start();
-    run_node(file, &up.base, &up.demo_password);
+    run_node(file, &up.base, &up.demo_password, "up");
 }
 
 struct Up {

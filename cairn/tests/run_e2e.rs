@@ -1488,18 +1488,71 @@ async fn live_through_the_gateway(c: Cluster) {
         .await;
     assert!(read.to_string().contains("RES subscribe"), "{read}");
 
-    // Resgate's own client, through the gateway.
-    if js::ready("resclient.test.mjs", false) {
-        let password = c
-            .identity
-            .passwords
-            .iter()
-            .find(|(t, _)| t == "demo")
-            .map(|(_, p)| p.clone())
-            .unwrap();
-        tokio::task::spawn_blocking(move || js::run_node("resclient.test.mjs", &host, &password))
-            .await
-            .unwrap();
+    // The operations are every service's, put together by the gateway:
+    // both services' projections, the consumers, the stores' heads added.
+    let r = live.request("subscribe.ops.projections", Value::Null).await;
+    let projections = r["result"]["collections"]["ops.projections"].to_string();
+    for name in ["ops.projection.flights.", "ops.projection.passengers."] {
+        assert!(projections.contains(name), "{name} in {r}");
+    }
+    let first = r["result"]["collections"]["ops.projections"][0]["rid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(r["result"]["models"][&first]["state"], "running", "{r}");
+    let r = live.request("subscribe.ops.consumers", Value::Null).await;
+    assert!(
+        r["result"]["collections"]["ops.consumers"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{r}"
+    );
+    let r = live.request("subscribe.ops.store", Value::Null).await;
+    let head = r["result"]["models"]["ops.store"]["head"].as_u64().unwrap();
+    assert!(head > 0, "{r}");
+    let r = live.request("subscribe.ops.deadletters", Value::Null).await;
+    assert!(
+        r["result"]["collections"]["ops.deadletters"].is_array(),
+        "{r}"
+    );
+    // Once a second the gateway has them read again: a new event moves
+    // the head.
+    let r = c.add_passenger(&id, "L2").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = live.event().await;
+        if event["event"] == "ops.store.change"
+            && event["data"]["values"]["head"]
+                .as_u64()
+                .is_some_and(|moved| moved > head)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no higher head within 10 s; last {event}"
+        );
+    }
+    let r = anonymous.request("subscribe.ops.store", Value::Null).await;
+    assert_eq!(r["error"]["code"], "system.accessDenied", "{r}");
+
+    // Resgate's own client and the console in Chromium, through the
+    // gateway.
+    let password = c
+        .identity
+        .passwords
+        .iter()
+        .find(|(t, _)| t == "demo")
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    for (file, chromium) in [("resclient.test.mjs", false), ("console.test.mjs", true)] {
+        if js::ready(file, chromium) {
+            let (host, password) = (host.clone(), password.clone());
+            tokio::task::spawn_blocking(move || js::run_node(file, &host, &password, "gateway"))
+                .await
+                .unwrap();
+        }
     }
 }
 

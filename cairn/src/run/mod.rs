@@ -223,10 +223,11 @@ pub(crate) async fn start(
                 .context("serving requests")?,
         )
     };
+    let mut consumers = Vec::new();
     for consumer in service.consumers_in(&env)? {
-        background.push(Box::new(
-            consumer.start().await.context("consuming events")?,
-        ));
+        let running = consumer.start().await.context("consuming events")?;
+        consumers.push(running.watch());
+        background.push(Box::new(running));
     }
     let cross_reads = match (&service.cross_reads, &store) {
         (CrossReads::Custom(make), _) => Some(make(&env)),
@@ -278,11 +279,47 @@ pub(crate) async fn start(
         }
     };
     let mut live_line = None;
+    if let (Some(nats), Some(auth)) = (&link.nats, &live_auth) {
+        // Its part of the operations resources (`ops.…`), which the
+        // gateway asks of every service and puts together.
+        let dead_letters = if consumers.is_empty() {
+            None
+        } else {
+            Some(
+                cairn_messaging::DeadLetters::open(db.clone())
+                    .await
+                    .context("opening the dead letters")?,
+            )
+        };
+        let mut ops =
+            crate::ops::Ops::new(projections.clone(), consumers, dead_letters, store.clone());
+        if let Some(address) = &settings.store {
+            ops = ops.with_store_address(&redact(address));
+        }
+        // Its own publisher: the resets of the operations are the
+        // gateway's to make (once a second), not published here.
+        let ticks = cairn_live::Publisher::new(16);
+        background.push(Box::new(ops.push(ticks.clone())));
+        let side = cairn_live::nats::ServiceSide {
+            prefix: settings.prefix.clone(),
+            service: "ops".to_owned(),
+            group: name.to_owned(),
+            resources: Arc::new(ops),
+            auth: Arc::new(auth.clone()),
+            reader: [cairn_auth::permissions::PROJECTIONS_READ.to_owned()].into(),
+        };
+        background.push(Box::new(
+            cairn_live::nats::serve(nats.clone(), side, &ticks)
+                .await
+                .map_err(|e| anyhow::anyhow!("serving the operations over NATS: {e}"))?,
+        ));
+    }
     match (&started.live, &link.nats, &env.live, live_auth) {
         (Some(resources), Some(nats), Some(changes), Some(auth)) => {
             let side = cairn_live::nats::ServiceSide {
                 prefix: settings.prefix.clone(),
                 service: name.to_owned(),
+                group: name.to_owned(),
                 resources: resources.clone(),
                 auth: Arc::new(auth),
                 reader: reader_permissions(service)

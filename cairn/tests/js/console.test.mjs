@@ -242,7 +242,11 @@ test('a flight run in the console, watched live in the audit log of another sess
   await a.getByRole('link', { name: 'Operations' }).click();
   await a.getByRole('heading', { name: 'Operations' }).waitFor();
   await textUntil(a.locator('#store-head'), says(/\d/), '#store-head shows a position');
-  await a.getByRole('table').first().waitFor();
+  // Projections and consumers listed (through a gateway, every
+  // service's), each with its state.
+  await a.getByRole('table', { name: 'Projections' }).getByRole('row').filter({ hasText: 'flights.flights' })
+    .filter({ hasText: 'running' }).first().waitFor();
+  await a.getByRole('table', { name: 'Consumers' }).getByRole('row').nth(1).waitFor();
   await photograph(a, 'operations');
 
   // Signed out: back to the sign-in page.

@@ -65,22 +65,23 @@ pub(crate) fn ready(file: &str, needs_chromium: bool) -> bool {
     false
 }
 
-/// Where screenshots go: `<target dir>/test-artifacts/console`, the target
-/// dir being the one this test's `cairn` was built into.
-pub(crate) fn artifacts() -> PathBuf {
+/// Where screenshots go: `<target dir>/test-artifacts/console/<under>`,
+/// the target dir being the one this test's `cairn` was built into.
+pub(crate) fn artifacts(under: &str) -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_cairn"));
     let target = bin
         .parent()
         .and_then(Path::parent)
         .expect("cairn is built under <target>/<profile>/");
-    target.join("test-artifacts/console")
+    target.join("test-artifacts/console").join(under)
 }
 
 /// Runs `node --test` on `file` against the server at `base` (host:port,
 /// its `/realms` serving demo's admin with `demo_password`) and fails,
-/// printing everything node printed, unless every test passed.
-pub(crate) fn run_node(file: &str, base: &str, demo_password: &str) {
-    let artifacts = artifacts();
+/// printing everything node printed, unless every test passed. Its
+/// screenshots go to [`artifacts`]`(under)`.
+pub(crate) fn run_node(file: &str, base: &str, demo_password: &str, under: &str) {
+    let artifacts = artifacts(under);
     std::fs::create_dir_all(&artifacts).unwrap();
     let mut node = Command::new("node");
     // A group of its own, so that a run past the limit is ended with

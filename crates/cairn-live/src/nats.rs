@@ -58,6 +58,10 @@ use tokio::sync::broadcast;
 
 use crate::{Authenticate, Bearer, CallAnswer, Change, Publisher, Resources, Session};
 
+/// The header of a reply naming the service that sent it (a gateway
+/// putting answers of several services together knows whom it heard).
+pub const SERVICE_HEADER: &str = "Cairn-Service";
+
 /// What a service serving its resources over NATS has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeStatus {
@@ -72,8 +76,13 @@ pub struct ServeStatus {
 pub struct ServiceSide {
     /// The deployment's subject prefix.
     pub prefix: String,
-    /// The service's name: the first part of its resource names.
+    /// The first part of the names it serves: the service's own name, or
+    /// `ops` for the operations resources every service serves a part of.
     pub service: String,
+    /// Who answers, in the queue group's name and in each reply's
+    /// [`SERVICE_HEADER`]: the service's name. Its instances share the
+    /// requests; other services asked the same (`ops.…`) answer as well.
+    pub group: String,
     pub resources: Arc<dyn Resources>,
     /// Checks the tokens of `access` and `call` requests.
     pub auth: Arc<dyn Authenticate>,
@@ -87,14 +96,15 @@ impl std::fmt::Debug for ServiceSide {
         f.debug_struct("ServiceSide")
             .field("prefix", &self.prefix)
             .field("service", &self.service)
+            .field("group", &self.group)
             .field("reader", &self.reader)
             .finish_non_exhaustive()
     }
 }
 
-/// Serves `side`'s resources on NATS (a queue group per service, so its
-/// instances share the requests) and publishes what `changes` carries,
-/// until stopped.
+/// Serves `side`'s resources on NATS (a queue group per service and
+/// group, so the instances of a service share the requests) and publishes
+/// what `changes` carries, until stopped.
 pub async fn serve(
     client: Client,
     side: ServiceSide,
@@ -104,7 +114,7 @@ pub async fn serve(
     let mut subscribers = Vec::new();
     for kind in ["access", "get", "call"] {
         let subject = format!("{}.{kind}.{}.>", side.prefix, side.service);
-        let group = format!("{}.res.{}", side.prefix, side.service);
+        let group = format!("{}.res.{}.{}", side.prefix, side.service, side.group);
         subscribers.push(client.queue_subscribe(subject, group).await?);
     }
     // So that a request sent right after this returns finds the service.
@@ -128,10 +138,11 @@ async fn run(
     client: Client,
     side: Arc<ServiceSide>,
     mut requests: futures_util::stream::SelectAll<async_nats::Subscriber>,
-    mut changes: broadcast::Receiver<Change>,
+    changes: broadcast::Receiver<Change>,
     controls: Controls<ServeStatus>,
 ) {
     let Controls { status, mut stop } = controls;
+    let mut changes = Some(changes);
     let status = Arc::new(status);
     loop {
         tokio::select! {
@@ -146,15 +157,27 @@ async fn run(
                         Ok(response) => response,
                         Err(error) => ServiceResponse::Error(error),
                     };
-                    if let Err(e) = client.publish(reply, response.to_json().into()).await {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(SERVICE_HEADER, side.group.as_str());
+                    if let Err(e) = client
+                        .publish_with_headers(reply, headers, response.to_json().into())
+                        .await
+                    {
                         status.send_modify(|s| s.last_error = Some(format!("replying: {e}")));
                     }
                     status.send_modify(|s| s.answered += 1);
                 });
             }
-            change = changes.recv() => {
+            change = async {
+                match &mut changes {
+                    Some(changes) => changes.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // No change can come any more: the requests are still
+                // answered.
                 if !publish(&client, &side, change, &status).await {
-                    return;
+                    changes = None;
                 }
             }
             // The guard it answers must not live on across the awaits above.
@@ -385,6 +408,37 @@ fn token(session: &Session) -> Result<Json, ResError> {
     Ok(json!({ "token": bearer }))
 }
 
+/// An `access` request's payload: the caller's token, the query.
+fn access_payload(session: &Session, rid: &Rid) -> Result<Json, ResError> {
+    let access = AccessRequest {
+        cid: session.context.correlation_id.clone(),
+        token: Some(token(session)?),
+        query: rid.query().map(str::to_owned),
+        is_http: false,
+    };
+    serde_json::to_value(access).map_err(|_| ResError::internal_error())
+}
+
+/// A `get` request's payload: the query only.
+fn get_payload(rid: &Rid) -> Result<Json, ResError> {
+    let get = GetRequest {
+        query: rid.query().map(str::to_owned),
+    };
+    serde_json::to_value(get).map_err(|_| ResError::internal_error())
+}
+
+/// A `call` request's payload: the caller's token, the query, the params.
+fn call_payload(session: &Session, rid: &Rid, params: Json) -> Result<Json, ResError> {
+    let call = CallRequest {
+        cid: session.context.correlation_id.clone(),
+        token: Some(token(session)?),
+        query: rid.query().map(str::to_owned),
+        params: Some(params),
+        is_http: false,
+    };
+    serde_json::to_value(call).map_err(|_| ResError::internal_error())
+}
+
 #[async_trait]
 impl Resources for Remote {
     /// Only as a session: the services need the caller's token.
@@ -395,13 +449,7 @@ impl Resources for Remote {
     async fn get_as(&self, session: &Session, rid: &Rid) -> Result<Resource, ResError> {
         let tenant = session.context.tenant.as_str();
         let wire = to_wire(rid, tenant)?;
-        let access = AccessRequest {
-            cid: session.context.correlation_id.clone(),
-            token: Some(token(session)?),
-            query: rid.query().map(str::to_owned),
-            is_http: false,
-        };
-        let payload = serde_json::to_value(access).map_err(|_| ResError::internal_error())?;
+        let payload = access_payload(session, rid)?;
         let access: Access = match self.request(ServiceSubject::access(&wire), payload).await? {
             ServiceResponse::Result(result) => {
                 serde_json::from_value(result).map_err(|_| ResError::internal_error())?
@@ -412,10 +460,7 @@ impl Resources for Remote {
         if !access.get {
             return Err(ResError::access_denied());
         }
-        let get = GetRequest {
-            query: rid.query().map(str::to_owned),
-        };
-        let payload = serde_json::to_value(get).map_err(|_| ResError::internal_error())?;
+        let payload = get_payload(rid)?;
         let result = match self.request(ServiceSubject::get(&wire), payload).await? {
             ServiceResponse::Result(result) => GetResult::parse(result)?,
             ServiceResponse::Error(error) => return Err(error),
@@ -433,14 +478,7 @@ impl Resources for Remote {
     ) -> Result<CallAnswer, ResError> {
         let tenant = session.context.tenant.as_str();
         let wire = to_wire(rid, tenant)?;
-        let call = CallRequest {
-            cid: session.context.correlation_id.clone(),
-            token: Some(token(session)?),
-            query: rid.query().map(str::to_owned),
-            params: Some(params),
-            is_http: false,
-        };
-        let payload = serde_json::to_value(call).map_err(|_| ResError::internal_error())?;
+        let payload = call_payload(session, rid, params)?;
         match self
             .request(ServiceSubject::call(&wire, method), payload)
             .await?
@@ -452,6 +490,321 @@ impl Resources for Remote {
             ServiceResponse::Error(error) => Err(error),
             ServiceResponse::PreResponse { .. } => Err(ResError::internal_error()),
         }
+    }
+}
+
+/// How long a service that stopped answering is still waited for.
+const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// How long after the last awaited answer another (a service not heard
+/// before) is still taken.
+const GRACE: Duration = Duration::from_millis(25);
+/// The most names [`Gathered`] reads again at each tick.
+const MAX_GATHERED_NAMES: usize = 4096;
+
+/// A gateway's way to the resources every service serves a part of (the
+/// operations, `ops.…`): each request goes to all of them at once and
+/// their answers are put together.
+///
+/// - `access`: granted when one service grants it (each checks the token
+///   and whether the caller may read it).
+/// - `get`: the collections the services answer, one after the other in
+///   the order of their names, each value once; the models, field by
+///   field, numbers added (`ops.store`'s head and rate are the sums of the
+///   services' stores) and anything else the first service's, a model
+///   whose `id` an earlier one had left out (services sharing one store
+///   count it once). A resource one
+///   service owns (`ops.projection.<name>`) is its answer; the others say
+///   `system.notFound`.
+/// - `call`: the first service's answer that is no error (the others say
+///   `system.notFound`), else the first error that is not
+///   `system.notFound`.
+///
+/// It waits for every service heard in the last 30 s and a moment after
+/// the last of them for one not heard before, never past `window`; the
+/// first request after a start waits the window, or a moment after the
+/// first answer. The services' own resets of these are not heard:
+/// [`Gathered::tick`] has each holding connection read them again.
+pub struct Gathered {
+    client: Client,
+    prefix: String,
+    window: Duration,
+    /// The services that answered, and when they last did.
+    known: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The names read with success, for [`Gathered::tick`].
+    read: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gathered")
+            .field("prefix", &self.prefix)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gathered {
+    /// Asks the services of the deployment `prefix`, each request waiting
+    /// at most `window` for their answers.
+    pub fn new(client: Client, prefix: impl Into<String>, window: Duration) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            window,
+            known: std::sync::Mutex::default(),
+            read: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Has every connection holding one of the resources read so far read
+    /// it again, every `every`, until stopped.
+    pub fn tick(self: &Arc<Self>, publisher: Publisher, every: Duration) -> Running<()> {
+        let gathered = self.clone();
+        Running::start(
+            "live gathered resets",
+            Stage::Support,
+            (),
+            move |mut controls| {
+                vec![tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(every);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = ticks.tick() => {}
+                            _ = controls.stop.wait_for(|stop| *stop) => return,
+                        }
+                        let names: Vec<String> = gathered
+                            .read
+                            .lock()
+                            .expect("names")
+                            .iter()
+                            .cloned()
+                            .collect();
+                        if !names.is_empty() {
+                            publisher.publish(Change::ResetAll { names });
+                        }
+                    }
+                })]
+            },
+        )
+    }
+
+    /// The services' answers to one request, by service name.
+    async fn scatter(
+        &self,
+        subject: ServiceSubject,
+        payload: Json,
+    ) -> Result<BTreeMap<String, ServiceResponse>, ResError> {
+        let subject = format!("{}.{}", self.prefix, subject.to_subject());
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(unavailable)?;
+        self.client
+            .publish_with_reply(subject, inbox, payload.to_string().into())
+            .await
+            .map_err(unavailable)?;
+        let started = tokio::time::Instant::now();
+        let expected: BTreeSet<String> = {
+            let mut known = self.known.lock().expect("known");
+            known.retain(|_, seen| seen.elapsed() < FORGET_AFTER);
+            known.keys().cloned().collect()
+        };
+        let end = started + self.window;
+        let mut until = end;
+        let mut answers = BTreeMap::new();
+        loop {
+            let message = match tokio::time::timeout_at(until, replies.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err(unavailable("the connection to NATS closed")),
+                Ok(Some(message)) => message,
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                break;
+            }
+            let service = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SERVICE_HEADER))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            match ServiceResponse::parse(&message.payload) {
+                // A service asking for more time gets it, within the window.
+                ServiceResponse::PreResponse { .. } => continue,
+                response => {
+                    answers.entry(service).or_insert(response);
+                }
+            }
+            if expected.iter().all(|s| answers.contains_key(s)) {
+                until = until.min(tokio::time::Instant::now() + GRACE);
+            }
+        }
+        let mut known = self.known.lock().expect("known");
+        let now = std::time::Instant::now();
+        for service in answers.keys() {
+            known.insert(service.clone(), now);
+        }
+        if answers.is_empty() && tokio::time::Instant::now() >= end {
+            return Err(ResError::timeout());
+        }
+        Ok(answers)
+    }
+
+    fn remember(&self, rid: &Rid) {
+        let mut read = self.read.lock().expect("names");
+        if read.len() < MAX_GATHERED_NAMES {
+            read.insert(rid.name().to_owned());
+        }
+    }
+}
+
+/// The error to answer when no service answered with success: the first
+/// that is not `system.notFound`, else `system.notFound`.
+fn first_error(answers: impl IntoIterator<Item = ServiceResponse>) -> ResError {
+    answers
+        .into_iter()
+        .filter_map(|a| match a {
+            ServiceResponse::Error(e) if e.code != ResError::not_found().code => Some(e),
+            _ => None,
+        })
+        .next()
+        .unwrap_or_else(ResError::not_found)
+}
+
+/// Several services' answers for one resource, put together (see
+/// [`Gathered`]).
+fn compose(resources: Vec<Resource>) -> Option<Resource> {
+    let mut resources = resources.into_iter();
+    let mut whole = resources.next()?;
+    let mut ids: Vec<cairn_res::Value> = id_of(&whole).into_iter().collect();
+    for part in resources {
+        // One thing several services share (a store), counted once.
+        if let Some(id) = id_of(&part) {
+            if ids.contains(&id) {
+                continue;
+            }
+            ids.push(id);
+        }
+        match (&mut whole, part) {
+            (Resource::Collection(values), Resource::Collection(more)) => {
+                for value in more {
+                    if !values.contains(&value) {
+                        values.push(value);
+                    }
+                }
+            }
+            (Resource::Model(fields), Resource::Model(more)) => {
+                for (key, value) in more {
+                    match (fields.get_mut(&key), value) {
+                        (None, value) => {
+                            fields.insert(key, value);
+                        }
+                        (Some(cairn_res::Value::Primitive(a)), cairn_res::Value::Primitive(b)) => {
+                            if let Some(sum) = add(a, &b) {
+                                *a = sum;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(whole)
+}
+
+/// A model's `id`, when it has one.
+fn id_of(resource: &Resource) -> Option<cairn_res::Value> {
+    match resource {
+        Resource::Model(fields) => fields.get("id").cloned(),
+        Resource::Collection(_) => None,
+    }
+}
+
+/// `a + b` when both are numbers.
+fn add(a: &Json, b: &Json) -> Option<Json> {
+    if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
+        return Some(Json::from(a.saturating_add(b)));
+    }
+    let sum = a.as_f64()? + b.as_f64()?;
+    serde_json::Number::from_f64(sum).map(Json::Number)
+}
+
+#[async_trait]
+impl Resources for Gathered {
+    /// Only as a session: the services need the caller's token.
+    async fn get(&self, _ctx: &RequestContext, _rid: &Rid) -> Result<Resource, ResError> {
+        Err(ResError::access_denied())
+    }
+
+    async fn get_as(&self, session: &Session, rid: &Rid) -> Result<Resource, ResError> {
+        let tenant = session.context.tenant.as_str();
+        let wire = to_wire(rid, tenant)?;
+        let payload = access_payload(session, rid)?;
+        let answers = self.scatter(ServiceSubject::access(&wire), payload).await?;
+        let granted = answers.values().any(|a| match a {
+            ServiceResponse::Result(result) => {
+                serde_json::from_value::<Access>(result.clone()).is_ok_and(|a| a.get)
+            }
+            _ => false,
+        });
+        if !granted {
+            return Err(first_error(answers.into_values()));
+        }
+        let payload = get_payload(rid)?;
+        let answers = self.scatter(ServiceSubject::get(&wire), payload).await?;
+        let mut found = Vec::new();
+        let mut refused = Vec::new();
+        for answer in answers.into_values() {
+            match answer {
+                ServiceResponse::Result(result) => {
+                    let result = GetResult::parse(result)?;
+                    found.push(rename_references(result.resource, |r| {
+                        from_wire_in(r, tenant)
+                    })?);
+                }
+                other => refused.push(other),
+            }
+        }
+        let whole = compose(found).ok_or_else(|| first_error(refused))?;
+        self.remember(rid);
+        if let Resource::Collection(values) = &whole {
+            for value in values {
+                if let cairn_res::Value::Reference { rid, .. } = value {
+                    self.remember(rid);
+                }
+            }
+        }
+        Ok(whole)
+    }
+
+    async fn call_as(
+        &self,
+        session: &Session,
+        rid: &Rid,
+        method: &str,
+        params: Json,
+    ) -> Result<CallAnswer, ResError> {
+        let tenant = session.context.tenant.as_str();
+        let wire = to_wire(rid, tenant)?;
+        let payload = call_payload(session, rid, params)?;
+        let answers = self
+            .scatter(ServiceSubject::call(&wire, method), payload)
+            .await?;
+        let mut refused = Vec::new();
+        for answer in answers.into_values() {
+            match answer {
+                ServiceResponse::Result(payload) => return Ok(CallAnswer::Payload(payload)),
+                ServiceResponse::Resource(target) => {
+                    return Ok(CallAnswer::Resource(from_wire_in(&target, tenant)?));
+                }
+                other => refused.push(other),
+            }
+        }
+        Err(first_error(refused))
     }
 }
 
