@@ -32,7 +32,10 @@
 //! holding one read it again (so a change still reaches a client only
 //! once the read model shows it). Events on a resource
 //! (`event.<name>.<event>`) from another RES service are heard as a reset
-//! of that resource.
+//! of that resource, and a reset's patterns (`flights.*.flight.>`) as
+//! resets of what they match, in the pattern's tenant or, when its tenant
+//! part is a wildcard, in every tenant. A service that missed some of its
+//! own changes (its buffer overflowed) resets `<service>.>`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -294,12 +297,23 @@ async fn publish(
         // over NATS.
         Ok(Change::ResetAll { .. }) => return true,
         Err(broadcast::error::RecvError::Lagged(missed)) => {
+            // Which resources they touched is not known: every connection
+            // holding one of the service's reads it again.
             tracing::warn!(
                 service = side.service,
                 missed,
-                "live changes were missed; connections reading them catch up at their next change"
+                "live changes were missed; all of the service's resources are reset"
             );
             status.send_modify(|s| s.last_error = Some(format!("{missed} changes missed")));
+            let (subject, payload) = SystemEvent::Reset {
+                resources: vec![format!("{}.>", side.service)],
+                access: Vec::new(),
+            }
+            .to_message();
+            let subject = format!("{}.{subject}", side.prefix);
+            if let Err(e) = client.publish(subject, payload.into()).await {
+                status.send_modify(|s| s.last_error = Some(format!("publishing a reset: {e}")));
+            }
             return true;
         }
         Err(broadcast::error::RecvError::Closed) => return false,
@@ -872,11 +886,16 @@ fn changes_of(prefix: &str, message: &Message) -> Vec<Change> {
         }
     };
     let mut per_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut every_tenant = Vec::new();
     for name in names {
-        if name.contains('*') || name.contains('>') {
-            // Patterns across resources are not followed: Cairn's
-            // services reset names.
-            tracing::debug!(pattern = name, "a reset pattern is not followed");
+        if cairn_res::is_pattern(&name) {
+            // A pattern: the connections holding what it matches read it
+            // again, in its tenant or in all.
+            match cairn_res::service::pattern_from_wire(&name) {
+                Some((Some(tenant), local)) => per_tenant.entry(tenant).or_default().push(local),
+                Some((None, local)) => every_tenant.push(local),
+                None => tracing::debug!(pattern = name, "a reset pattern is not followed"),
+            }
             continue;
         }
         let Ok(wire) = Rid::parse(&name) else {
@@ -889,12 +908,86 @@ fn changes_of(prefix: &str, message: &Message) -> Vec<Change> {
                 .push(rid.name().to_owned());
         }
     }
-    per_tenant
+    let mut changes: Vec<Change> = per_tenant
         .into_iter()
         .filter_map(|(tenant, names)| {
             TenantId::new(&tenant)
                 .ok()
                 .map(|tenant| Change::Reset { tenant, names })
         })
-        .collect()
+        .collect();
+    if !every_tenant.is_empty() {
+        changes.push(Change::ResetAll {
+            names: every_tenant,
+        });
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reset(prefix: &str, resources: &[&str]) -> Message {
+        let (subject, payload) = SystemEvent::Reset {
+            resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+            access: Vec::new(),
+        }
+        .to_message();
+        Message {
+            subject: format!("{prefix}.{subject}").into(),
+            reply: None,
+            payload: payload.into(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    fn tenant(t: &str) -> TenantId {
+        TenantId::new(t).unwrap()
+    }
+
+    #[test]
+    fn resets_are_heard_per_tenant_patterns_included() {
+        let changes = changes_of(
+            "cairn",
+            &reset(
+                "cairn",
+                &[
+                    "flights.acme.flight.7",
+                    "flights.acme.flight.*",
+                    "flights.globex.flights",
+                    "flights.*.flights",
+                    "flights.>",
+                    "*.acme.flight.7",
+                ],
+            ),
+        );
+        let mut seen = Vec::new();
+        for change in changes {
+            match change {
+                Change::Reset { tenant, names } => seen.push((Some(tenant), names)),
+                Change::ResetAll { names } => seen.push((None, names)),
+                Change::Event { .. } => panic!("no events"),
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (
+                    Some(tenant("acme")),
+                    vec!["flights.flight.7".to_owned(), "flights.flight.*".to_owned()]
+                ),
+                (Some(tenant("globex")), vec!["flights.flights".to_owned()]),
+                (
+                    None,
+                    vec!["flights.flights".to_owned(), "flights.>".to_owned()]
+                ),
+            ]
+        );
+        // Another deployment's reset is not heard.
+        assert!(changes_of("cairn", &reset("other", &["flights.acme.x"])).is_empty());
+    }
 }

@@ -547,6 +547,53 @@ async fn a_reset_sends_what_changed_since_the_client_last_read() {
 }
 
 #[tokio::test]
+async fn a_pattern_reset_reads_again_what_it_matches() {
+    let (live, toy, url) = start(LiveOptions::default()).await;
+    let (acme_tenant, globex_tenant) = (
+        TenantId::new("acme").unwrap(),
+        TenantId::new("globex").unwrap(),
+    );
+    for tenant in [&acme_tenant, &globex_tenant] {
+        toy.items
+            .lock()
+            .unwrap()
+            .insert(tenant.clone(), vec!["anvil".into()]);
+    }
+    let mut acme = Client::connect(&url, Some("acme-token")).await;
+    let mut globex = Client::connect(&url, Some("globex-token")).await;
+    for client in [&mut acme, &mut globex] {
+        client.request("subscribe.toy.items", Json::Null).await;
+    }
+    for tenant in [&acme_tenant, &globex_tenant] {
+        toy.items
+            .lock()
+            .unwrap()
+            .insert(tenant.clone(), vec!["hammer".into()]);
+    }
+    // `toy.item.*` in acme: its item, not its list, nor globex's.
+    live.publish(Change::Reset {
+        tenant: acme_tenant.clone(),
+        names: vec!["toy.item.*".into()],
+    });
+    assert_eq!(
+        acme.event().await,
+        json!({"event": "toy.item.0.change", "data": {"values": {"name": "hammer"}}})
+    );
+    // `toy.>` in every tenant: globex's item (acme's read the same again).
+    live.publish(Change::ResetAll {
+        names: vec!["toy.>".into()],
+    });
+    assert_eq!(
+        globex.event().await,
+        json!({"event": "toy.item.0.change", "data": {"values": {"name": "hammer"}}})
+    );
+    for client in [&mut acme, &mut globex] {
+        client.request("version", Json::Null).await;
+        assert!(client.events.is_empty(), "{:?}", client.events);
+    }
+}
+
+#[tokio::test]
 async fn the_resource_limit_refuses_more() {
     let (_live, toy, url) = start(LiveOptions {
         max_resources: 2,

@@ -33,7 +33,7 @@ mod value;
 
 pub use error::ResError;
 pub use frame::{Event, Request, RequestKind, Response, check_version};
-pub use rid::{MAX_RID_BYTES, Rid};
+pub use rid::{MAX_RID_BYTES, Rid, is_pattern, name_matches};
 pub use subscriptions::{DEFAULT_LIMIT, Subscriptions};
 pub use value::{Resource, ResourceSet, Value};
 

@@ -76,6 +76,33 @@ impl fmt::Display for Rid {
     }
 }
 
+/// Whether the resource name `name` matches `pattern`: a name whose parts
+/// may be `*` (any one part) and, last, `>` (one part or more), as a RES
+/// service's `system.reset` may name resources. A pattern without them
+/// matches itself only.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    if !is_pattern(pattern) {
+        return pattern == name;
+    }
+    let mut names = name.split('.');
+    let mut parts = pattern.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if part == ">" && parts.peek().is_none() {
+            return names.next().is_some();
+        }
+        match names.next() {
+            Some(n) if part == "*" || part == n => {}
+            _ => return false,
+        }
+    }
+    names.next().is_none()
+}
+
+/// Whether `name` has a wildcard part (`*`, `>`).
+pub fn is_pattern(name: &str) -> bool {
+    name.split('.').any(|p| p == "*" || p == ">")
+}
+
 /// Whether `part` may be one part of a resource name, or a method name.
 pub(crate) fn is_valid_part(part: &str) -> bool {
     !part.is_empty()
@@ -87,6 +114,28 @@ pub(crate) fn is_valid_part(part: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_names_part_by_part() {
+        for (pattern, name, matches) in [
+            ("flights.flight.7", "flights.flight.7", true),
+            ("flights.flight.7", "flights.flight.8", false),
+            ("flights.flight.*", "flights.flight.7", true),
+            ("flights.flight.*", "flights.flight", false),
+            ("flights.flight.*", "flights.flight.7.x", false),
+            ("flights.*.7", "flights.flight.7", true),
+            ("flights.>", "flights.flight.7", true),
+            ("flights.>", "flights.flights", true),
+            ("flights.>", "flights", false),
+            ("flights.>", "passengers.flight.7", false),
+            ("*.flight.>", "passengers.flight.7", true),
+            // `>` only counts last; elsewhere it is no part of a name.
+            ("flights.>.7", "flights.flight.7", false),
+        ] {
+            assert_eq!(name_matches(pattern, name), matches, "{pattern} ~ {name}");
+        }
+        assert!(is_pattern("flights.*") && is_pattern("a.>") && !is_pattern("a.b"));
+    }
 
     #[test]
     fn names_and_queries_are_read() {

@@ -530,6 +530,35 @@ pub fn from_wire(rid: &Rid) -> Result<(String, Rid), ResError> {
     Ok((tenant.to_owned(), Rid::parse(&local)?))
 }
 
+/// A pattern on the wire (`flights.*.flight.>`, in a `system.reset`) as
+/// the tenant it is for (None when its tenant part is a wildcard: every
+/// tenant) and the pattern of local names. None for a pattern across
+/// services (its first part a wildcard) or one that is no pattern of
+/// names.
+pub fn pattern_from_wire(pattern: &str) -> Option<(Option<String>, String)> {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    let last = parts.len() - 1;
+    let valid = parts
+        .iter()
+        .enumerate()
+        .all(|(i, p)| crate::rid::is_valid_part(p) || *p == "*" || (*p == ">" && i == last));
+    let (service, tenant) = (parts.first()?, parts.get(1)?);
+    if !valid || matches!(*service, "*" | ">") {
+        return None;
+    }
+    let mut local = (*service).to_owned();
+    if *tenant == ">" {
+        local.push_str(".>");
+        return Some((None, local));
+    }
+    for part in &parts[2..] {
+        local.push('.');
+        local.push_str(part);
+    }
+    let tenant = (*tenant != "*").then(|| (*tenant).to_owned());
+    Some((tenant, local))
+}
+
 /// [`from_wire`] of a resource that must be of `tenant`: a reference to
 /// another tenant's resource is the service's fault.
 pub fn from_wire_in(rid: &Rid, tenant: &str) -> Result<Rid, ResError> {
@@ -573,6 +602,34 @@ mod tests {
 
     fn rid(text: &str) -> Rid {
         Rid::parse(text).unwrap()
+    }
+
+    #[test]
+    fn wire_patterns_give_their_tenant_and_local_pattern() {
+        let some = |t: &str, l: &str| Some((Some(t.to_owned()), l.to_owned()));
+        let every = |l: &str| Some((None, l.to_owned()));
+        assert_eq!(
+            pattern_from_wire("flights.acme.flight.*"),
+            some("acme", "flights.flight.*")
+        );
+        assert_eq!(
+            pattern_from_wire("flights.*.flight.7"),
+            every("flights.flight.7")
+        );
+        assert_eq!(pattern_from_wire("flights.>"), every("flights.>"));
+        assert_eq!(
+            pattern_from_wire("flights.acme.>"),
+            some("acme", "flights.>")
+        );
+        for across in [
+            "*.acme.flight.7",
+            ">",
+            "flights",
+            "flights.acme.>.x",
+            "flights..x",
+        ] {
+            assert_eq!(pattern_from_wire(across), None, "{across}");
+        }
     }
 
     #[test]

@@ -162,12 +162,13 @@ impl Subscriptions {
         self.held.get(rid).and_then(|h| h.resource.as_ref())
     }
 
-    /// The held resources named `name`, whatever their query.
+    /// The held resources named `name`, whatever their query; `name` may
+    /// be a pattern ([`crate::name_matches`]).
     pub fn held_named(&self, name: &str) -> Vec<Rid> {
         let mut rids: Vec<Rid> = self
             .held
             .keys()
-            .filter(|r| r.name() == name)
+            .filter(|r| crate::name_matches(name, r.name()))
             .cloned()
             .collect();
         rids.sort();
