@@ -108,6 +108,18 @@ async fn flights_are_listed_created_read_and_departed_over_the_live_api() {
         .request("version", json!({"protocol": "1.2.3"}))
         .await;
     assert_eq!(r["result"]["protocol"], "1.2.3");
+    // Open connections are counted on /metrics.
+    let metrics = reqwest::get(format!("http://{}/metrics", up.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_live_connections ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no cairn_live_connections in {metrics}"));
+    assert!(open >= 1.0, "{open}");
     let r = client
         .request("subscribe.flights.flights", Json::Null)
         .await;

@@ -8,8 +8,10 @@
 //! only bounds the wait for the 101 head, and the body limit only the
 //! request body (a WebSocket request has none): a tunnel lives as long as
 //! its two ends keep it open. A caller that stops sending closes its side,
-//! which closes the upstream's, and the other way round.
+//! which closes the upstream's, and the other way round. Open tunnels are
+//! counted by route (`cairn_gateway_tunnels`).
 
+use cairn_telemetry::names;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -29,8 +31,12 @@ pub(crate) fn spawn(caller: OnUpgrade, upstream: OnUpgrade, route: String) {
             }
         };
         tracing::debug!(route, "WebSocket tunnel open");
+        let open = metrics::gauge!(names::GATEWAY_TUNNELS, "route" => route.clone());
+        open.increment(1.0);
         let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
-        match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
+        let copied = tokio::io::copy_bidirectional(&mut caller, &mut upstream).await;
+        open.decrement(1.0);
+        match copied {
             Ok((sent, received)) => {
                 tracing::debug!(route, sent, received, "WebSocket tunnel closed");
             }

@@ -89,6 +89,7 @@ async fn upstream(name: &'static str) -> Up {
         .route("/slow", get(slow))
         .route("/hops", get(hops))
         .route("/ws", get(ws_echo))
+        .route("/counted/ws", get(ws_echo))
         .route(
             "/ws/refused",
             get(|| async { (StatusCode::BAD_REQUEST, "no upgrade here") }),
@@ -1460,16 +1461,18 @@ async fn handshake_refused(request: WsRequest) -> StatusCode {
 #[tokio::test]
 async fn a_websocket_is_tunnelled_to_the_upstream() {
     let up = upstream("ws").await;
-    let mut options = GatewayOptions::new(vec![route("/", &[&up])]);
+    // A route of its own, so that its tunnels alone are counted under it.
+    let mut options = GatewayOptions::new(vec![route("/counted", &[&up])]);
     // Neither bounds the tunnel: the timeout is for the 101 head, the
     // limit for request bodies.
     options.upstream_timeout = Duration::from_millis(300);
     options.body_limit_bytes = 1024;
+    options.metrics = Some(Metrics::install());
     let gw = serve(options).await;
 
     let (mut ws, response) = connect_async(ws_request(
         &gw,
-        "/ws?room=7",
+        "/counted/ws?room=7",
         &[
             ("sec-websocket-protocol", "cairn.echo"),
             ("x-forwarded-for", "203.0.113.9"),
@@ -1532,12 +1535,41 @@ async fn a_websocket_is_tunnelled_to_the_upstream() {
         Message::binary(large)
     );
 
-    // The caller closes: the upstream sees it.
+    // Open tunnels are counted by route.
+    let tunnels = r#"cairn_gateway_tunnels{route="/counted"}"#;
+    assert_eq!(sample(&gw, tunnels).await, Some(1.0));
+
+    // The caller closes: the upstream sees it, and the tunnel is gone.
     ws.close(None).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), up.ws_ended.notified())
         .await
         .expect("the upstream's socket ends");
     assert_eq!(up.hits(), 1);
+    // Its side ends when the client lets go of its connection too.
+    drop(ws);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(&gw, tunnels).await != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnel is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the series `series` (name and labels, as exposed) on the
+/// gateway's `/metrics`.
+async fn sample(gw: &str, series: &str) -> Option<f64> {
+    let text = Client::new()
+        .get(format!("{gw}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test]

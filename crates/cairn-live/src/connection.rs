@@ -81,14 +81,22 @@ struct Counted(Arc<Inner>);
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(LIVE_CONNECTIONS).decrement(1.0);
     }
 }
+
+/// `cairn_telemetry::names::LIVE_CONNECTIONS` (described in Cairn's
+/// metrics catalogue).
+const LIVE_CONNECTIONS: &str = "cairn_live_connections";
+/// `cairn_telemetry::names::LIVE_CLOSED_TOTAL`.
+const LIVE_CLOSED_TOTAL: &str = "cairn_live_closed_total";
 
 type Closing = (u16, &'static str);
 
 async fn run(live: Live, socket: WebSocket, token: Option<String>) {
     let inner = live.inner.clone();
     inner.connections.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!(LIVE_CONNECTIONS).increment(1.0);
     let _counted = Counted(inner.clone());
     let options = inner.options.clone();
     let (sink, stream) = socket.split();
@@ -236,7 +244,15 @@ impl Conn {
     }
 
     fn close_with(&self, code: u16, reason: &'static str) {
-        let _ = self.close.try_send((code, reason));
+        if self.close.try_send((code, reason)).is_ok() {
+            let outcome = match code {
+                close_code::POLICY => "slow",
+                close_code::AWAY => "idle",
+                close_code::AGAIN => "missed",
+                _ => "other",
+            };
+            metrics::counter!(LIVE_CLOSED_TOTAL, "outcome" => outcome).increment(1);
+        }
     }
 
     /// Answers one frame; false when the connection is to end.

@@ -79,6 +79,12 @@ pub mod names {
     pub const SAGA_RETRIES_TOTAL: &str = "cairn_saga_retries_total";
     /// Saga timeouts fired, by saga and outcome.
     pub const SAGA_TIMEOUTS_FIRED_TOTAL: &str = "cairn_saga_timeouts_fired_total";
+    /// Live API (`/ws`) connections open.
+    pub const LIVE_CONNECTIONS: &str = "cairn_live_connections";
+    /// Live API connections the server closed, by outcome.
+    pub const LIVE_CLOSED_TOTAL: &str = "cairn_live_closed_total";
+    /// WebSocket tunnels a gateway holds open, by route.
+    pub const GATEWAY_TUNNELS: &str = "cairn_gateway_tunnels";
 }
 
 /// The label names a Cairn metric may carry. Each has a small, bounded set
@@ -238,6 +244,24 @@ pub const CATALOGUE: &[MetricDescription] = &[
         kind: MetricKind::Counter,
         labels: &["saga", "outcome"],
         help: "Saga timeouts fired, by outcome (ok or error).",
+    },
+    MetricDescription {
+        name: names::LIVE_CONNECTIONS,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        help: "Live API (/ws, the RES protocol) connections open.",
+    },
+    MetricDescription {
+        name: names::LIVE_CLOSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["outcome"],
+        help: "Live API connections the server closed, by outcome: slow (frames not read), idle, missed (changes missed) or an error code.",
+    },
+    MetricDescription {
+        name: names::GATEWAY_TUNNELS,
+        kind: MetricKind::Gauge,
+        labels: &["route"],
+        help: "WebSocket tunnels the gateway holds open, by route prefix.",
     },
 ];
 
