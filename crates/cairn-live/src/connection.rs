@@ -32,7 +32,9 @@ use tokio::{
     time::{Instant, MissedTickBehavior, timeout},
 };
 
-use crate::{AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live, Session, TOKEN_COOKIE};
+use crate::{
+    AUTH_METHOD, AUTH_RID, CallAnswer, Change, Inner, Live, Published, Session, TOKEN_COOKIE,
+};
 
 pub(crate) async fn upgrade(
     State(live): State<Live>,
@@ -115,7 +117,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
         // its requests then say why they are refused.
         conn.session = inner.auth.session(&token, None).await.ok().map(Arc::new);
     }
-    let changes = inner.changes.subscribe();
+    let changes = inner.publisher.changes.subscribe();
     read(&mut conn, stream, changes, &options).await;
     drop(conn);
     let _ = writer.await;
@@ -124,7 +126,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
 async fn read(
     conn: &mut Conn,
     mut stream: SplitStream<WebSocket>,
-    mut changes: broadcast::Receiver<Change>,
+    mut changes: broadcast::Receiver<Published>,
     options: &crate::LiveOptions,
 ) {
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -149,8 +151,8 @@ async fn read(
                 }
             }
             change = changes.recv() => match change {
-                Ok(change) => {
-                    if !conn.on_change(change).await {
+                Ok(Published { seq, change }) => {
+                    if !conn.on_change(seq, change).await {
                         return;
                     }
                 }
@@ -446,7 +448,7 @@ impl Conn {
 
     /// Passes a change on to this connection, if it concerns what it holds
     /// in its tenant. False when the connection is to end.
-    async fn on_change(&mut self, change: Change) -> bool {
+    async fn on_change(&mut self, seq: u64, change: Change) -> bool {
         let Ok(session) = self.session() else {
             return true;
         };
@@ -458,7 +460,7 @@ impl Conn {
             Change::Reset { names, .. } | Change::ResetAll { names } => {
                 for name in names {
                     for rid in self.subs.held_named(&name) {
-                        if !self.reread(&session, rid).await {
+                        if !self.reread(&session, rid, seq).await {
                             return false;
                         }
                     }
@@ -483,11 +485,12 @@ impl Conn {
         self.send(event.to_json())
     }
 
-    /// Reads a held resource again and sends what changed since it was
-    /// last sent. False when the connection is to end.
-    async fn reread(&mut self, session: &Arc<Session>, rid: Rid) -> bool {
+    /// Reads a held resource again after change `seq` and sends what
+    /// changed since it was last sent. False when the connection is to
+    /// end.
+    async fn reread(&mut self, session: &Arc<Session>, rid: Rid, seq: u64) -> bool {
         let inner = self.inner.clone();
-        let resource = match fetch(inner.clone(), session.clone(), rid.clone()).await {
+        let resource = match shared_fetch(inner.clone(), session.clone(), rid.clone(), seq).await {
             Ok(resource) => resource,
             Err(error) if error.code == "system.notFound" => {
                 return self.send(Event::delete(rid).to_json());
@@ -502,7 +505,7 @@ impl Conn {
         let (set, _dropped) = self
             .subs
             .replace(&rid, resource.clone(), move |r| {
-                fetch(inner.clone(), session.clone(), r)
+                shared_fetch(inner.clone(), session.clone(), r, seq)
             })
             .await;
         let mut events = Vec::new();
@@ -543,6 +546,95 @@ fn merge(event: &mut Event, set: &ResourceSet) {
     if let Ok(Json::Object(fields)) = serde_json::to_value(set) {
         data.extend(fields);
     }
+}
+
+/// Reads of resources again after a change, shared: when many
+/// connections hold one resource and a change resets it, it is read once
+/// for all those that read it alike (same tenant, same permissions, both
+/// cross-tenant or neither; a service's [`crate::Resources::get_as`]
+/// answers alike for them), not once per connection.
+///
+/// An entry is the read made for change `seq`, begun after that change
+/// was sent, so it shows all that changes up to `seq` committed: it
+/// serves any connection reading for a change numbered `seq` or lower.
+/// One for a later change replaces it. Entries live a couple of seconds
+/// and their number is bounded.
+#[derive(Default)]
+pub(crate) struct SharedReads {
+    entries: std::sync::Mutex<std::collections::HashMap<ShareKey, SharedRead>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct ShareKey {
+    rid: Rid,
+    tenant: cairn_core::TenantId,
+    permissions: std::collections::BTreeSet<String>,
+    cross_tenant: bool,
+}
+
+struct SharedRead {
+    seq: u64,
+    at: Instant,
+    read: Arc<tokio::sync::OnceCell<Result<Resource, ResError>>>,
+}
+
+/// Entries kept at most; past it, those older than [`SHARED_READ_AGE`]
+/// go, and if that is not enough, all.
+const SHARED_READS_MAX: usize = 1024;
+const SHARED_READ_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl SharedReads {
+    /// The read of `key` for change `seq`: one begun for it or a later
+    /// change, or a new one.
+    fn entry(
+        &self,
+        key: ShareKey,
+        seq: u64,
+    ) -> Arc<tokio::sync::OnceCell<Result<Resource, ResError>>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get(&key)
+            && entry.seq >= seq
+        {
+            return entry.read.clone();
+        }
+        let now = Instant::now();
+        if entries.len() >= SHARED_READS_MAX {
+            entries.retain(|_, e| now.duration_since(e.at) < SHARED_READ_AGE);
+            if entries.len() >= SHARED_READS_MAX {
+                entries.clear();
+            }
+        }
+        let read = Arc::new(tokio::sync::OnceCell::new());
+        entries.insert(
+            key,
+            SharedRead {
+                seq,
+                at: now,
+                read: read.clone(),
+            },
+        );
+        read
+    }
+}
+
+/// [`fetch`] for a reset by change `seq`, shared with the connections
+/// that read `rid` alike for the same change ([`SharedReads`]).
+async fn shared_fetch(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    rid: Rid,
+    seq: u64,
+) -> Result<Resource, ResError> {
+    let key = ShareKey {
+        rid: rid.clone(),
+        tenant: session.context.tenant.clone(),
+        permissions: session.context.permissions.clone(),
+        cross_tenant: session.cross_tenant,
+    };
+    let read = inner.shared.entry(key, seq);
+    read.get_or_init(|| fetch(inner.clone(), session, rid))
+        .await
+        .clone()
 }
 
 /// Reads one resource from its service, as `session`, within the time

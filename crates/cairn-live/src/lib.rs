@@ -103,7 +103,9 @@ pub enum CallAnswer {
 #[async_trait]
 pub trait Resources: Send + Sync + 'static {
     /// The resource `rid` as `ctx` may see it (`system.notFound` for one
-    /// of another tenant).
+    /// of another tenant). It depends on the tenant and the permissions,
+    /// not on the actor: a read again after a change is shared by the
+    /// connections that read alike (see `design/live.md`, Costs).
     async fn get(&self, ctx: &RequestContext, rid: &Rid) -> Result<Resource, ResError>;
 
     /// Calls `method` on `rid` with `params`.
@@ -246,28 +248,57 @@ impl Change {
 /// exists. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<Published>,
+    /// The number of the last change sent; taken and sent under the lock,
+    /// so that changes go out in the order of their numbers.
+    seq: Arc<std::sync::Mutex<u64>>,
+}
+
+/// A change with its number in its publisher's order: a read that began
+/// after change `n` was sent shows at least what every change up to `n`
+/// committed.
+#[derive(Debug, Clone)]
+pub(crate) struct Published {
+    pub(crate) seq: u64,
+    pub(crate) change: Change,
 }
 
 impl Publisher {
     /// Keeps up to `buffer` changes for connections that are behind.
     pub fn new(buffer: usize) -> Self {
         let (changes, _) = broadcast::channel(buffer.max(1));
-        Self { changes }
+        Self {
+            changes,
+            seq: Arc::default(),
+        }
     }
 
     /// Pushes `change` to the connections holding its resources in its
     /// tenant. Call it after the change committed and the resources read
     /// as changed.
     pub fn publish(&self, change: Change) {
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
         // No receiver means no connection: nothing to tell.
-        let _ = self.changes.send(change);
+        let _ = self.changes.send(Published { seq: *seq, change });
     }
 
     /// The changes published from now on (for passing them elsewhere, as
     /// [`nats::serve`] does).
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    pub fn subscribe(&self) -> Changes {
+        Changes(self.changes.subscribe())
+    }
+}
+
+/// The changes of a [`Publisher`], from when it was subscribed to.
+#[derive(Debug)]
+pub struct Changes(broadcast::Receiver<Published>);
+
+impl Changes {
+    /// The next change; [`broadcast::error::RecvError::Lagged`] when this
+    /// receiver fell more than the publisher's buffer behind.
+    pub async fn recv(&mut self) -> Result<Change, broadcast::error::RecvError> {
+        self.0.recv().await.map(|p| p.change)
     }
 }
 
@@ -282,7 +313,10 @@ struct Inner {
     /// The resources of every service not in `services`.
     fallback: Option<Arc<dyn Resources>>,
     auth: Arc<dyn Authenticate>,
-    changes: broadcast::Sender<Change>,
+    publisher: Publisher,
+    /// Reads of resources again after a change, shared by the connections
+    /// that read them alike.
+    shared: connection::SharedReads,
     options: LiveOptions,
     connections: AtomicUsize,
 }
@@ -360,16 +394,16 @@ impl LiveBuilder {
     }
 
     pub fn build(self) -> Live {
-        let changes = self
+        let publisher = self
             .publisher
-            .unwrap_or_else(|| Publisher::new(self.options.change_buffer))
-            .changes;
+            .unwrap_or_else(|| Publisher::new(self.options.change_buffer));
         Live {
             inner: Arc::new(Inner {
                 services: self.services,
                 fallback: self.fallback,
                 auth: self.auth,
-                changes,
+                publisher,
+                shared: connection::SharedReads::default(),
                 options: self.options,
                 connections: AtomicUsize::new(0),
             }),
@@ -396,9 +430,7 @@ impl Live {
 
     /// Where to publish changes.
     pub fn publisher(&self) -> Publisher {
-        Publisher {
-            changes: self.inner.changes.clone(),
-        }
+        self.inner.publisher.clone()
     }
 
     /// Open connections now.

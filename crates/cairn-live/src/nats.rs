@@ -141,7 +141,7 @@ async fn run(
     client: Client,
     side: Arc<ServiceSide>,
     mut requests: futures_util::stream::SelectAll<async_nats::Subscriber>,
-    changes: broadcast::Receiver<Change>,
+    changes: crate::Changes,
     controls: Controls<ServeStatus>,
 ) {
     let Controls { status, mut stop } = controls;

@@ -26,6 +26,15 @@ const PATIENCE: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 struct Toy {
     items: Arc<Mutex<HashMap<TenantId, Vec<String>>>>,
+    /// Reads by `<tenant> <rid>`.
+    reads: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Toy {
+    fn reads_of(&self, tenant: &str, rid: &str) -> usize {
+        let reads = self.reads.lock().unwrap();
+        reads.get(&format!("{tenant} {rid}")).copied().unwrap_or(0)
+    }
 }
 
 fn rid(text: &str) -> Rid {
@@ -35,6 +44,12 @@ fn rid(text: &str) -> Rid {
 #[async_trait]
 impl Resources for Toy {
     async fn get(&self, ctx: &RequestContext, rid: &Rid) -> Result<Resource, ResError> {
+        *self
+            .reads
+            .lock()
+            .unwrap()
+            .entry(format!("{} {rid}", ctx.tenant.as_str()))
+            .or_default() += 1;
         let items = self.items.lock().unwrap();
         let mine = items.get(&ctx.tenant).cloned().unwrap_or_default();
         let parts: Vec<&str> = rid.parts().collect();
@@ -81,7 +96,8 @@ impl Resources for Toy {
     }
 }
 
-/// `acme` and `globex` tokens, `acme-brief-token` (expires a second after
+/// `acme` and `globex` tokens, `acme-auditor-token` (acme, with a
+/// permission the others lack), `acme-brief-token` (expires a second after
 /// it is used) and `root-token` (may read any tenant); anything else is
 /// refused. A token in `REVOKED` no longer holds.
 struct Tokens;
@@ -94,7 +110,7 @@ impl Authenticate for Tokens {
     async fn session(&self, token: &str, tenant: Option<&str>) -> Result<Session, ResError> {
         let refused = || ResError::access_denied().with_data(json!({"code": "invalid_signature"}));
         let (own, expires_at) = match token {
-            "acme-token" | "acme-revocable-token" => ("acme", None),
+            "acme-token" | "acme-revocable-token" | "acme-auditor-token" => ("acme", None),
             "globex-token" => ("globex", None),
             "root-token" => ("root", None),
             "acme-brief-token" => ("acme", Some(SystemTime::now() + Duration::from_secs(1))),
@@ -108,8 +124,15 @@ impl Authenticate for Tokens {
             return Err(ResError::access_denied().with_data(json!({"code": "forbidden"})));
         }
         let tenant = TenantId::new(tenant.unwrap_or(own)).unwrap();
+        let permissions: &[&str] = if token == "acme-auditor-token" {
+            &["items:audit"]
+        } else {
+            &[]
+        };
         Ok(Session {
-            context: RequestContext::new(tenant).with_actor(format!("{own}-admin")),
+            context: RequestContext::new(tenant)
+                .with_actor(format!("{own}-admin"))
+                .with_permissions(permissions.iter().copied()),
             expires_at,
             token_id: Some((TenantId::new(own).unwrap(), token.to_owned())),
             cross_tenant,
@@ -590,6 +613,64 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
     for client in [&mut acme, &mut globex] {
         client.request("version", Json::Null).await;
         assert!(client.events.is_empty(), "{:?}", client.events);
+    }
+}
+
+#[tokio::test]
+async fn a_reset_is_read_once_for_the_connections_that_read_alike() {
+    let (live, toy, url) = start(LiveOptions::default()).await;
+    let acme_tenant = TenantId::new("acme").unwrap();
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    // Eight connections of one kind, two with another permission.
+    let mut clients = Vec::new();
+    for token in ["acme-token"; 8]
+        .into_iter()
+        .chain(["acme-auditor-token"; 2])
+    {
+        let mut client = Client::connect(&url, Some(token)).await;
+        client.request("subscribe.toy.items", Json::Null).await;
+        clients.push(client);
+    }
+    for round in 1..=2usize {
+        let before = (
+            toy.reads_of("acme", "toy.items"),
+            toy.reads_of("acme", &format!("toy.item.{round}")),
+        );
+        toy.items
+            .lock()
+            .unwrap()
+            .get_mut(&acme_tenant)
+            .unwrap()
+            .push(format!("tongs {round}"));
+        live.publish(Change::Reset {
+            tenant: acme_tenant.clone(),
+            names: vec!["toy.items".into()],
+        });
+        // Every connection gets this round's item, not an earlier read.
+        for client in &mut clients {
+            assert_eq!(
+                client.event().await,
+                json!({"event": "toy.items.add", "data": {
+                    "idx": round, "value": {"rid": format!("toy.item.{round}")},
+                    "models": {format!("toy.item.{round}"): {"name": format!("tongs {round}")}}
+                }})
+            );
+        }
+        // The list read once per permission set, and so the new item it
+        // brings: two reads each, not ten.
+        assert_eq!(
+            toy.reads_of("acme", "toy.items") - before.0,
+            2,
+            "round {round}"
+        );
+        assert_eq!(
+            toy.reads_of("acme", &format!("toy.item.{round}")) - before.1,
+            2,
+            "round {round}"
+        );
     }
 }
 
