@@ -15,8 +15,8 @@
 //! 4. Timed: commands at a fixed `--rate` for `--duration` seconds over
 //!    HTTP, open loop (each sent at its time, whatever the ones before are
 //!    doing): `POST /api/passengers` on the flight, then `DELETE
-//!    /api/passengers/<id>` of that passenger, in turn, so the flight never
-//!    fills. Each changes the flight's counts (a `change` on
+//!    /api/passengers/<id>` of that passenger, in turn, so the flight (1,000
+//!    seats) never fills, even with commands answered late. Each changes the flight's counts (a `change` on
 //!    `flights.flight.<id>`) and appends one event, which reaches the audit
 //!    log (an `add` on `audit.log`, and a `remove` of its oldest entry once
 //!    it holds 50).
@@ -418,7 +418,9 @@ async fn schedule(api: &Api) -> anyhow::Result<String> {
         "destination": "LHR",
         "departure": "2030-12-01T08:00:00Z",
         "arrival": "2030-12-01T10:30:00Z",
-        "capacity": 10,
+        // The most seats a flight may have: commands answered late still
+        // find a seat while earlier ones wait for their removal.
+        "capacity": 1000,
     });
     let answer = api
         .call(Method::POST, "/api/flights", Some(&flight))

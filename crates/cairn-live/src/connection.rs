@@ -10,7 +10,7 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     extract::{
         State, WebSocketUpgrade,
-        ws::{CloseFrame, Message, WebSocket, close_code},
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code},
     },
     http::{
         HeaderMap,
@@ -111,13 +111,15 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
         subs: Subscriptions::with_limit(options.max_resources),
         tx,
         close: close_tx,
+        seen: 0,
     };
     if let Some(token) = token {
         // A token refused at the upgrade leaves the connection anonymous;
         // its requests then say why they are refused.
         conn.session = inner.auth.session(&token, None).await.ok().map(Arc::new);
     }
-    let changes = inner.publisher.changes.subscribe();
+    let (changes, seen) = inner.publisher.subscribe_numbered();
+    conn.seen = seen;
     read(&mut conn, stream, changes, &options).await;
     drop(conn);
     let _ = writer.await;
@@ -152,6 +154,7 @@ async fn read(
             }
             change = changes.recv() => match change {
                 Ok(Published { seq, change }) => {
+                    conn.seen = seq;
                     if !conn.on_change(seq, change).await {
                         return;
                     }
@@ -225,6 +228,10 @@ struct Conn {
     subs: Subscriptions,
     tx: mpsc::Sender<Message>,
     close: mpsc::Sender<Closing>,
+    /// The number of the last change taken from the publisher (or sent
+    /// before this connection began): a shared read begun after it shows
+    /// all this connection has not been told of yet ([`SharedReads`]).
+    seen: u64,
 }
 
 impl Conn {
@@ -286,19 +293,21 @@ impl Conn {
             }
             RequestKind::Subscribe { rid } => {
                 let session = self.reading(&rid).await?;
-                let inner = self.inner.clone();
+                let (inner, seen) = (self.inner.clone(), self.seen);
                 let set = self
                     .subs
-                    .subscribe(&rid, move |r| fetch(inner.clone(), session.clone(), r))
+                    .subscribe(&rid, move |r| {
+                        shared_fetch(inner.clone(), session.clone(), r, seen)
+                    })
                     .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
             }
             RequestKind::Get { rid } => {
                 let session = self.reading(&rid).await?;
-                let inner = self.inner.clone();
+                let (inner, seen) = (self.inner.clone(), self.seen);
                 let limit = self.inner.options.max_resources;
                 let set = Subscriptions::get(&rid, limit, move |r| {
-                    fetch(inner.clone(), session.clone(), r)
+                    shared_fetch(inner.clone(), session.clone(), r, seen)
                 })
                 .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
@@ -331,6 +340,7 @@ impl Conn {
                         cairn_res::Response::payload(id, payload)
                     })),
                     CallAnswer::Resource(target) => {
+                        // The call may have changed it: read afresh.
                         let inner = self.inner.clone();
                         let set = self
                             .subs
@@ -490,7 +500,8 @@ impl Conn {
     /// end.
     async fn reread(&mut self, session: &Arc<Session>, rid: Rid, seq: u64) -> bool {
         let inner = self.inner.clone();
-        let resource = match shared_fetch(inner.clone(), session.clone(), rid.clone(), seq).await {
+        let shared = shared_read(&inner, session, &rid, seq);
+        let resource = match shared.get(&inner, session, &rid).await {
             Ok(resource) => resource,
             Err(error) if error.code == "system.notFound" => {
                 return self.send(Event::delete(rid).to_json());
@@ -500,7 +511,11 @@ impl Conn {
                 return true;
             }
         };
-        let old = self.subs.resource(&rid).cloned();
+        let old = self.subs.resource_shared(&rid);
+        if old.as_ref().is_some_and(|old| Arc::ptr_eq(old, &resource)) {
+            // Read for an earlier change and sent already.
+            return true;
+        }
         let session = session.clone();
         let (set, _dropped) = self
             .subs
@@ -508,31 +523,57 @@ impl Conn {
                 shared_fetch(inner.clone(), session.clone(), r, seq)
             })
             .await;
-        let mut events = Vec::new();
-        match (old, resource) {
-            (Some(Resource::Model(old)), Resource::Model(new)) => {
-                let values = diff::diff_model(&old, &new);
-                if !values.is_empty() {
-                    events.push(Event::change(rid.clone(), values, &set));
-                }
-            }
-            (Some(Resource::Collection(old)), Resource::Collection(new)) => {
-                let mut set = Some(set);
-                for edit in diff::diff_collection(&old, &new) {
-                    events.push(match edit {
-                        diff::Edit::Remove { idx } => Event::remove(rid.clone(), idx),
-                        diff::Edit::Add { idx, value } => {
-                            Event::add(rid.clone(), idx, value, &set.take().unwrap_or_default())
-                        }
-                    });
-                }
-            }
-            // It was an error, or changed kind: nothing a client can
-            // apply; it reads it again when it subscribes again.
-            _ => {}
-        }
-        events.into_iter().all(|event| self.send(event.to_json()))
+        // It was an error before: nothing a client can apply; it reads it
+        // again when it subscribes again.
+        let Some(old) = old else { return true };
+        let frames = if set.is_empty() {
+            // The same for every connection that held `old`: made once.
+            shared.frames(&rid, &old, &resource)
+        } else {
+            encode(change_events(&rid, &old, &resource, set))
+        };
+        frames
+            .iter()
+            .all(|frame| self.push(Message::Text(frame.clone())))
     }
+}
+
+/// The events that take a client from `old` to `new`, the first carrying
+/// `set` (what the new content references that the client did not hold).
+fn change_events(rid: &Rid, old: &Resource, new: &Resource, set: ResourceSet) -> Vec<Event> {
+    let mut events = Vec::new();
+    match (old, new) {
+        (Resource::Model(old), Resource::Model(new)) => {
+            let values = diff::diff_model(old, new);
+            if !values.is_empty() {
+                events.push(Event::change(rid.clone(), values, &set));
+            }
+        }
+        (Resource::Collection(old), Resource::Collection(new)) => {
+            let mut set = Some(set);
+            for edit in diff::diff_collection(old, new) {
+                events.push(match edit {
+                    diff::Edit::Remove { idx } => Event::remove(rid.clone(), idx),
+                    diff::Edit::Add { idx, value } => {
+                        Event::add(rid.clone(), idx, value, &set.take().unwrap_or_default())
+                    }
+                });
+            }
+        }
+        // It changed kind: nothing a client can apply; it reads it again
+        // when it subscribes again.
+        _ => {}
+    }
+    events
+}
+
+type Frames = Arc<[Utf8Bytes]>;
+
+fn encode(events: Vec<Event>) -> Frames {
+    events
+        .into_iter()
+        .map(|event| Utf8Bytes::from(event.to_json()))
+        .collect()
 }
 
 /// Adds the resources a change brings to its event's data.
@@ -548,17 +589,24 @@ fn merge(event: &mut Event, set: &ResourceSet) {
     }
 }
 
-/// Reads of resources again after a change, shared: when many
-/// connections hold one resource and a change resets it, it is read once
-/// for all those that read it alike (same tenant, same permissions, both
-/// cross-tenant or neither; a service's [`crate::Resources::get_as`]
-/// answers alike for them), not once per connection.
+/// Reads of resources, shared: when many connections hold one resource
+/// and a change resets it, it is read once for all those that read it
+/// alike (same tenant, same permissions, both cross-tenant or neither; a
+/// service's [`crate::Resources::get_as`] answers alike for them), not
+/// once per connection; so are the reads of connections subscribing at
+/// about the same time. Connections keep the one copy read
+/// ([`Subscriptions`] holds it shared), so a thousand connections holding
+/// one resource hold it once.
 ///
-/// An entry is the read made for change `seq`, begun after that change
-/// was sent, so it shows all that changes up to `seq` committed: it
-/// serves any connection reading for a change numbered `seq` or lower.
-/// One for a later change replaces it. Entries live a couple of seconds
-/// and their number is bounded.
+/// An entry is labelled with the number of the last change sent before
+/// its read began: it shows all that changes up to that number committed.
+/// It serves a connection whose last change taken is numbered no higher
+/// ([`Conn::seen`]): whatever the entry does not show was sent after its
+/// label, and so is still ahead of that connection, which reads again
+/// when it comes. An entry serves for [`SHARED_READ_AGE`] at most (a read
+/// model rebuilt without a change sent is seen again soon); an error is
+/// not served to later readers, only to those waiting on the read. At
+/// most [`SHARED_READS_MAX`] entries are kept.
 #[derive(Default)]
 pub(crate) struct SharedReads {
     entries: std::sync::Mutex<std::collections::HashMap<ShareKey, SharedRead>>,
@@ -572,43 +620,92 @@ struct ShareKey {
     cross_tenant: bool,
 }
 
-struct SharedRead {
-    seq: u64,
-    at: Instant,
-    read: Arc<tokio::sync::OnceCell<Result<Resource, ResError>>>,
+type SharedCell = Arc<Shared>;
+
+/// One shared read, and the frames made from it for the connections that
+/// held the same content before.
+#[derive(Default)]
+struct Shared {
+    read: tokio::sync::OnceCell<Result<Arc<Resource>, ResError>>,
+    /// By what the connections held before (kept, so that its address
+    /// names it): the frames that take it to this read.
+    frames: std::sync::Mutex<Vec<(Arc<Resource>, Frames)>>,
 }
 
-/// Entries kept at most; past it, those older than [`SHARED_READ_AGE`]
-/// go, and if that is not enough, all.
+/// The most distinct earlier contents an entry keeps frames for; a
+/// connection holding yet another makes its own.
+const SHARED_FRAMES_MAX: usize = 8;
+
+impl Shared {
+    /// The read, made by the first to ask.
+    async fn get(
+        &self,
+        inner: &Arc<Inner>,
+        session: &Arc<Session>,
+        rid: &Rid,
+    ) -> Result<Arc<Resource>, ResError> {
+        self.read
+            .get_or_init(|| async {
+                fetch(inner.clone(), session.clone(), rid.clone())
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .clone()
+    }
+
+    /// The frames from `old` to `new` (this read), when they carry no
+    /// resources of their own: made once for every connection that held
+    /// `old`.
+    fn frames(&self, rid: &Rid, old: &Arc<Resource>, new: &Resource) -> Frames {
+        let mut made = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, frames)) = made.iter().find(|(o, _)| Arc::ptr_eq(o, old)) {
+            return frames.clone();
+        }
+        let frames = encode(change_events(rid, old, new, ResourceSet::default()));
+        if made.len() < SHARED_FRAMES_MAX {
+            made.push((old.clone(), frames.clone()));
+        }
+        frames
+    }
+}
+
+struct SharedRead {
+    label: u64,
+    at: Instant,
+    read: SharedCell,
+}
+
+/// Entries kept at most; past it, those too old to serve go, and if that
+/// is not enough, all.
 const SHARED_READS_MAX: usize = 1024;
-const SHARED_READ_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an entry serves.
+const SHARED_READ_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SharedReads {
-    /// The read of `key` for change `seq`: one begun for it or a later
-    /// change, or a new one.
-    fn entry(
-        &self,
-        key: ShareKey,
-        seq: u64,
-    ) -> Arc<tokio::sync::OnceCell<Result<Resource, ResError>>> {
+    /// A read of `key` that shows every change up to `seen`: one begun
+    /// already, or a new one labelled `label` (the last change sent, now).
+    fn entry(&self, key: ShareKey, seen: u64, label: u64) -> SharedCell {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         if let Some(entry) = entries.get(&key)
-            && entry.seq >= seq
+            && entry.label >= seen
+            && now.duration_since(entry.at) < SHARED_READ_AGE
+            && !matches!(entry.read.read.get(), Some(Err(_)))
         {
             return entry.read.clone();
         }
-        let now = Instant::now();
         if entries.len() >= SHARED_READS_MAX {
             entries.retain(|_, e| now.duration_since(e.at) < SHARED_READ_AGE);
             if entries.len() >= SHARED_READS_MAX {
                 entries.clear();
             }
         }
-        let read = Arc::new(tokio::sync::OnceCell::new());
+        let read = SharedCell::default();
         entries.insert(
             key,
             SharedRead {
-                seq,
+                label,
                 at: now,
                 read: read.clone(),
             },
@@ -617,24 +714,30 @@ impl SharedReads {
     }
 }
 
-/// [`fetch`] for a reset by change `seq`, shared with the connections
-/// that read `rid` alike for the same change ([`SharedReads`]).
-async fn shared_fetch(
-    inner: Arc<Inner>,
-    session: Arc<Session>,
-    rid: Rid,
-    seq: u64,
-) -> Result<Resource, ResError> {
+/// The shared read of `rid` for a connection that has taken changes up
+/// to `seen` ([`SharedReads`]).
+fn shared_read(inner: &Arc<Inner>, session: &Session, rid: &Rid, seen: u64) -> SharedCell {
     let key = ShareKey {
         rid: rid.clone(),
         tenant: session.context.tenant.clone(),
         permissions: session.context.permissions.clone(),
         cross_tenant: session.cross_tenant,
     };
-    let read = inner.shared.entry(key, seq);
-    read.get_or_init(|| fetch(inner.clone(), session, rid))
+    // Taken before the read can begin: the read shows at least this.
+    let label = inner.publisher.last();
+    inner.shared.entry(key, seen, label)
+}
+
+/// [`fetch`], shared ([`shared_read`]).
+async fn shared_fetch(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    rid: Rid,
+    seen: u64,
+) -> Result<Arc<Resource>, ResError> {
+    shared_read(&inner, &session, &rid, seen)
+        .get(&inner, &session, &rid)
         .await
-        .clone()
 }
 
 /// Reads one resource from its service, as `session`, within the time

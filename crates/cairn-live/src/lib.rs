@@ -288,6 +288,18 @@ impl Publisher {
     pub fn subscribe(&self) -> Changes {
         Changes(self.changes.subscribe())
     }
+
+    /// The changes from now on, with the number of the last one sent
+    /// before them.
+    pub(crate) fn subscribe_numbered(&self) -> (broadcast::Receiver<Published>, u64) {
+        let seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        (self.changes.subscribe(), *seq)
+    }
+
+    /// The number of the last change sent.
+    pub(crate) fn last(&self) -> u64 {
+        *self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The changes of a [`Publisher`], from when it was subscribed to.

@@ -675,6 +675,60 @@ async fn a_reset_is_read_once_for_the_connections_that_read_alike() {
 }
 
 #[tokio::test]
+async fn a_shared_read_is_never_older_than_a_change_the_connection_took() {
+    let (live, toy, url) = start(LiveOptions::default()).await;
+    let acme_tenant = TenantId::new("acme").unwrap();
+    toy.items
+        .lock()
+        .unwrap()
+        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    let mut early = Client::connect(&url, Some("acme-token")).await;
+    // One connection reads the list and lets it go: its read is kept.
+    let mut first = Client::connect(&url, Some("acme-token")).await;
+    first.request("subscribe.toy.items", Json::Null).await;
+    first.request("unsubscribe.toy.items", Json::Null).await;
+    let reads = toy.reads_of("acme", "toy.items");
+    // A second connection subscribing now shares that read.
+    let mut second = Client::connect(&url, Some("acme-token")).await;
+    let r = second.request("subscribe.toy.items", Json::Null).await;
+    assert_eq!(
+        r["result"]["collections"]["toy.items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(toy.reads_of("acme", "toy.items"), reads, "{r}");
+    // The list changes; nobody holds it, so nobody reads it again.
+    second.request("unsubscribe.toy.items", Json::Null).await;
+    toy.items
+        .lock()
+        .unwrap()
+        .get_mut(&acme_tenant)
+        .unwrap()
+        .push("tongs".into());
+    live.publish(Change::Reset {
+        tenant: acme_tenant.clone(),
+        names: vec!["toy.items".into()],
+    });
+    // A connection that took the change, and one that began after it,
+    // both read the list afresh.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = Client::connect(&url, Some("acme-token")).await;
+    for client in [&mut early, &mut late] {
+        let r = client.request("subscribe.toy.items", Json::Null).await;
+        assert_eq!(
+            r["result"]["collections"]["toy.items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "{r}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_resource_limit_refuses_more() {
     let (_live, toy, url) = start(LiveOptions {
         max_resources: 2,

@@ -42,29 +42,20 @@ pub enum Edit {
 /// when its event is applied.
 pub fn diff_collection(old: &[Value], new: &[Value]) -> Vec<Edit> {
     let (n, m) = (old.len(), new.len());
-    // lcs[i][j]: the longest common subsequence of old[i..] and new[j..].
-    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if old[i] == new[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
+    // Myers' algorithm: O((n + m) d) for d edits, so a list where one
+    // value came and one went costs about one pass over it.
+    let mut ops = similar::algorithms::Capture::new();
+    let Ok(()) = similar::algorithms::myers::diff(&mut ops, old, 0..n, new, 0..m);
     let (mut kept_old, mut kept_new) = (vec![false; n], vec![false; m]);
-    let (mut i, mut j) = (0, 0);
-    while i < n && j < m {
-        if old[i] == new[j] {
-            kept_old[i] = true;
-            kept_new[j] = true;
-            i += 1;
-            j += 1;
-        } else if lcs[i + 1][j] >= lcs[i][j + 1] {
-            i += 1;
-        } else {
-            j += 1;
+    for op in ops.into_ops() {
+        if let similar::DiffOp::Equal {
+            old_index,
+            new_index,
+            len,
+        } = op
+        {
+            kept_old[old_index..old_index + len].fill(true);
+            kept_new[new_index..new_index + len].fill(true);
         }
     }
     let removes = (0..n)

@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     future::Future,
+    sync::Arc,
 };
 
 use crate::{Event, ResError, Resource, ResourceSet, Rid, Value};
@@ -23,8 +24,9 @@ pub const DEFAULT_LIMIT: usize = 1024;
 #[derive(Debug, Clone)]
 struct Held {
     references: Vec<Rid>,
-    /// What the client was last sent (`None` for an error).
-    resource: Option<Resource>,
+    /// What the client was last sent (`None` for an error); shared with
+    /// whoever else read the same (other connections, a cache).
+    resource: Option<Arc<Resource>>,
 }
 
 /// One connection's subscriptions.
@@ -83,10 +85,15 @@ impl Subscriptions {
     /// itself cannot be had, or holding it would pass the limit, nothing
     /// changes and that is the error; a reference that cannot be had is an
     /// error in the set, as the protocol says.
-    pub async fn subscribe<F, Fut>(&mut self, rid: &Rid, fetch: F) -> Result<ResourceSet, ResError>
+    pub async fn subscribe<F, Fut, R>(
+        &mut self,
+        rid: &Rid,
+        fetch: F,
+    ) -> Result<ResourceSet, ResError>
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         let set = self.reach(rid, fetch).await?;
         *self.direct.entry(rid.clone()).or_insert(0) += 1;
@@ -95,10 +102,11 @@ impl Subscriptions {
 
     /// Fetches `rid` without subscribing (a `get`): the resource and what it
     /// references, whether held or not.
-    pub async fn get<F, Fut>(rid: &Rid, limit: usize, fetch: F) -> Result<ResourceSet, ResError>
+    pub async fn get<F, Fut, R>(rid: &Rid, limit: usize, fetch: F) -> Result<ResourceSet, ResError>
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         Self::with_limit(limit).reach(rid, fetch).await
     }
@@ -129,7 +137,7 @@ impl Subscriptions {
     /// A held resource changed: its hard references are now `references`.
     /// Fetches what they reach that is not held yet (the set the change
     /// event carries) and answers it with the resources no longer held.
-    pub async fn rereference<F, Fut>(
+    pub async fn rereference<F, Fut, R>(
         &mut self,
         rid: &Rid,
         references: Vec<Rid>,
@@ -137,7 +145,8 @@ impl Subscriptions {
     ) -> (ResourceSet, Vec<Rid>)
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         if !self.holds(rid) {
             return (ResourceSet::default(), Vec::new());
@@ -159,7 +168,12 @@ impl Subscriptions {
 
     /// What the client holds of `rid`, as last sent.
     pub fn resource(&self, rid: &Rid) -> Option<&Resource> {
-        self.held.get(rid).and_then(|h| h.resource.as_ref())
+        self.held.get(rid).and_then(|h| h.resource.as_deref())
+    }
+
+    /// [`resource`](Self::resource), shared.
+    pub fn resource_shared(&self, rid: &Rid) -> Option<Arc<Resource>> {
+        self.held.get(rid).and_then(|h| h.resource.clone())
     }
 
     /// The held resources named `name`, whatever their query; `name` may
@@ -181,10 +195,11 @@ impl Subscriptions {
     /// fetched (the set the event carries), and what is no longer reached
     /// is answered. An event that does not apply (another kind, an index
     /// out of range, a resource not held) changes nothing.
-    pub async fn apply<F, Fut>(&mut self, event: &Event, fetch: F) -> (ResourceSet, Vec<Rid>)
+    pub async fn apply<F, Fut, R>(&mut self, event: &Event, fetch: F) -> (ResourceSet, Vec<Rid>)
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         let Some(mut resource) = self.resource(&event.rid).cloned() else {
             return (ResourceSet::default(), Vec::new());
@@ -234,19 +249,21 @@ impl Subscriptions {
     /// A held resource now reads as `resource`: it is kept as sent, what
     /// it references that is not held yet is fetched (the set to send with
     /// the events), and what is no longer reached is answered.
-    pub async fn replace<F, Fut>(
+    pub async fn replace<F, Fut, R>(
         &mut self,
         rid: &Rid,
-        resource: Resource,
+        resource: impl Into<Arc<Resource>>,
         fetch: F,
     ) -> (ResourceSet, Vec<Rid>)
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         if !self.holds(rid) {
             return (ResourceSet::default(), Vec::new());
         }
+        let resource = resource.into();
         let references = ResourceSet::references(&resource);
         if let Some(held) = self.held.get_mut(rid) {
             held.resource = Some(resource);
@@ -256,10 +273,11 @@ impl Subscriptions {
 
     /// Fetches `rid` and everything it reaches that is not held, holding
     /// them; undoes it all when `rid` itself fails.
-    async fn reach<F, Fut>(&mut self, rid: &Rid, mut fetch: F) -> Result<ResourceSet, ResError>
+    async fn reach<F, Fut, R>(&mut self, rid: &Rid, mut fetch: F) -> Result<ResourceSet, ResError>
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         let mut set = ResourceSet::default();
         if self.holds(rid) {
@@ -275,7 +293,7 @@ impl Subscriptions {
         }
     }
 
-    async fn reach_into<F, Fut>(
+    async fn reach_into<F, Fut, R>(
         &mut self,
         root: &Rid,
         fetch: &mut F,
@@ -283,7 +301,8 @@ impl Subscriptions {
     ) -> Result<(), ResError>
     where
         F: FnMut(Rid) -> Fut,
-        Fut: Future<Output = Result<Resource, ResError>>,
+        Fut: Future<Output = Result<R, ResError>>,
+        R: Into<Arc<Resource>>,
     {
         let mut queue = vec![root.clone()];
         while let Some(rid) = queue.pop() {
@@ -298,16 +317,17 @@ impl Subscriptions {
             }
             match fetch(rid.clone()).await {
                 Ok(resource) => {
+                    let resource = resource.into();
                     let references = ResourceSet::references(&resource);
                     queue.extend(references.iter().cloned());
+                    set.insert(&rid, Resource::clone(&resource));
                     self.held.insert(
                         rid.clone(),
                         Held {
                             references,
-                            resource: Some(resource.clone()),
+                            resource: Some(resource),
                         },
                     );
-                    set.insert(&rid, resource);
                 }
                 Err(error) if &rid == root => return Err(error),
                 Err(error) => {
