@@ -70,11 +70,12 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
+    MaybeTlsStream, WebSocketStream, connect_async_with_config,
     tungstenite::{
         Message,
         client::IntoClientRequest,
         http::{HeaderValue, header::AUTHORIZATION},
+        protocol::WebSocketConfig,
     },
 };
 
@@ -951,7 +952,10 @@ async fn open(target: &Target) -> Result<Ws, String> {
             .headers_mut()
             .insert(AUTHORIZATION, authorization.clone());
     }
-    let (mut ws, _) = connect_async(request)
+    // The live endpoint's read buffer size, for the clients too: the
+    // stack zeroes the whole buffer before each read.
+    let config = WebSocketConfig::default().read_buffer_size(cairn_live::READ_BUFFER_BYTES);
+    let (mut ws, _) = connect_async_with_config(request, Some(config), false)
         .await
         .map_err(|e| format!("connecting: {e}"))?;
     for (i, rid) in target.rids.iter().enumerate() {
@@ -1216,7 +1220,9 @@ async fn flat_out(
 
 async fn raw_upgrade(State(raw): State<Raw>, upgrade: WebSocketUpgrade) -> Response {
     let frames = raw.frames.subscribe();
-    upgrade.on_upgrade(move |socket| raw_connection(socket, frames))
+    upgrade
+        .read_buffer_size(cairn_live::READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| raw_connection(socket, frames))
 }
 
 #[derive(Deserialize)]

@@ -50,6 +50,7 @@ pub(crate) async fn upgrade(
     let max = live.inner.options.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(crate::READ_BUFFER_BYTES)
         .on_upgrade(move |socket| run(live, socket, token))
 }
 

@@ -244,6 +244,13 @@ impl Change {
     }
 }
 
+/// The read buffer of each connection's WebSocket. The stack's default
+/// (128 KiB) is zeroed in full before each read from the socket: that is
+/// both 128 KiB resident per connection and a 128 KiB `memset` per read.
+/// Frames larger than this still arrive (the buffer grows for them, up to
+/// [`LiveOptions::max_frame_bytes`]).
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Where services publish their changes, before and after the endpoint
 /// exists. Cheap to clone.
 #[derive(Debug, Clone)]
