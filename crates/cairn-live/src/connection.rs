@@ -113,6 +113,7 @@ async fn run(live: Live, socket: WebSocket, token: Option<String>) {
         tx,
         close: close_tx,
         seen: 0,
+        reader: None,
     };
     if let Some(token) = token {
         // A token refused at the upgrade leaves the connection anonymous;
@@ -186,6 +187,9 @@ async fn read(
     }
 }
 
+/// The most frames written before one flush.
+const WRITE_BURST: usize = 64;
+
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Message>,
@@ -206,7 +210,17 @@ async fn write(
             },
             frame = frames.recv() => {
                 let Some(frame) = frame else { break };
-                match timeout(write_timeout, sink.send(frame)).await {
+                // What else is queued goes in the same write: one flush
+                // (one system call) for a burst, not one per frame.
+                let burst = async {
+                    sink.feed(frame).await?;
+                    for _ in 1..WRITE_BURST {
+                        let Ok(frame) = frames.try_recv() else { break };
+                        sink.feed(frame).await?;
+                    }
+                    sink.flush().await
+                };
+                match timeout(write_timeout, burst).await {
                     Ok(Ok(())) => {}
                     _ => return,
                 }
@@ -233,9 +247,23 @@ struct Conn {
     /// before this connection began): a shared read begun after it shows
     /// all this connection has not been told of yet ([`SharedReads`]).
     seen: u64,
+    /// The session last read as, and who that is to [`SharedReads`].
+    reader: Option<(Arc<Session>, Arc<Reader>)>,
 }
 
 impl Conn {
+    /// Who `session` is to [`SharedReads`].
+    fn reader(&mut self, session: &Arc<Session>) -> Arc<Reader> {
+        if let Some((last, reader)) = &self.reader
+            && Arc::ptr_eq(last, session)
+        {
+            return reader.clone();
+        }
+        let reader = Arc::new(Reader::of(session));
+        self.reader = Some((session.clone(), reader.clone()));
+        reader
+    }
+
     /// Queues a frame; false (and the connection closing) when the client
     /// has not read what was queued before.
     fn push(&self, frame: Message) -> bool {
@@ -294,21 +322,21 @@ impl Conn {
             }
             RequestKind::Subscribe { rid } => {
                 let session = self.reading(&rid).await?;
-                let (inner, seen) = (self.inner.clone(), self.seen);
+                let (inner, seen, reader) = (self.inner.clone(), self.seen, self.reader(&session));
                 let set = self
                     .subs
                     .subscribe(&rid, move |r| {
-                        shared_fetch(inner.clone(), session.clone(), r, seen)
+                        shared_fetch(inner.clone(), session.clone(), reader.clone(), r, seen)
                     })
                     .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
             }
             RequestKind::Get { rid } => {
                 let session = self.reading(&rid).await?;
-                let (inner, seen) = (self.inner.clone(), self.seen);
+                let (inner, seen, reader) = (self.inner.clone(), self.seen, self.reader(&session));
                 let limit = self.inner.options.max_resources;
                 let set = Subscriptions::get(&rid, limit, move |r| {
-                    shared_fetch(inner.clone(), session.clone(), r, seen)
+                    shared_fetch(inner.clone(), session.clone(), reader.clone(), r, seen)
                 })
                 .await?;
                 Ok(Box::new(move |id| cairn_res::Response::resources(id, &set)))
@@ -501,7 +529,8 @@ impl Conn {
     /// end.
     async fn reread(&mut self, session: &Arc<Session>, rid: Rid, seq: u64) -> bool {
         let inner = self.inner.clone();
-        let shared = shared_read(&inner, session, &rid, seq);
+        let reader = self.reader(session);
+        let shared = shared_read(&inner, &reader, &rid, seq);
         let resource = match shared.get(&inner, session, &rid).await {
             Ok(resource) => resource,
             Err(error) if error.code == "system.notFound" => {
@@ -521,7 +550,7 @@ impl Conn {
         let (set, _dropped) = self
             .subs
             .replace(&rid, resource.clone(), move |r| {
-                shared_fetch(inner.clone(), session.clone(), r, seq)
+                shared_fetch(inner.clone(), session.clone(), reader.clone(), r, seq)
             })
             .await;
         // It was an error before: nothing a client can apply; it reads it
@@ -616,10 +645,49 @@ pub(crate) struct SharedReads {
 #[derive(PartialEq, Eq, Hash)]
 struct ShareKey {
     rid: Rid,
+    reader: Arc<Reader>,
+}
+
+/// Who reads, as far as what a read answers goes: made once per session,
+/// hashed once.
+pub(crate) struct Reader {
     tenant: cairn_core::TenantId,
     permissions: std::collections::BTreeSet<String>,
     cross_tenant: bool,
+    hash: u64,
 }
+
+impl Reader {
+    fn of(session: &Session) -> Self {
+        use std::hash::{Hash, Hasher};
+        let ctx = &session.context;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&ctx.tenant, &ctx.permissions, session.cross_tenant).hash(&mut hasher);
+        Self {
+            tenant: ctx.tenant.clone(),
+            permissions: ctx.permissions.clone(),
+            cross_tenant: session.cross_tenant,
+            hash: hasher.finish(),
+        }
+    }
+}
+
+impl std::hash::Hash for Reader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Reader {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.cross_tenant == other.cross_tenant
+            && self.tenant == other.tenant
+            && self.permissions == other.permissions
+    }
+}
+
+impl Eq for Reader {}
 
 type SharedCell = Arc<Shared>;
 
@@ -717,12 +785,10 @@ impl SharedReads {
 
 /// The shared read of `rid` for a connection that has taken changes up
 /// to `seen` ([`SharedReads`]).
-fn shared_read(inner: &Arc<Inner>, session: &Session, rid: &Rid, seen: u64) -> SharedCell {
+fn shared_read(inner: &Arc<Inner>, reader: &Arc<Reader>, rid: &Rid, seen: u64) -> SharedCell {
     let key = ShareKey {
         rid: rid.clone(),
-        tenant: session.context.tenant.clone(),
-        permissions: session.context.permissions.clone(),
-        cross_tenant: session.cross_tenant,
+        reader: reader.clone(),
     };
     // Taken before the read can begin: the read shows at least this.
     let label = inner.publisher.last();
@@ -733,10 +799,11 @@ fn shared_read(inner: &Arc<Inner>, session: &Session, rid: &Rid, seen: u64) -> S
 async fn shared_fetch(
     inner: Arc<Inner>,
     session: Arc<Session>,
+    reader: Arc<Reader>,
     rid: Rid,
     seen: u64,
 ) -> Result<Arc<Resource>, ResError> {
-    shared_read(&inner, &session, &rid, seen)
+    shared_read(&inner, &reader, &rid, seen)
         .get(&inner, &session, &rid)
         .await
 }

@@ -772,6 +772,19 @@ async fn a_frame_over_the_limit_closes_that_connection_only() {
 }
 
 #[tokio::test]
+async fn a_frame_larger_than_the_read_buffer_and_within_the_limit_is_read() {
+    let (_live, toy, url) = start(LiveOptions::default()).await;
+    let mut client = Client::connect(&url, Some("acme-token")).await;
+    let name = "x".repeat(8 * cairn_live::READ_BUFFER_BYTES);
+    let r = client
+        .request("call.toy.items.add", json!({ "name": name }))
+        .await;
+    assert_eq!(r["result"]["payload"]["idx"], 0, "{r}");
+    let items = toy.items.lock().unwrap();
+    assert_eq!(items[&TenantId::new("acme").unwrap()], vec![name]);
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_the_others_go_on() {
     let (live, _toy, url) = start(LiveOptions {
         send_queue: 4,

@@ -159,9 +159,14 @@ impl Subscriptions {
                 set.insert_error(reference, error);
             }
         }
-        if let Some(held) = self.held.get_mut(rid) {
-            held.references = references;
+        let Some(held) = self.held.get_mut(rid) else {
+            return (set, Vec::new());
+        };
+        if held.references == references {
+            // The same references: nothing can have stopped being held.
+            return (set, Vec::new());
         }
+        held.references = references;
         let dropped = self.collect();
         (set, dropped)
     }
