@@ -51,7 +51,14 @@ pub(crate) async fn upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(crate::READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| run(live, socket, token))
+        .on_upgrade(move |socket| async move {
+            match live.inner.runtime.handle().cloned() {
+                Some(runtime) => {
+                    let _ = runtime.spawn(run(live, socket, token)).await;
+                }
+                None => run(live, socket, token).await,
+            }
+        })
 }
 
 /// The token in the cookie [`TOKEN_COOKIE`], when the upgrade comes from

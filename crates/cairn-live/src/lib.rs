@@ -74,6 +74,12 @@ pub struct LiveOptions {
     /// How often a connection's token is checked again (revoked or
     /// expired: its subscriptions end).
     pub session_check: Duration,
+    /// Connections run on a runtime of their own with this many threads,
+    /// so that pushing a change to thousands of them never queues the
+    /// rest of the process (the commands, the projections, the HTTP API)
+    /// behind it; the operating system shares the cores between the two.
+    /// 0 runs them on the runtime that accepted them.
+    pub threads: usize,
 }
 
 impl Default for LiveOptions {
@@ -88,6 +94,7 @@ impl Default for LiveOptions {
             request_timeout: Duration::from_secs(10),
             change_buffer: 4096,
             session_check: Duration::from_millis(500),
+            threads: 2,
         }
     }
 }
@@ -338,6 +345,44 @@ struct Inner {
     shared: connection::SharedReads,
     options: LiveOptions,
     connections: AtomicUsize,
+    /// Where connections run ([`LiveOptions::threads`]).
+    runtime: ConnectionRuntime,
+}
+
+/// The connections' own runtime, if any; let go of without waiting when
+/// the endpoint goes (its connections end with it).
+struct ConnectionRuntime(Option<tokio::runtime::Runtime>);
+
+impl ConnectionRuntime {
+    fn new(threads: usize) -> Self {
+        if threads == 0 {
+            return Self(None);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("cairn-live")
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => Self(Some(runtime)),
+            Err(error) => {
+                tracing::warn!(%error, "no runtime of their own for live connections: they share the caller's");
+                Self(None)
+            }
+        }
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for ConnectionRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Inner {
@@ -416,6 +461,7 @@ impl LiveBuilder {
         let publisher = self
             .publisher
             .unwrap_or_else(|| Publisher::new(self.options.change_buffer));
+        let runtime = ConnectionRuntime::new(self.options.threads);
         Live {
             inner: Arc::new(Inner {
                 services: self.services,
@@ -425,6 +471,7 @@ impl LiveBuilder {
                 shared: connection::SharedReads::default(),
                 options: self.options,
                 connections: AtomicUsize::new(0),
+                runtime,
             }),
         }
     }
