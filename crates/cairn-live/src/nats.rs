@@ -24,6 +24,13 @@
 //! service reads as its reader, in the name's tenant, with the
 //! permissions its queries declare and nothing else. A `call` carries the
 //! token and runs as the caller through the same command bus as HTTP.
+//! Behind a RES gateway that does not check Cairn tokens itself
+//! (Resgate), the token reaches it through `auth.<service>.token`: with
+//! `{"token": "<bearer>"}` as the client's parameters, or with the
+//! connection's `Authorization` header or token cookie (Resgate's header
+//! authentication); the service checks it and sends `conn.<cid>.token`
+//! with `{"token": "<bearer>"}` (and the token's id as `tid`), which the
+//! gateway then sends with each `access` and `call`.
 //! NATS is the trust boundary, as with Resgate: whoever may publish
 //! `get.…` on it may read.
 //!
@@ -49,7 +56,7 @@ use cairn_core::{RequestContext, TenantId};
 use cairn_res::{
     ResError, Resource, Rid,
     service::{
-        Access, AccessRequest, CallRequest, GetRequest, GetResult, ServiceRequestKind,
+        Access, AccessRequest, AuthRequest, CallRequest, GetRequest, GetResult, ServiceRequestKind,
         ServiceResponse, ServiceSubject, SystemEvent, from_wire, from_wire_in, parse_payload,
         rename_references, to_wire,
     },
@@ -115,7 +122,13 @@ pub async fn serve(
 ) -> Result<Running<ServeStatus>, async_nats::Error> {
     let side = Arc::new(side);
     let mut subscribers = Vec::new();
-    for kind in ["access", "get", "call"] {
+    // `auth` is a service's own (not of a part every service serves).
+    let kinds: &[&str] = if side.group == side.service {
+        &["access", "get", "call", "auth"]
+    } else {
+        &["access", "get", "call"]
+    };
+    for kind in kinds {
         let subject = format!("{}.{kind}.{}.>", side.prefix, side.service);
         let group = format!("{}.res.{}.{}", side.prefix, side.service, side.group);
         subscribers.push(client.queue_subscribe(subject, group).await?);
@@ -156,7 +169,7 @@ async fn run(
                 };
                 let (client, side, status) = (client.clone(), side.clone(), status.clone());
                 tokio::spawn(async move {
-                    let response = match answer(&side, &message).await {
+                    let response = match answer(&client, &side, &message).await {
                         Ok(response) => response,
                         Err(error) => ServiceResponse::Error(error),
                     };
@@ -190,7 +203,11 @@ async fn run(
 }
 
 /// The answer to one request.
-async fn answer(side: &ServiceSide, message: &Message) -> Result<ServiceResponse, ResError> {
+async fn answer(
+    client: &Client,
+    side: &ServiceSide,
+    message: &Message,
+) -> Result<ServiceResponse, ResError> {
     let subject = message
         .subject
         .as_str()
@@ -256,8 +273,82 @@ async fn answer(side: &ServiceSide, message: &Message) -> Result<ServiceResponse
                 }
             }
         }
-        ServiceRequestKind::Auth => Err(ResError::method_not_found()),
+        ServiceRequestKind::Auth => {
+            if subject.name != side.service || subject.method.as_deref() != Some(AUTH_METHOD) {
+                return Err(ResError::method_not_found());
+            }
+            let request: AuthRequest = parse_payload(payload)?;
+            let bearer = auth_bearer(&request)?;
+            let session = side.auth.session(&bearer, None).await?;
+            // The gateway keeps it as the connection's token and sends it
+            // with every access and call (`caller`).
+            let (subject, event) = SystemEvent::Token {
+                cid: request.cid.clone(),
+                token: Some(json!({ "token": bearer })),
+                tid: session.token_id.as_ref().map(|(_, id)| id.clone()),
+            }
+            .to_message();
+            client
+                .publish(format!("{}.{subject}", side.prefix), event.into())
+                .await
+                .map_err(unavailable)?;
+            Ok(ServiceResponse::Result(json!({
+                "tenant": session.context.tenant.as_str(),
+                "actor": session.context.actor,
+            })))
+        }
     }
+}
+
+/// The method of `auth.<service>.<method>` that takes a token: a gateway
+/// speaking RES-Service (Resgate) sends it when a client calls
+/// `auth.<service>.token`, or at each connection with its HTTP headers
+/// (Resgate's `headerAuth`).
+pub const AUTH_METHOD: &str = "token";
+
+/// The bearer token of an `auth` request: `params.token`, else the
+/// upgrade's `Authorization: Bearer` header, else the token cookie of an
+/// upgrade from a page of the same origin or from no page.
+fn auth_bearer(request: &AuthRequest) -> Result<String, ResError> {
+    if let Some(params) = &request.params {
+        return match params.get("token") {
+            Some(Json::String(token)) if !token.is_empty() => Ok(token.clone()),
+            _ => Err(ResError::invalid_params("token is a string")),
+        };
+    }
+    let header = |name: &'static str| {
+        request
+            .header
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .flat_map(|(_, values)| values.iter())
+            .map(String::as_str)
+    };
+    if let Some(token) = header("authorization")
+        .find_map(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(token.to_owned());
+    }
+    let same_origin = match header("origin").next() {
+        None => true,
+        Some(origin) => {
+            let host = header("host").next().or(request.host.as_deref());
+            let origin = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            matches!((origin, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+        }
+    };
+    header("cookie")
+        .filter(|_| same_origin)
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == crate::TOKEN_COOKIE)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ResError::access_denied().with_data(json!({ "code": "missing_token" })))
 }
 
 /// The tenant and the resource of a request's name and query.

@@ -31,6 +31,10 @@ struct Toy {
 }
 
 impl Toy {
+    fn set(&self, tenant: &TenantId, items: Vec<String>) {
+        self.items.lock().unwrap().insert(tenant.clone(), items);
+    }
+
     fn reads_of(&self, tenant: &str, rid: &str) -> usize {
         let reads = self.reads.lock().unwrap();
         reads.get(&format!("{tenant} {rid}")).copied().unwrap_or(0)
@@ -507,20 +511,14 @@ async fn a_change_reaches_who_holds_it_in_its_tenant_only() {
 async fn a_reset_sends_what_changed_since_the_client_last_read() {
     let (live, toy, url) = start(LiveOptions::default()).await;
     let acme_tenant = TenantId::new("acme").unwrap();
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    toy.set(&acme_tenant, vec!["anvil".into()]);
     let mut acme = Client::connect(&url, Some("acme-token")).await;
     let mut globex = Client::connect(&url, Some("globex-token")).await;
     acme.request("subscribe.toy.items", Json::Null).await;
     globex.request("subscribe.toy.items", Json::Null).await;
 
     // A new item, and the first one renamed, then one reset naming both.
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec!["hammer".into(), "tongs".into()]);
+    toy.set(&acme_tenant, vec!["hammer".into(), "tongs".into()]);
     live.publish(Change::Reset {
         tenant: acme_tenant.clone(),
         names: vec!["toy.items".into(), "toy.item.0".into()],
@@ -537,10 +535,7 @@ async fn a_reset_sends_what_changed_since_the_client_last_read() {
         json!({"event": "toy.item.0.change", "data": {"values": {"name": "hammer"}}})
     );
     // The second item goes: removed from the list, and no longer held.
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec!["hammer".into()]);
+    toy.set(&acme_tenant, vec!["hammer".into()]);
     live.publish(Change::Reset {
         tenant: acme_tenant.clone(),
         names: vec!["toy.items".into(), "toy.item.1".into()],
@@ -552,10 +547,7 @@ async fn a_reset_sends_what_changed_since_the_client_last_read() {
     // Nothing that did not change is sent; a held model gone is deleted.
     let r = acme.request("subscribe.toy.item.0", Json::Null).await;
     assert!(r.get("result").is_some());
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec![]);
+    toy.set(&acme_tenant, vec![]);
     live.publish(Change::Reset {
         tenant: acme_tenant,
         names: vec!["toy.item.0".into()],
@@ -577,10 +569,7 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
         TenantId::new("globex").unwrap(),
     );
     for tenant in [&acme_tenant, &globex_tenant] {
-        toy.items
-            .lock()
-            .unwrap()
-            .insert(tenant.clone(), vec!["anvil".into()]);
+        toy.set(&tenant, vec!["anvil".into()]);
     }
     let mut acme = Client::connect(&url, Some("acme-token")).await;
     let mut globex = Client::connect(&url, Some("globex-token")).await;
@@ -588,10 +577,7 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
         client.request("subscribe.toy.items", Json::Null).await;
     }
     for tenant in [&acme_tenant, &globex_tenant] {
-        toy.items
-            .lock()
-            .unwrap()
-            .insert(tenant.clone(), vec!["hammer".into()]);
+        toy.set(&tenant, vec!["hammer".into()]);
     }
     // `toy.item.*` in acme: its item, not its list, nor globex's.
     live.publish(Change::Reset {
@@ -620,10 +606,7 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
 async fn a_reset_is_read_once_for_the_connections_that_read_alike() {
     let (live, toy, url) = start(LiveOptions::default()).await;
     let acme_tenant = TenantId::new("acme").unwrap();
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    toy.set(&acme_tenant, vec!["anvil".into()]);
     // Eight connections of one kind, two with another permission.
     let mut clients = Vec::new();
     for token in ["acme-token"; 8]
@@ -678,10 +661,7 @@ async fn a_reset_is_read_once_for_the_connections_that_read_alike() {
 async fn a_shared_read_is_never_older_than_a_change_the_connection_took() {
     let (live, toy, url) = start(LiveOptions::default()).await;
     let acme_tenant = TenantId::new("acme").unwrap();
-    toy.items
-        .lock()
-        .unwrap()
-        .insert(acme_tenant.clone(), vec!["anvil".into()]);
+    toy.set(&acme_tenant, vec!["anvil".into()]);
     let mut early = Client::connect(&url, Some("acme-token")).await;
     // One connection reads the list and lets it go: its read is kept.
     let mut first = Client::connect(&url, Some("acme-token")).await;
