@@ -238,6 +238,23 @@ test('a flight run in the console, watched live in the audit log of another sess
   await b.getByLabel('Event type').press('Enter');
   await photograph(b, 'audit');
 
+  // Deleting asks first: dismissed, the flight stays; accepted, it goes.
+  const flightStatus = async () =>
+    (await fetch(`${HTTP}/api/flights/${encodeURIComponent(id)}`, {
+      headers: { authorization: `Bearer ${await demoToken()}` },
+    })).status;
+  let asked = '';
+  a.once('dialog', (d) => { asked = d.message(); return d.dismiss(); });
+  await a.getByRole('button', { name: 'Delete flight' }).click();
+  await a.getByRole('button', { name: 'Delete flight' }).waitFor();
+  assert.match(asked, new RegExp(`Delete flight ${number}\\?`), 'the delete asked first');
+  assert.equal(await flightStatus(), 200, 'a dismissed delete leaves the flight');
+  a.once('dialog', (d) => d.accept());
+  await a.getByRole('button', { name: 'Delete flight' }).click();
+  await a.waitForURL(/#\/flights$/, { timeout: WAIT_MS });
+  await a.getByRole('link', { name: number, exact: true }).waitFor({ state: 'detached', timeout: WAIT_MS });
+  assert.equal(await flightStatus(), 404, 'an accepted delete removes the flight');
+
   // Operations.
   await a.getByRole('link', { name: 'Operations' }).click();
   await a.getByRole('heading', { name: 'Operations' }).waitFor();

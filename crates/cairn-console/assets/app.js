@@ -799,6 +799,11 @@
     delete: ["DELETE", "", " deleted."],
   };
 
+  /** Asks before a flight is deleted: it cannot be undone. */
+  function confirmDelete(flight) {
+    return window.confirm("Delete flight " + flight.number + "? This cannot be undone.");
+  }
+
   /** Departs, lands or deletes a flight over HTTP; resolves with what to say. */
   async function flightWrite(kind, flight) {
     var write = FLIGHT_WRITES[kind];
@@ -839,6 +844,7 @@
         runAction(land, listAlert, status, function () { return flightWrite("land", flight); });
       });
       var remove = actionButton("Delete", "button-small button-danger", function () {
+        if (!confirmDelete(flight)) return;
         runAction(remove, listAlert, status, async function () {
           var said = await flightWrite("delete", flight);
           heading.focus();
@@ -997,6 +1003,7 @@
       runAction(land, actionsAlert, status, function () { return flightWrite("land", flight); });
     });
     var remove = actionButton("Delete flight", "button button-danger", function () {
+      if (!confirmDelete(flight)) return;
       runAction(remove, actionsAlert, status, async function () {
         notice = { text: await flightWrite("delete", flight) };
         navigate("#/flights");

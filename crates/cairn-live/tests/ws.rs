@@ -569,7 +569,7 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
         TenantId::new("globex").unwrap(),
     );
     for tenant in [&acme_tenant, &globex_tenant] {
-        toy.set(&tenant, vec!["anvil".into()]);
+        toy.set(tenant, vec!["anvil".into()]);
     }
     let mut acme = Client::connect(&url, Some("acme-token")).await;
     let mut globex = Client::connect(&url, Some("globex-token")).await;
@@ -577,7 +577,7 @@ async fn a_pattern_reset_reads_again_what_it_matches() {
         client.request("subscribe.toy.items", Json::Null).await;
     }
     for tenant in [&acme_tenant, &globex_tenant] {
-        toy.set(&tenant, vec!["hammer".into()]);
+        toy.set(tenant, vec!["hammer".into()]);
     }
     // `toy.item.*` in acme: its item, not its list, nor globex's.
     live.publish(Change::Reset {
