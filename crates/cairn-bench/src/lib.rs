@@ -17,6 +17,7 @@
 //!   against a raw broadcast over the same WebSocket stack.
 
 mod baseline;
+mod command_path;
 pub mod commands;
 pub mod live;
 pub mod messaging;

@@ -21,6 +21,15 @@
 //!    `read_stream` of a whole stream, one task, one stream after another.
 //!    On PostgreSQL this is the path of every tenant read: a transaction
 //!    scoped to the tenant, under row-level security.
+//! 7. The command path ([`super::command_path`]): `raw_command_1_conn`
+//!    (baseline: select a stream, insert its next event, on one
+//!    connection), then through `AggregateStore::execute`, each stream
+//!    growing to about 100 events: `command_1_writer` (one task),
+//!    `command_64_writers` (64 tasks on aggregates of their own),
+//!    `command_64_writers_hot` (64 tasks on 8 shared aggregates, each
+//!    task with an aggregate store of its own, as separate processes:
+//!    lost races are retried, `_retries` counts them) and
+//!    `command_snapshot` (one task, a snapshot every 25 events).
 //!
 //! Latency is measured per `append` call (so per batch for
 //! `append_batch_100`), recorded in microseconds, printed in milliseconds.
@@ -57,10 +66,16 @@ Event store throughput and latency beside raw SQL on the same database.
 Runs five workloads through the EventStore interface: append_1_writer,
 append_64_writers, append_batch_100, catchup_read (subscribe to $all from 0
 until the head) and stream_read (read_stream of 10-event streams, one after
-another; on PostgreSQL scoped to the tenant under row-level security), and,
-on SQLite and PostgreSQL, four baselines on the same database:
-raw_insert_1_per_tx, raw_insert_100_per_tx, raw_select_scan and
-raw_select_stream, into and from a table of the same shape as Cairn's events
+another; on PostgreSQL scoped to the tenant under row-level security); then
+the command path, load -> decide -> append through AggregateStore::execute
+on streams growing to about 100 events: command_1_writer,
+command_64_writers (aggregates of their own), command_64_writers_hot (8
+aggregates shared by 64 tasks: lost races retried, counted in _retries) and
+command_snapshot (a snapshot every 25 events). On SQLite and PostgreSQL,
+five baselines on the same database: raw_insert_1_per_tx,
+raw_insert_100_per_tx, raw_select_scan, raw_select_stream and
+raw_command_1_conn (select a stream, insert its next event, one
+connection), into and from a table of the same shape as Cairn's events
 table (bench_baseline_events). Ratios are Cairn / baseline.
 
 Store URLs:
@@ -124,6 +139,13 @@ struct Sizes {
     read_streams: u64,
     /// Timed `read_stream` calls (and baseline selects).
     reads: u64,
+    /// Commands of `command_1_writer` and `command_snapshot` (and of the
+    /// baseline), on one aggregate per 100.
+    commands: u64,
+    /// Commands of each of the 64 tasks of `command_64_writers`.
+    commands_per_writer: u64,
+    /// Commands of each of the 64 tasks of `command_64_writers_hot`.
+    hot_commands_per_writer: u64,
 }
 
 impl Sizes {
@@ -143,6 +165,9 @@ impl Sizes {
                 warmup: 20,
                 read_streams: 20,
                 reads: 500,
+                commands: 200,
+                commands_per_writer: 4,
+                hot_commands_per_writer: 2,
             },
             (_, true) => Self {
                 single: 200,
@@ -152,6 +177,9 @@ impl Sizes {
                 warmup: 20,
                 read_streams: 20,
                 reads: 200,
+                commands: 100,
+                commands_per_writer: 2,
+                hot_commands_per_writer: 1,
             },
             (StoreUrl::Memory, false) => Self {
                 single: 200_000,
@@ -161,6 +189,9 @@ impl Sizes {
                 warmup: 500,
                 read_streams: 1_000,
                 reads: 200_000,
+                commands: 20_000,
+                commands_per_writer: 300,
+                hot_commands_per_writer: 13,
             },
             (StoreUrl::Sqlite(_), false) => Self {
                 single: 40_000,
@@ -170,6 +201,9 @@ impl Sizes {
                 warmup: 500,
                 read_streams: 1_000,
                 reads: 50_000,
+                commands: 6_000,
+                commands_per_writer: 100,
+                hot_commands_per_writer: 13,
             },
             (StoreUrl::Postgres(_), false) => Self {
                 single: 6_000,
@@ -179,6 +213,9 @@ impl Sizes {
                 warmup: 500,
                 read_streams: 1_000,
                 reads: 20_000,
+                commands: 1_500,
+                commands_per_writer: 25,
+                hot_commands_per_writer: 13,
             },
         }
     }
@@ -533,7 +570,111 @@ async fn suite(target: Target, tenant: &TenantId, sizes: Sizes) -> anyhow::Resul
             "ms",
         ));
     }
+
+    // 7. The command path.
+    if sizes.commands > 0 {
+        command_workloads(&store, &mut baseline, tenant, sizes, &mut metrics).await?;
+    }
     Ok(metrics)
+}
+
+/// Aggregates in `command_64_writers_hot`.
+const HOT_AGGREGATES: u64 = 8;
+/// Events between snapshots in `command_snapshot`.
+const SNAPSHOT_EVERY: u64 = 25;
+
+/// The command workloads (step 7 of the module's list).
+async fn command_workloads(
+    store: &Arc<dyn EventStore>,
+    baseline: &mut Option<Baseline>,
+    tenant: &TenantId,
+    sizes: Sizes,
+    metrics: &mut Vec<Metric>,
+) -> anyhow::Result<()> {
+    use super::command_path::{self, STREAM_EVENTS, one_writer, tallies, writers};
+    let aggregates = sizes.commands.div_ceil(STREAM_EVENTS);
+    let raw = match baseline {
+        Some(b) => {
+            progress("raw_command_1_conn", sizes.commands);
+            Some(
+                b.command_loop("tally-raw", aggregates, sizes.commands)
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    let raw = raw.map(|t| ("raw_command_1_conn", rate(t.rows, t.elapsed)));
+    let push = |metrics: &mut Vec<Metric>, name: &str, run: &command_path::CommandRun| {
+        metrics.push(Metric::new(name, rate(run.commands, run.elapsed), "commands/s").against(raw));
+        metrics.push(Metric::new(
+            format!("{name}_p50"),
+            quantile_ms(&run.latency, 0.50),
+            "ms",
+        ));
+        metrics.push(Metric::new(
+            format!("{name}_p99"),
+            quantile_ms(&run.latency, 0.99),
+            "ms",
+        ));
+    };
+
+    progress("command_1_writer", sizes.commands);
+    let run = one_writer(
+        &tallies(store, None),
+        tenant,
+        "c1-",
+        aggregates,
+        sizes.commands,
+    )
+    .await?;
+    push(metrics, "command_1_writer", &run);
+
+    let per_writer_aggregates = sizes.commands_per_writer.div_ceil(STREAM_EVENTS);
+    progress(
+        "command_64_writers",
+        sizes.commands_per_writer * WRITERS as u64,
+    );
+    let run = writers(
+        store,
+        tenant,
+        "c64w",
+        WRITERS,
+        per_writer_aggregates,
+        false,
+        sizes.commands_per_writer,
+    )
+    .await?;
+    push(metrics, "command_64_writers", &run);
+
+    progress(
+        "command_64_writers_hot",
+        sizes.hot_commands_per_writer * WRITERS as u64,
+    );
+    let recorder = cairn_telemetry::Metrics::install();
+    let retries_before = command_path::retries(&recorder);
+    let run = writers(
+        store,
+        tenant,
+        "chot",
+        WRITERS,
+        HOT_AGGREGATES,
+        true,
+        sizes.hot_commands_per_writer,
+    )
+    .await?;
+    let retries = command_path::retries(&recorder).saturating_sub(retries_before);
+    push(metrics, "command_64_writers_hot", &run);
+    metrics.push(Metric::new(
+        "command_64_writers_hot_retries",
+        retries as f64,
+        "retries",
+    ));
+
+    progress("command_snapshot", sizes.commands);
+    let snapshots = tallies(store, std::num::NonZeroU64::new(SNAPSHOT_EVERY));
+    let run = one_writer(&snapshots, tenant, "csnap-", aggregates, sizes.commands).await?;
+    push(metrics, "command_snapshot", &run);
+    Ok(())
 }
 
 /// `reads` whole-stream reads, one task, cycling through `names`; each must
@@ -731,6 +872,9 @@ mod tests {
             warmup: 5,
             read_streams: 4,
             reads: 20,
+            commands: 30,
+            commands_per_writer: 2,
+            hot_commands_per_writer: 2,
         };
         let target = Target {
             store: Arc::new(MemoryStore::new()),
@@ -756,8 +900,27 @@ mod tests {
                 "stream_read",
                 "stream_read_p50",
                 "stream_read_p99",
+                "command_1_writer",
+                "command_1_writer_p50",
+                "command_1_writer_p99",
+                "command_64_writers",
+                "command_64_writers_p50",
+                "command_64_writers_p99",
+                "command_64_writers_hot",
+                "command_64_writers_hot_p50",
+                "command_64_writers_hot_p99",
+                "command_64_writers_hot_retries",
+                "command_snapshot",
+                "command_snapshot_p50",
+                "command_snapshot_p99",
             ]
         );
-        assert!(metrics.iter().all(|m| m.value > 0.0 && m.ratio.is_none()));
+        // Retries may be none; everything else moved.
+        assert!(
+            metrics
+                .iter()
+                .filter(|m| m.name != "command_64_writers_hot_retries")
+                .all(|m| m.value > 0.0 && m.ratio.is_none())
+        );
     }
 }

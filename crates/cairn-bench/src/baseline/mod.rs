@@ -12,6 +12,9 @@
 //! - `raw_select_stream`: one `SELECT ... WHERE tenant_id = ? AND
 //!   stream_id = ? ORDER BY version` per read (autocommit), decoded the
 //!   same way.
+//! - `raw_command_1_conn`: a command by hand: that select, then one
+//!   INSERT of the next event at the version read (autocommit; the unique
+//!   (stream, version) index checks it), on one connection.
 //!
 //! Rows are built from the same [`order_event`] as Cairn's appends, so the
 //! cost of making the data is the same on both sides.
@@ -237,6 +240,21 @@ impl Baseline {
         match self {
             Self::Sqlite(b) => b.select_scan().await,
             Self::Postgres(b) => b.select_scan().await,
+        }
+    }
+
+    /// `commands` commands done in plain SQL on one connection, in turn on
+    /// `streams` streams named `<prefix>N`: select the stream, insert the
+    /// next event at the version read.
+    pub(crate) async fn command_loop(
+        &mut self,
+        prefix: &str,
+        streams: u64,
+        commands: u64,
+    ) -> anyhow::Result<Timed> {
+        match self {
+            Self::Sqlite(b) => b.command_loop(prefix, streams, commands).await,
+            Self::Postgres(b) => b.command_loop(prefix, streams, commands).await,
         }
     }
 

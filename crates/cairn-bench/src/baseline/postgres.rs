@@ -169,6 +169,46 @@ impl PgBaseline {
     }
 }
 
+impl PgBaseline {
+    /// `commands` commands done by hand, in turn on the streams
+    /// `<prefix>0` … `<prefix><streams - 1>`: the stream's events selected
+    /// and decoded, then the next one inserted at the version read (its
+    /// own transaction; the unique (stream, version) index checks it).
+    pub(crate) async fn command_loop(
+        &mut self,
+        prefix: &str,
+        streams: u64,
+        commands: u64,
+    ) -> anyhow::Result<Timed> {
+        let select = format!(
+            "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = $1 AND stream_id = $2 ORDER BY version"
+        );
+        let tenant = self.source.tenant().as_str().to_owned();
+        let start = Instant::now();
+        for seq in 0..commands {
+            let stream = format!("{prefix}{}", seq % streams.max(1));
+            let rows = sqlx::query(&select)
+                .bind(&tenant)
+                .bind(&stream)
+                .fetch_all(&mut self.conn)
+                .await
+                .context("baseline command select")?;
+            let history = rows
+                .iter()
+                .map(decode)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut row = self.source.row(&stream);
+            row.version = i64::try_from(history.len())?;
+            bind_row(sqlx::query(&self.insert_one), row)
+                .execute(&mut self.conn)
+                .await
+                .context("baseline command insert")?;
+            black_box(history);
+        }
+        Ok(Timed::since(start, commands))
+    }
+}
+
 /// A selected row, decoded into owned values with its JSON parsed.
 fn decode(r: &sqlx::postgres::PgRow) -> anyhow::Result<Row> {
     Ok(Row {

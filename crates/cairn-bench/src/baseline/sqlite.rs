@@ -234,6 +234,46 @@ impl SqliteBaseline {
     }
 }
 
+impl SqliteBaseline {
+    /// `commands` commands done by hand, in turn on the streams
+    /// `<prefix>0` … `<prefix><streams - 1>`: the stream's events selected
+    /// and decoded, then the next one inserted at the version read (its
+    /// own transaction; the unique (stream, version) index checks it).
+    pub(crate) async fn command_loop(
+        &mut self,
+        prefix: &str,
+        streams: u64,
+        commands: u64,
+    ) -> anyhow::Result<Timed> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| {
+            let select = format!(
+                "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = ?1 AND stream_id = ?2 ORDER BY version"
+            );
+            let insert = insert_sql(1, |n| format!("?{n}"));
+            let tenant = inner.source.tenant().as_str().to_owned();
+            let mut select = inner.conn.prepare(&select)?;
+            let mut insert = inner.conn.prepare(&insert)?;
+            let start = Instant::now();
+            for seq in 0..commands {
+                let stream = format!("{prefix}{}", seq % streams.max(1));
+                let mut rows = select.query(rusqlite::params![tenant, stream])?;
+                let mut history = Vec::new();
+                while let Some(r) = rows.next().context("baseline command select")? {
+                    history.push(decode(r)?);
+                }
+                let mut row = inner.source.row(&stream);
+                row.version = i64::try_from(history.len())?;
+                bind_row(&mut insert, 0, &row)?;
+                insert.raw_execute().context("baseline command insert")?;
+                black_box(history);
+            }
+            Ok(Timed::since(start, commands))
+        })
+        .await
+    }
+}
+
 /// A selected row, decoded into owned values with its JSON parsed.
 fn decode(r: &rusqlite::Row<'_>) -> anyhow::Result<Row> {
     let id: Vec<u8> = r.get(5)?;
