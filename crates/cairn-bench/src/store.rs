@@ -20,7 +20,10 @@
 //!    AND stream_id = ? ORDER BY version` per read), then `stream_read`:
 //!    `read_stream` of a whole stream, one task, one stream after another.
 //!    On PostgreSQL this is the path of every tenant read: a transaction
-//!    scoped to the tenant, under row-level security.
+//!    scoped to the tenant, under row-level security; there
+//!    `raw_select_stream_rls` runs the baseline's selects under the same
+//!    policy (the store's bound role, the tenant set for the session), and
+//!    `stream_read_under_rls` is `stream_read` against it.
 //! 7. The command path ([`super::command_path`]): `raw_command_1_conn`
 //!    (baseline: select a stream, insert its next event, on one
 //!    connection), then through `AggregateStore::execute`, each stream
@@ -543,22 +546,32 @@ async fn suite(target: Target, tenant: &TenantId, sizes: Sizes) -> anyhow::Resul
                 .await
                 .with_context(|| format!("appending to {name}"))?;
         }
-        let raw = match &mut baseline {
+        let (raw, raw_rls) = match &mut baseline {
             Some(b) => {
                 for name in &names {
                     b.insert_1_per_tx(name, STREAM_EVENTS as u64).await?;
                 }
                 progress("raw_select_stream", sizes.reads);
-                Some(b.select_streams(&names, sizes.reads).await?)
+                let raw = b.select_streams(&names, sizes.reads).await?;
+                let rls = b.select_streams_rls(&names, sizes.reads).await?;
+                (Some(raw), rls)
             }
-            None => None,
+            None => (None, None),
         };
         progress("stream_read", sizes.reads);
         let (timed, latency) = read_streams(&store, tenant, &names, sizes.reads).await?;
-        metrics.push(
-            Metric::new("stream_read", rate(timed.rows, timed.elapsed), "reads/s")
-                .against(raw.map(|t: Timed| ("raw_select_stream", rate(t.rows, t.elapsed)))),
-        );
+        let raw = raw.map(|t: Timed| ("raw_select_stream", rate(t.rows, t.elapsed)));
+        let stream_read = rate(timed.rows, timed.elapsed);
+        metrics.push(Metric::new("stream_read", stream_read, "reads/s").against(raw));
+        if let Some(rls) = raw_rls {
+            // The policy's own cost, then Cairn against selects paying it.
+            let rls = rate(rls.rows, rls.elapsed);
+            metrics.push(Metric::new("raw_select_stream_rls", rls, "reads/s").against(raw));
+            metrics.push(
+                Metric::new("stream_read_under_rls", stream_read, "reads/s")
+                    .against(Some(("raw_select_stream_rls", rls))),
+            );
+        }
         metrics.push(Metric::new(
             "stream_read_p50",
             quantile_ms(&latency, 0.50),

@@ -12,6 +12,9 @@
 //! - `raw_select_stream`: one `SELECT ... WHERE tenant_id = ? AND
 //!   stream_id = ? ORDER BY version` per read (autocommit), decoded the
 //!   same way.
+//! - `raw_select_stream_rls` (PostgreSQL): the same selects under the
+//!   store's row-level-security policy, as its bound role with the tenant
+//!   set for the session: the policy's own cost.
 //! - `raw_command_1_conn`: a command by hand: that select, then one
 //!   INSERT of the next event at the version read (autocommit; the unique
 //!   (stream, version) index checks it), on one connection.
@@ -240,6 +243,19 @@ impl Baseline {
         match self {
             Self::Sqlite(b) => b.select_scan().await,
             Self::Postgres(b) => b.select_scan().await,
+        }
+    }
+
+    /// [`select_streams`](Self::select_streams) under the store's
+    /// row-level-security policy, on PostgreSQL (SQLite has none: `None`).
+    pub(crate) async fn select_streams_rls(
+        &mut self,
+        streams: &[String],
+        reads: u64,
+    ) -> anyhow::Result<Option<Timed>> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(b) => b.select_streams_rls(streams, reads).await.map(Some),
         }
     }
 

@@ -170,6 +170,68 @@ impl PgBaseline {
 }
 
 impl PgBaseline {
+    /// `reads` selects as in [`select_streams`](Self::select_streams), but
+    /// under the store's own row-level security: the baseline table gets
+    /// the store's policy ([`row_security::protect_tenant_tables`]), and
+    /// the connection switches to the store's bound role with the tenant
+    /// set for the session (set once, outside the timing), so what this
+    /// adds to the plain selects is the policy's own cost. The connection
+    /// is back as it was afterwards; later inserts (as the connecting
+    /// superuser) are not bound by the policy.
+    pub(crate) async fn select_streams_rls(
+        &mut self,
+        streams: &[String],
+        reads: u64,
+    ) -> anyhow::Result<Timed> {
+        use cairn_store::row_security::{ROLE, TENANT_SETTING, ensure_role, protect_tenant_tables};
+        self.conn
+            .execute(ensure_role(ROLE).as_str())
+            .await
+            .context("the row-security role for the baseline")?;
+        self.conn
+            .execute(protect_tenant_tables(Some(ROLE)).as_str())
+            .await
+            .context("the row-security policy on the baseline table")?;
+        let tenant = self.source.tenant().as_str().to_owned();
+        self.conn
+            .execute(format!("SET ROLE {}", quote_ident(ROLE)).as_str())
+            .await
+            .context("switching to the row-security role")?;
+        // The policy binds: another tenant sees nothing, this one its rows.
+        let count = format!("SELECT count(*) FROM {TABLE}");
+        let mut visible = Vec::new();
+        for as_tenant in ["bench-nobody", tenant.as_str()] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(TENANT_SETTING)
+                .bind(as_tenant)
+                .execute(&mut self.conn)
+                .await
+                .context("setting the baseline's tenant")?;
+            let n: i64 = sqlx::query_scalar(&count)
+                .fetch_one(&mut self.conn)
+                .await
+                .context("counting the rows the policy lets through")?;
+            visible.push(n);
+        }
+        let timed = if visible[0] == 0 && visible[1] > 0 {
+            self.select_streams(streams, reads).await
+        } else {
+            Err(anyhow::anyhow!(
+                "the row-security policy on the baseline does not bind as the store's does \
+                 (rows seen as another tenant: {}, as {tenant}: {})",
+                visible[0],
+                visible[1]
+            ))
+        };
+        self.conn
+            .execute(sqlx::raw_sql(&format!(
+                "RESET ROLE; RESET {TENANT_SETTING}"
+            )))
+            .await
+            .context("leaving the row-security role")?;
+        timed
+    }
+
     /// `commands` commands done by hand, in turn on the streams
     /// `<prefix>0` … `<prefix><streams - 1>`: the stream's events selected
     /// and decoded, then the next one inserted at the version read (its
