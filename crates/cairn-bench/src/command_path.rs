@@ -9,6 +9,7 @@
 use std::{
     convert::Infallible,
     num::NonZeroU64,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,7 +20,6 @@ use cairn_store::EventStore;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::workload::{latency_histogram, order_event, record};

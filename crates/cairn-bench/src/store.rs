@@ -618,17 +618,8 @@ async fn command_workloads(
     };
     let raw = raw.map(|t| ("raw_command_1_conn", rate(t.rows, t.elapsed)));
     let push = |metrics: &mut Vec<Metric>, name: &str, run: &command_path::CommandRun| {
-        metrics.push(Metric::new(name, rate(run.commands, run.elapsed), "commands/s").against(raw));
-        metrics.push(Metric::new(
-            format!("{name}_p50"),
-            quantile_ms(&run.latency, 0.50),
-            "ms",
-        ));
-        metrics.push(Metric::new(
-            format!("{name}_p99"),
-            quantile_ms(&run.latency, 0.99),
-            "ms",
-        ));
+        let throughput = rate(run.commands, run.elapsed);
+        push_timed(metrics, name, throughput, "commands/s", &run.latency, raw);
     };
 
     progress("command_1_writer", sizes.commands);
@@ -739,17 +730,34 @@ fn push_append(
     run: &AppendRun,
     baseline: Option<(&str, f64)>,
 ) {
-    metrics.push(Metric::new(name, rate(run.events, run.elapsed), "events/s").against(baseline));
-    metrics.push(Metric::new(
-        format!("{name}_p50"),
-        quantile_ms(&run.latency, 0.50),
-        "ms",
-    ));
-    metrics.push(Metric::new(
-        format!("{name}_p99"),
-        quantile_ms(&run.latency, 0.99),
-        "ms",
-    ));
+    let throughput = rate(run.events, run.elapsed);
+    push_timed(
+        metrics,
+        name,
+        throughput,
+        "events/s",
+        &run.latency,
+        baseline,
+    );
+}
+
+/// A throughput row against `baseline`, then its `_p50` and `_p99`.
+fn push_timed(
+    metrics: &mut Vec<Metric>,
+    name: &str,
+    throughput: f64,
+    unit: &'static str,
+    latency: &Histogram<u64>,
+    baseline: Option<(&str, f64)>,
+) {
+    metrics.push(Metric::new(name, throughput, unit).against(baseline));
+    for (suffix, quantile) in [("p50", 0.50), ("p99", 0.99)] {
+        metrics.push(Metric::new(
+            format!("{name}_{suffix}"),
+            quantile_ms(latency, quantile),
+            "ms",
+        ));
+    }
 }
 
 /// One append workload's raw figures.

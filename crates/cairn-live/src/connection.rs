@@ -543,6 +543,15 @@ impl Conn {
             Err(error) if error.code == "system.notFound" => {
                 return self.send(Event::delete(rid).to_json());
             }
+            Err(error) if error.code == "system.accessDenied" => {
+                // Access was taken away (a service's `reaccess`, a role
+                // changed): a direct subscription ends, with the reason.
+                if self.subs.direct(&rid) == 0 {
+                    return true;
+                }
+                self.subs.revoke(&rid);
+                return self.send(Event::unsubscribe(rid, error).to_json());
+            }
             Err(error) => {
                 tracing::debug!(%rid, %error, "a reset resource cannot be read again");
                 return true;

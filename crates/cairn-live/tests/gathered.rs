@@ -3,6 +3,8 @@
 //! own, and `nats::Gathered` asks them all at once and puts the answers
 //! together. Skipped without NATS unless `CAIRN_TEST_SERVICES=required`.
 
+mod common;
+
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -111,24 +113,6 @@ fn caller(token: &str) -> Session {
     session(RequestContext::new(TenantId::new("acme").unwrap()), token)
 }
 
-/// A NATS client, or None (skipped) when there is no server and it is not
-/// required.
-async fn nats() -> Option<async_nats::Client> {
-    let url =
-        std::env::var("CAIRN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match async_nats::connect(&url).await {
-        Ok(client) => Some(client),
-        Err(e) => {
-            assert!(
-                std::env::var("CAIRN_TEST_SERVICES").as_deref() != Ok("required"),
-                "NATS at {url}: {e}; CAIRN_TEST_SERVICES=required"
-            );
-            eprintln!("skipping: no NATS at {url} ({e})");
-            None
-        }
-    }
-}
-
 /// A prefix of this test's own, so that tests never hear each other.
 fn prefix() -> String {
     format!(
@@ -192,7 +176,9 @@ fn rid(name: &str) -> Rid {
 
 #[tokio::test]
 async fn every_services_part_is_put_together() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let prefix = prefix();
     let _serving = start(&client, &prefix, parts()).await;
     let gathered = Gathered::new(client.clone(), &prefix, Duration::from_secs(2));
@@ -283,7 +269,9 @@ async fn every_services_part_is_put_together() {
 
 #[tokio::test]
 async fn the_caller_is_checked_by_every_service() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let prefix = prefix();
     let _serving = start(&client, &prefix, parts()).await;
     let gathered = Gathered::new(client, &prefix, Duration::from_secs(2));
@@ -318,7 +306,9 @@ async fn the_caller_is_checked_by_every_service() {
 
 #[tokio::test]
 async fn with_no_service_nothing_is_found() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let gathered = Gathered::new(client, prefix(), Duration::from_secs(2));
     let missing = gathered
         .get_as(&caller("reader"), &rid("ops.projections"))
@@ -329,7 +319,9 @@ async fn with_no_service_nothing_is_found() {
 
 #[tokio::test]
 async fn what_was_read_is_read_again_at_each_tick() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let prefix = prefix();
     let _serving = start(&client, &prefix, parts()).await;
     let gathered = Arc::new(Gathered::new(client, &prefix, Duration::from_secs(2)));
@@ -364,7 +356,9 @@ async fn what_was_read_is_read_again_at_each_tick() {
 
 #[tokio::test]
 async fn a_service_gone_is_waited_for_no_longer_than_the_window() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let prefix = prefix();
     let mut serving = start(&client, &prefix, parts()).await;
     let gathered = Gathered::new(client, &prefix, Duration::from_millis(300));

@@ -3,6 +3,8 @@
 //! token (`conn.<cid>.token`), which `access` then takes. Skipped without
 //! NATS unless `CAIRN_TEST_SERVICES=required`.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -57,22 +59,6 @@ impl Authenticate for Tokens {
     }
 }
 
-async fn nats() -> Option<async_nats::Client> {
-    let url =
-        std::env::var("CAIRN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match async_nats::connect(&url).await {
-        Ok(client) => Some(client),
-        Err(e) => {
-            assert!(
-                std::env::var("CAIRN_TEST_SERVICES").as_deref() != Ok("required"),
-                "NATS at {url}: {e}; CAIRN_TEST_SERVICES=required"
-            );
-            eprintln!("skipping: no NATS at {url} ({e})");
-            None
-        }
-    }
-}
-
 /// Sends `payload` to `<prefix>.<subject>` and reads the response.
 async fn ask(client: &async_nats::Client, prefix: &str, subject: &str, payload: Json) -> Json {
     let message = tokio::time::timeout(
@@ -87,7 +73,9 @@ async fn ask(client: &async_nats::Client, prefix: &str, subject: &str, payload: 
 
 #[tokio::test]
 async fn an_auth_request_sets_the_connections_token_that_access_then_takes() {
-    let Some(client) = nats().await else { return };
+    let Some(client) = common::nats().await else {
+        return;
+    };
     let prefix = format!(
         "resservice{}",
         std::time::SystemTime::now()

@@ -28,6 +28,8 @@ struct Toy {
     items: Arc<Mutex<HashMap<TenantId, Vec<String>>>>,
     /// Reads by `<tenant> <rid>`.
     reads: Arc<Mutex<HashMap<String, usize>>>,
+    /// Resource names nobody may read any more.
+    denied: Arc<Mutex<Vec<String>>>,
 }
 
 impl Toy {
@@ -54,6 +56,9 @@ impl Resources for Toy {
             .unwrap()
             .entry(format!("{} {rid}", ctx.tenant.as_str()))
             .or_default() += 1;
+        if self.denied.lock().unwrap().iter().any(|d| d == rid.name()) {
+            return Err(ResError::access_denied().with_data(json!({"code": "forbidden"})));
+        }
         let items = self.items.lock().unwrap();
         let mine = items.get(&ctx.tenant).cloned().unwrap_or_default();
         let parts: Vec<&str> = rid.parts().collect();
@@ -706,6 +711,37 @@ async fn a_shared_read_is_never_older_than_a_change_the_connection_took() {
             "{r}"
         );
     }
+}
+
+#[tokio::test]
+async fn access_taken_away_ends_the_subscription_at_the_next_reset() {
+    let (live, toy, url) = start(LiveOptions::default()).await;
+    let acme_tenant = TenantId::new("acme").unwrap();
+    toy.set(&acme_tenant, vec!["anvil".into()]);
+    let mut client = Client::connect(&url, Some("acme-token")).await;
+    client.request("subscribe.toy.items", Json::Null).await;
+    client.request("subscribe.toy.item.0", Json::Null).await;
+    toy.denied.lock().unwrap().push("toy.items".into());
+    live.publish(Change::Reset {
+        tenant: acme_tenant.clone(),
+        names: vec!["toy.items".into(), "toy.item.0".into()],
+    });
+    assert_eq!(
+        client.event().await,
+        json!({"event": "toy.items.unsubscribe", "data": {"reason": {
+            "code": "system.accessDenied", "message": "Access denied",
+            "data": {"code": "forbidden"}
+        }}})
+    );
+    // It is no longer held: a later change sends nothing on it; what may
+    // still be read goes on.
+    let r = client.request("version", Json::Null).await;
+    assert!(r.get("result").is_some());
+    assert!(client.events.is_empty(), "{:?}", client.events);
+    let r = client.request("unsubscribe.toy.items", Json::Null).await;
+    assert_eq!(r["error"]["code"], "system.noSubscription", "{r}");
+    let r = client.request("unsubscribe.toy.item.0", Json::Null).await;
+    assert!(r.get("result").is_some(), "{r}");
 }
 
 #[tokio::test]
