@@ -17,6 +17,7 @@
 
 mod aggregate;
 pub mod bus;
+mod cache;
 mod queue;
 mod repository;
 pub mod testing;
@@ -27,4 +28,6 @@ pub use bus::{
     QueryBus, QueryHandler,
 };
 pub use queue::{StreamQueues, Turn};
-pub use repository::{AggregateOptions, AggregateStore, CommandError, CommandOutcome};
+pub use repository::{
+    AggregateOptions, AggregateStore, CommandError, CommandOutcome, DEFAULT_CACHE_BYTES,
+};

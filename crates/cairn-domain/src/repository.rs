@@ -37,15 +37,15 @@ use std::{
 };
 
 use cairn_core::{
-    DecodeError, ErrorCode, RequestContext, StreamId, Upcasters, ValidationError, decode_event,
-    encode_event,
+    DecodeError, ErrorCode, RequestContext, StreamId, TenantId, Upcasters, ValidationError,
+    decode_event, encode_event,
 };
 use cairn_store::{EventStore, ExpectedVersion, ReadStream, Snapshot, StoreError};
 
-use crate::{Aggregate, DomainError, Loaded, queue::StreamQueues};
+use crate::{Aggregate, DomainError, Loaded, cache::AggregateCache, queue::StreamQueues};
 
 /// How an [`AggregateStore`] behaves. The defaults suit a laptop and most
-/// services: 5 retries, no snapshots, no upcasters.
+/// services: 5 retries, no snapshots, no upcasters, a cache of 32 MiB.
 #[derive(Debug, Clone)]
 pub struct AggregateOptions {
     /// How many times a command is decided again after losing a race to
@@ -57,7 +57,14 @@ pub struct AggregateOptions {
     pub snapshot_every: Option<NonZeroU64>,
     /// Lift old event schema versions on read.
     pub upcasters: Arc<Upcasters>,
+    /// How many bytes of recently decided states to keep, so the next
+    /// command on the same aggregate skips loading it (see
+    /// [`AggregateStore`]); 0 keeps none and loads every time.
+    pub cache_bytes: u64,
 }
+
+/// The cache's default budget: 32 MiB of states.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 
 impl Default for AggregateOptions {
     fn default() -> Self {
@@ -65,6 +72,7 @@ impl Default for AggregateOptions {
             max_retries: 5,
             snapshot_every: None,
             upcasters: Arc::new(Upcasters::new()),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -79,6 +87,12 @@ impl AggregateOptions {
     /// Snapshots every `every` events; 0 turns snapshots off.
     pub fn with_snapshot_every(mut self, every: u64) -> Self {
         self.snapshot_every = NonZeroU64::new(every);
+        self
+    }
+
+    /// Sets [`cache_bytes`](Self::cache_bytes); 0 turns the cache off.
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
         self
     }
 
@@ -223,11 +237,30 @@ impl<A: Aggregate> CommandOutcome<A> {
 
 /// Loads aggregates of type `A` from an event store, runs commands against
 /// them and appends the result. A cheap-to-clone handle; clones share the
-/// per-aggregate command queue, so build one per service and clone it.
+/// per-aggregate command queue and the cache, so build one per service and
+/// clone it.
+///
+/// The states commands were decided on are kept in a cache bounded by
+/// [`AggregateOptions::cache_bytes`] (per tenant and stream; see
+/// the cache module for its policy), so a command on an aggregate used
+/// recently skips the load: it decides on the kept state and appends on
+/// the kept version. When another process wrote the stream meanwhile, that
+/// append fails, and the state is brought up to date from the events after
+/// its version and decided again. So the cache changes how much is read,
+/// never what is decided: with any number of processes on one store, no
+/// update is lost. A command that would write nothing on a kept state (a
+/// refusal, a no-op, a failed `If-Match`) reads the newer events first, if
+/// any, and decides again on them before answering.
+///
+/// Cache use is counted in `cairn_aggregate_cache_total{category,outcome}`:
+/// `hit` (a command found its aggregate's state kept), `miss` (nothing
+/// kept: loaded) and `stale` (a kept state's append found that another
+/// writer had moved the stream on).
 pub struct AggregateStore<A> {
     store: Arc<dyn EventStore>,
     options: AggregateOptions,
     queues: Arc<StreamQueues>,
+    cache: Option<Arc<AggregateCache<A>>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -237,6 +270,7 @@ impl<A> Clone for AggregateStore<A> {
             store: Arc::clone(&self.store),
             options: self.options.clone(),
             queues: Arc::clone(&self.queues),
+            cache: self.cache.clone(),
             aggregate: PhantomData,
         }
     }
@@ -301,10 +335,12 @@ impl<A: Aggregate> AggregateStore<A> {
                 "Aggregate::CATEGORY must be non-empty and must not contain '-'"
             );
         }
+        let cache = AggregateCache::new(options.cache_bytes).map(Arc::new);
         Self {
             store,
             options,
             queues: Arc::default(),
+            cache,
             aggregate: PhantomData,
         }
     }
@@ -386,43 +422,74 @@ impl<A: Aggregate> AggregateStore<A> {
         let stream = Self::stream_id(id)?;
         let tenant = &ctx.tenant;
         let _turn = self.queues.turn(tenant, &stream).await;
+        // A kept state (a guess: another process may have written since),
+        // taken out of the cache for the length of the command.
+        let mut kept = self.cache.as_ref().and_then(|c| c.take(tenant, &stream));
+        self.count_cache(if kept.is_some() { "hit" } else { "miss" });
+        // A state known to be behind: the next attempt reads only the events
+        // after its version.
+        let mut behind: Option<Loaded<A>> = None;
         let mut attempts = 0u32;
         // The version the store reported in the last lost race; the next load
         // must see at least that far, or the history is not readable.
         let mut seen: Option<u64> = None;
         loop {
             attempts += 1;
-            let (mut state, current) = match self.load_stream(ctx, &stream).await? {
+            // Whether the state is known current (read from the store in this
+            // command) or only kept from an earlier one.
+            let (loaded, fresh) = match kept.take() {
+                Some(loaded) => (Some(loaded), false),
+                None => (
+                    self.bring_up_to_date(ctx, &stream, behind.take()).await?,
+                    true,
+                ),
+            };
+            let (mut state, current) = match loaded {
                 Some(loaded) => (loaded.state, Some(loaded.version)),
                 None => (A::default(), None),
             };
-            if seen > current {
+            if fresh && seen > current {
                 return Err(CommandError::HistoryUnavailable { stream });
             }
-            if let Some(expected) = expected {
-                match current {
-                    None => return Err(CommandError::NotFound { stream }),
-                    Some(actual) if actual != expected => {
-                        return Err(CommandError::PreconditionFailed {
-                            stream,
-                            expected,
-                            actual: Some(actual),
-                        });
-                    }
-                    Some(_) => {}
+            // Decides on the state; `Err` is what the command answers
+            // without writing.
+            let decided = match expected {
+                Some(_) if current.is_none() => Err(CommandError::NotFound {
+                    stream: stream.clone(),
+                }),
+                Some(expected) if current != Some(expected) => {
+                    Err(CommandError::PreconditionFailed {
+                        stream: stream.clone(),
+                        expected,
+                        actual: current,
+                    })
                 }
-            }
-
-            let events = state.decide(command).map_err(CommandError::Domain)?;
-            if events.is_empty() {
-                return Ok(CommandOutcome {
-                    stream,
-                    version: current,
-                    position: None,
-                    events,
-                    state,
-                });
-            }
+                _ => state.decide(command).map_err(CommandError::Domain),
+            };
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                // Nothing to write: an answer to confirm on the stream's
+                // latest events if the state was only kept.
+                _ if !fresh => {
+                    attempts -= 1;
+                    behind = current.map(|version| Loaded { state, version });
+                    continue;
+                }
+                Ok(events) => {
+                    self.keep(tenant, &stream, &state, current);
+                    return Ok(CommandOutcome {
+                        stream,
+                        version: current,
+                        position: None,
+                        events,
+                        state,
+                    });
+                }
+                Err(error) => {
+                    self.keep(tenant, &stream, &state, current);
+                    return Err(error);
+                }
+            };
             let metadata = ctx.metadata();
             let new_events = events
                 .iter()
@@ -450,6 +517,7 @@ impl<A: Aggregate> AggregateStore<A> {
                         self.save_snapshot(ctx, &stream, &state, outcome.last_version)
                             .await;
                     }
+                    self.keep(tenant, &stream, &state, Some(outcome.last_version));
                     return Ok(CommandOutcome {
                         stream,
                         version: Some(outcome.last_version),
@@ -457,6 +525,22 @@ impl<A: Aggregate> AggregateStore<A> {
                         events,
                         state,
                     });
+                }
+                Err(StoreError::WrongExpectedVersion { actual, .. }) if !fresh => {
+                    // The kept state was stale: another writer moved the
+                    // stream on. Read what it wrote and decide again; this is
+                    // not a lost race of this command.
+                    tracing::debug!(
+                        stream = %stream,
+                        tenant = %tenant,
+                        kept = ?current,
+                        actual = ?actual,
+                        "the kept state was stale; reading the newer events"
+                    );
+                    self.count_cache("stale");
+                    attempts -= 1;
+                    seen = actual;
+                    behind = current.map(|version| Loaded { state, version });
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     if let Some(expected) = expected {
@@ -478,11 +562,78 @@ impl<A: Aggregate> AggregateStore<A> {
                     metrics::counter!("cairn_command_retries_total", "category" => A::CATEGORY)
                         .increment(1);
                     seen = actual;
+                    behind = current.map(|version| Loaded { state, version });
                     tokio::time::sleep(backoff(attempts)).await;
                 }
                 Err(other) => return Err(CommandError::from_store(&stream, other)),
             }
         }
+    }
+
+    /// Keeps `state` at `version` for the next command on `stream`.
+    fn keep(&self, tenant: &TenantId, stream: &StreamId, state: &A, version: Option<u64>) {
+        if let (Some(cache), Some(version)) = (&self.cache, version) {
+            cache.put(tenant, stream, state.clone(), version);
+        }
+    }
+
+    fn count_cache(&self, result: &'static str) {
+        if self.cache.is_some() {
+            metrics::counter!(
+                "cairn_aggregate_cache_total",
+                "category" => A::CATEGORY,
+                "outcome" => result,
+            )
+            .increment(1);
+        }
+    }
+
+    /// The state of `stream` as the store has it now: `behind` brought up to
+    /// date with the events after its version when given, else loaded
+    /// (snapshot and events). A state behind a truncation is loaded anew.
+    async fn bring_up_to_date(
+        &self,
+        ctx: &RequestContext,
+        stream: &StreamId,
+        behind: Option<Loaded<A>>,
+    ) -> Result<Option<Loaded<A>>, CommandError<A::Error>> {
+        let Some(Loaded { mut state, version }) = behind else {
+            return self.load_stream(ctx, stream).await;
+        };
+        let from = version + 1;
+        let newer = self
+            .store
+            .read_stream(&ctx.tenant, stream, ReadStream::forward_from(from))
+            .await
+            .map_err(|e| CommandError::from_store(stream, e))?;
+        if newer.first().is_some_and(|e| e.version != from) {
+            return self.load_stream(ctx, stream).await;
+        }
+        let version = self.fold(stream, &mut state, &newer)?.unwrap_or(version);
+        Ok(Some(Loaded { state, version }))
+    }
+
+    /// Applies `recorded` to `state`; the version of the last one.
+    fn fold(
+        &self,
+        stream: &StreamId,
+        state: &mut A,
+        recorded: &[cairn_core::RecordedEvent],
+    ) -> Result<Option<u64>, CommandError<A::Error>> {
+        let mut version = None;
+        for record in recorded {
+            let event: A::Event =
+                decode_event(&self.options.upcasters, record).map_err(|source| {
+                    CommandError::Decode {
+                        stream: stream.clone(),
+                        version: record.version,
+                        source,
+                    }
+                })?;
+            state.apply(&event);
+            version = Some(record.version);
+        }
+        Ok(version)
     }
 
     /// Tombstones aggregate `id`: its stream refuses reads and appends from
@@ -499,6 +650,9 @@ impl<A: Aggregate> AggregateStore<A> {
         expected: Option<u64>,
     ) -> Result<(), CommandError<A::Error>> {
         let stream = Self::stream_id(id)?;
+        if let Some(cache) = &self.cache {
+            cache.forget(&ctx.tenant, &stream);
+        }
         let expected_version =
             expected.map_or(ExpectedVersion::StreamExists, ExpectedVersion::Exact);
         match self
@@ -569,17 +723,8 @@ impl<A: Aggregate> AggregateStore<A> {
                 stream: stream.clone(),
             });
         }
-        for record in &recorded {
-            let event: A::Event =
-                decode_event(&self.options.upcasters, record).map_err(|source| {
-                    CommandError::Decode {
-                        stream: stream.clone(),
-                        version: record.version,
-                        source,
-                    }
-                })?;
-            state.apply(&event);
-            version = Some(record.version);
+        if let Some(last) = self.fold(stream, &mut state, &recorded)? {
+            version = Some(last);
         }
         Ok(version.map(|version| Loaded { state, version }))
     }

@@ -1,5 +1,11 @@
 //! The aggregate store against real event stores: every case runs on
-//! `MemoryStore` and on `SqliteStore` in a fresh temporary directory.
+//! `MemoryStore`, on `SqliteStore` in a fresh temporary directory and on
+//! `PostgresStore` in a fresh schema (skipped when PostgreSQL is absent and
+//! `CAIRN_TEST_SERVICES=required` is not set).
+//!
+//! The cases named `..._kept_...` are about the aggregate cache: two
+//! `AggregateStore`s over one event store are two processes, each with a
+//! cache of its own, writing the same streams.
 
 mod common;
 
@@ -147,7 +153,6 @@ async fn a_decision_without_events_writes_nothing(store: Arc<TestStore>) {
         .execute(&ctx, "c1", None, &book("a"))
         .await
         .unwrap();
-    let head = *store.head().borrow();
     let again = concerts
         .execute(&ctx, "c1", None, &book("a"))
         .await
@@ -156,7 +161,14 @@ async fn a_decision_without_events_writes_nothing(store: Arc<TestStore>) {
     assert_eq!(again.version, first.version);
     assert_eq!(again.position, None);
     assert_eq!(holders(&again.state), ["a"]);
-    assert_eq!(*store.head().borrow(), head);
+    // (the stream, not the store's head: PostgreSQL moves its head when the
+    // commit's notification arrives, which may be after the command returns)
+    let stream = Concerts::stream_id("c1").unwrap();
+    let events = store
+        .read_stream(&ctx.tenant, &stream, ReadStream::all())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
 }
 
 async fn if_match_is_checked_against_the_loaded_version(store: Arc<TestStore>) {
@@ -244,7 +256,10 @@ async fn an_exhausted_retry_budget_is_a_concurrency_conflict(store: Arc<TestStor
         "{err}"
     );
     assert_eq!(err.code(), ErrorCode::ConcurrencyConflict);
-    assert_eq!(store.rivals_written(), 3);
+    // 4 rivals: the first append, on the state kept from planning, found it
+    // stale (another writer, not a lost race: no retry spent), then three
+    // attempts on fresh state lost.
+    assert_eq!(store.rivals_written(), 4);
     store.lose_next_races(0);
     let Loaded { state, .. } = concerts.load(&ctx, "c1").await.unwrap().unwrap();
     assert!(!state.holders.iter().any(|h| h == "me"));
@@ -469,10 +484,11 @@ async fn a_stream_truncated_to_nothing_is_not_taken_for_a_new_one(store: Arc<Tes
         .truncate_stream(&ctx.tenant, &stream, 2)
         .await
         .unwrap();
-    // Planning again would be decided on the default state; the append on
-    // "no stream" fails, and the retry notices the store is ahead of what
-    // can be read instead of retrying until the budget is spent.
-    let err = concerts
+    // Planning again in a process that kept nothing would be decided on the
+    // default state; the append on "no stream" fails, and the retry notices
+    // the store is ahead of what can be read instead of retrying until the
+    // budget is spent.
+    let err = concerts_without_snapshots(&store)
         .execute(&ctx, "c1", None, &plan(9))
         .await
         .unwrap_err();
@@ -766,6 +782,195 @@ async fn tenants_do_not_share_aggregates(store: Arc<TestStore>) {
     );
 }
 
+/// Another process: an aggregate store with a cache of its own.
+fn other_process(store: &Arc<TestStore>) -> Concerts {
+    AggregateStore::new(store.handle())
+}
+
+async fn a_kept_state_skips_the_load(store: Arc<TestStore>) {
+    let concerts = concerts(&store);
+    let ctx = ctx();
+    planned(&concerts, &ctx, "c1", 5).await;
+    let before = store.reads().len();
+    for holder in ["a", "b", "c"] {
+        concerts
+            .execute(&ctx, "c1", None, &book(holder))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.reads().len(), before, "no command read the stream");
+    // a clone shares the cache
+    let outcome = concerts
+        .clone()
+        .execute(&ctx, "c1", None, &book("d"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, Some(4));
+    assert_eq!(store.reads().len(), before);
+    assert_eq!(holders(&outcome.state), ["a", "b", "c", "d"]);
+
+    // without a cache every command loads
+    let uncached = AggregateStore::<Concert>::with_options(
+        store.handle(),
+        AggregateOptions::default().with_cache_bytes(0),
+    );
+    uncached
+        .execute(&ctx, "c1", None, &book("e"))
+        .await
+        .unwrap();
+    assert_eq!(store.reads().len(), before + 1);
+}
+
+async fn a_stale_kept_state_reads_only_the_newer_events(store: Arc<TestStore>) {
+    let ctx = ctx();
+    // No retries: finding its kept state stale is not a lost race.
+    let p1 = AggregateStore::<Concert>::with_options(
+        store.handle(),
+        AggregateOptions::default().with_max_retries(0),
+    );
+    let p2 = other_process(&store);
+    planned(&p1, &ctx, "c1", 10).await; // v0
+    p1.execute(&ctx, "c1", None, &book("a")).await.unwrap(); // v1, kept by p1
+    p2.execute(&ctx, "c1", None, &book("b")).await.unwrap(); // v2
+    p2.execute(&ctx, "c1", None, &book("c")).await.unwrap(); // v3
+    let before = store.reads().len();
+    let outcome = p1.execute(&ctx, "c1", None, &book("d")).await.unwrap();
+    assert_eq!(outcome.version, Some(4));
+    assert_eq!(holders(&outcome.state), ["a", "b", "c", "d"]);
+    let reads = store.reads();
+    let reads: Vec<_> = reads[before..].iter().map(|(_, read)| read.from).collect();
+    assert_eq!(reads, [Some(2)], "only the events after the kept version");
+    assert_eq!(store.lost_races(), 1, "the stale append, nothing else");
+    let Loaded { state, version } = p2.load(&ctx, "c1").await.unwrap().unwrap();
+    assert_eq!((version, holders(&state)), (4, vec!["a", "b", "c", "d"]));
+}
+
+async fn a_refusal_on_a_kept_state_is_checked_against_the_newer_events(store: Arc<TestStore>) {
+    let ctx = ctx();
+    let p1 = concerts(&store);
+    let p2 = other_process(&store);
+    planned(&p1, &ctx, "c1", 10).await;
+    p1.execute(&ctx, "c1", None, &ConcertCommand::Cancel)
+        .await
+        .unwrap(); // p1 keeps "cancelled"
+    p2.execute(&ctx, "c1", None, &ConcertCommand::Reopen)
+        .await
+        .unwrap();
+    // p1's kept state would refuse: the concert is on sale again
+    let outcome = p1.execute(&ctx, "c1", None, &book("me")).await.unwrap();
+    assert_eq!(outcome.version, Some(3));
+    assert_eq!(holders(&outcome.state), ["me"]);
+
+    // a no-op on a kept state is checked too
+    p2.execute(&ctx, "c1", None, &ConcertCommand::Cancel)
+        .await
+        .unwrap(); // v4; p1 keeps "on sale" at v3
+    let outcome = p1
+        .execute(&ctx, "c1", None, &ConcertCommand::Reopen)
+        .await
+        .unwrap();
+    assert!(outcome.written(), "reopened, not a no-op");
+    assert_eq!(outcome.version, Some(5));
+
+    // and a refusal that holds on the newer events is the answer
+    p2.execute(&ctx, "c1", None, &ConcertCommand::Cancel)
+        .await
+        .unwrap(); // v6; p1 keeps "on sale" at v5
+    let err = p1
+        .execute(&ctx, "c1", None, &book("you"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Domain(ConcertError::Cancelled)),
+        "{err}"
+    );
+    // p2's first cancel (kept at v2, the stream at v3) and p1's last
+    // booking; p2's second cancel was refused on its kept state and checked
+    // by reading, not by a failed append.
+    assert_eq!(store.lost_races(), 2);
+}
+
+async fn if_match_on_a_kept_state_is_checked_against_the_newer_events(store: Arc<TestStore>) {
+    let ctx = ctx();
+    let p1 = concerts(&store);
+    let p2 = other_process(&store);
+    planned(&p1, &ctx, "c1", 10).await; // p1 keeps v0
+    p2.execute(&ctx, "c1", None, &book("a")).await.unwrap(); // v1
+    // the caller saw v1 (from p2); p1's kept v0 must not refuse it
+    let outcome = p1.execute(&ctx, "c1", Some(1), &book("b")).await.unwrap();
+    assert_eq!(outcome.version, Some(2));
+    // a caller's stale version is still refused, with the current one
+    let err = p1
+        .execute(&ctx, "c1", Some(1), &book("c"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::PreconditionFailed {
+                expected: 1,
+                actual: Some(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.lost_races(), 0, "checked before appending");
+}
+
+async fn a_deleted_aggregate_is_not_served_from_a_kept_state(store: Arc<TestStore>) {
+    let ctx = ctx();
+    let p1 = concerts(&store);
+    let p2 = other_process(&store);
+    planned(&p1, &ctx, "c1", 10).await;
+    p1.execute(&ctx, "c1", None, &book("a")).await.unwrap();
+    p2.delete(&ctx, "c1", None).await.unwrap();
+    let err = p1.execute(&ctx, "c1", None, &book("b")).await.unwrap_err();
+    assert!(matches!(err, CommandError::Deleted { .. }), "{err}");
+    // a refusal on a kept state of a deleted aggregate says deleted too
+    planned(&p1, &ctx, "c2", 1).await;
+    p1.execute(&ctx, "c2", None, &book("a")).await.unwrap(); // p1 keeps "sold out"
+    p2.delete(&ctx, "c2", None).await.unwrap();
+    let err = p1.execute(&ctx, "c2", None, &book("b")).await.unwrap_err();
+    assert!(matches!(err, CommandError::Deleted { .. }), "{err}");
+    // deleting through the same store forgets what it kept
+    planned(&p1, &ctx, "c3", 1).await;
+    p1.delete(&ctx, "c3", None).await.unwrap();
+    let err = p1.execute(&ctx, "c3", None, &book("b")).await.unwrap_err();
+    assert!(matches!(err, CommandError::Deleted { .. }), "{err}");
+}
+
+async fn kept_states_are_per_tenant(store: Arc<TestStore>) {
+    let concerts = concerts(&store);
+    let acme = ctx();
+    let globex = RequestContext::new(common::tenant("globex"));
+    planned(&concerts, &acme, "c1", 3).await; // acme's c1 kept
+    let err = concerts
+        .execute(&globex, "c1", None, &book("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Domain(ConcertError::NotFound)),
+        "{err}"
+    );
+    planned(&concerts, &globex, "c1", 1).await;
+    let before = store.reads().len();
+    let a = concerts
+        .execute(&acme, "c1", None, &book("a"))
+        .await
+        .unwrap();
+    let b = concerts
+        .execute(&globex, "c1", None, &book("b"))
+        .await
+        .unwrap();
+    assert_eq!(store.reads().len(), before, "both kept, apart");
+    assert_eq!(
+        (holders(&a.state), holders(&b.state)),
+        (vec!["a"], vec!["b"])
+    );
+    assert_eq!((a.state.capacity, b.state.capacity), (3, 1));
+}
+
 async fn bad_ids_are_invalid_input(store: Arc<TestStore>) {
     let concerts = concerts(&store);
     let ctx = ctx();
@@ -798,21 +1003,24 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(super::TestStore::$backend().await).await;
+                    if let Some(store) = super::TestStore::$backend().await {
+                        super::$case(store).await;
+                    }
                 }
             )*
         }
     };
 }
 
-macro_rules! both_backends {
+macro_rules! every_backend {
     ($($case:ident),* $(,)?) => {
         suite!(memory; $($case),*);
         suite!(sqlite; $($case),*);
+        suite!(postgres; $($case),*);
     };
 }
 
-both_backends!(
+every_backend!(
     execute_creates_the_stream_and_stamps_metadata,
     load_folds_the_stream_and_absent_is_none,
     domain_errors_write_nothing,
@@ -835,5 +1043,11 @@ both_backends!(
     upcasters_lift_old_events,
     a_tombstoned_aggregate_reads_as_deleted,
     tenants_do_not_share_aggregates,
+    a_kept_state_skips_the_load,
+    a_stale_kept_state_reads_only_the_newer_events,
+    a_refusal_on_a_kept_state_is_checked_against_the_newer_events,
+    if_match_on_a_kept_state_is_checked_against_the_newer_events,
+    a_deleted_aggregate_is_not_served_from_a_kept_state,
+    kept_states_are_per_tenant,
     bad_ids_are_invalid_input,
 );

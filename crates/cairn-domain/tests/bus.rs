@@ -479,7 +479,7 @@ impl QueryHandler<SeatsLeft> for SeatsLeftHandler {
 /// with its code and details.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_queries_over_an_aggregate_store() {
-    let store = common::TestStore::sqlite().await;
+    let store = common::TestStore::sqlite().await.expect("sqlite");
     let concerts = AggregateStore::<Concert>::new(store.handle());
     let commands = CommandBus::new();
     let queries = QueryBus::new();

@@ -17,7 +17,7 @@ fn value(text: &str, line_start: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_counted_by_category_and_outcome() {
     let metrics = Metrics::install();
-    let store = TestStore::memory().await;
+    let store = TestStore::memory().await.expect("memory");
     let concerts = AggregateStore::<Concert>::with_options(
         store.handle(),
         AggregateOptions::default().with_max_retries(1),
@@ -76,7 +76,21 @@ async fn commands_are_counted_by_category_and_outcome() {
     assert_eq!(count("concurrency_conflict"), 1.0, "{text}");
     assert_eq!(
         value(&text, r#"cairn_command_retries_total{category="concert"}"#),
-        2.0,
+        1.0,
+        "{text}"
+    );
+    // Every command after planning c1 found c1's state kept (c2 was never
+    // kept); the two lost races were first found stale on the kept state,
+    // which spends no retry: one retry in all, in the conflict.
+    let cache = |result: &str| {
+        value(
+            &text,
+            &format!(r#"cairn_aggregate_cache_total{{category="concert",outcome="{result}"}}"#),
+        )
+    };
+    assert_eq!(
+        (cache("hit"), cache("miss"), cache("stale")),
+        (6.0, 2.0, 2.0),
         "{text}"
     );
     assert_eq!(

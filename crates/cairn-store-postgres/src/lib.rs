@@ -237,9 +237,13 @@ impl PostgresStore {
         }
         tenant_session.push_str(&format!("SET {} TO ''", row_security::TENANT_SETTING));
         let tenant_session: Arc<str> = tenant_session.into();
+        // Its connections are not pinged before use: a tenant read is one
+        // round trip, and the ping would be a second. A read that meets a dead
+        // connection runs again on another (`read::reading`).
         let tenant_pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 let session = tenant_session.clone();
                 Box::pin(async move {

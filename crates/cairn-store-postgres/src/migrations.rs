@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "row-level security",
         include_str!("../migrations/0003_row_level_security.sql"),
     ),
+    (
+        4,
+        "one-round-trip tenant reads",
+        include_str!("../migrations/0004_one_round_trip_reads.sql"),
+    ),
 ];
 
 /// Migrates `schema` and prepares row-level security for it. Returns whether

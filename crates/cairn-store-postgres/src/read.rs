@@ -2,10 +2,15 @@
 //! consistent; the gap-safety of `$all` comes from how positions are
 //! written (see the crate docs), not from anything the reader does.
 //!
-//! Reads of one tenant (streams, stream metadata, snapshots) run in a
-//! transaction of the tenant pool that sets the tenant first ([`scoped`]):
-//! row-level security then hides every other tenant's rows even if a query
-//! forgot its filter. `$all` is system access, on the system pool.
+//! Reads of one tenant run on the tenant pool with the tenant set first, so
+//! row-level security hides every other tenant's rows even if a query forgot
+//! its filter. The reads of a command (a stream's events, its row, its
+//! snapshot) are one round trip each: one call of a SQL function
+//! (`migrations/0004_one_round_trip_reads.sql`) that sets the tenant for its
+//! own statement's transaction and reads, so there is no `BEGIN`, no
+//! `ROLLBACK` and no separate stream-row query. The listing of streams runs
+//! in a transaction that sets the tenant first ([`scoped`]). `$all` is
+//! system access, on the system pool.
 
 use cairn_core::{EventId, Metadata, RecordedEvent, StreamId, TenantId};
 use cairn_store::{
@@ -13,7 +18,7 @@ use cairn_store::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::unavailable;
@@ -75,10 +80,8 @@ pub(crate) async fn scoped(
     tenant_pool: &PgPool,
     tenant: &TenantId,
 ) -> Result<Transaction<'static, Postgres>, StoreError> {
-    tenant_pool
-        .begin_with(row_security::begin_scoped(tenant))
-        .await
-        .map_err(unavailable)
+    let begin = row_security::begin_scoped(tenant);
+    reading(tenant_pool, || tenant_pool.begin_with(begin.clone())).await
 }
 
 /// Ends a read-only tenant transaction by dropping it: sqlx queues its
@@ -90,30 +93,46 @@ fn finish<T>(tx: Transaction<'static, Postgres>, value: T) -> T {
     value
 }
 
+/// Whether `error` says the connection is gone (the server restarted, the
+/// network dropped it) rather than anything about the statement.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_))
+}
+
+/// Runs a read of the tenant pool, again on another connection while the
+/// one it was given turns out to be dead, up to once per pooled connection
+/// and one more. The tenant pool does not ping a connection before handing
+/// it out (that would be a round trip more than the read itself); reads
+/// change nothing, so running one again is safe, and sqlx drops a
+/// connection that failed this way.
+async fn reading<T, F>(tenant_pool: &PgPool, read: impl Fn() -> F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = tenant_pool.size() + 1;
+    loop {
+        match read().await {
+            Err(error) if connection_lost(&error) && tries > 1 => {
+                tracing::debug!(%error, "a pooled tenant connection was gone; reading again");
+                tries -= 1;
+            }
+            result => return result.map_err(unavailable),
+        }
+    }
+}
+
 pub(crate) async fn stream_info(
     tenant_pool: &PgPool,
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<StreamInfo>, StoreError> {
-    let mut tx = scoped(tenant_pool, tenant).await?;
-    let info = stream_info_in(&mut tx, tenant, stream).await?;
-    Ok(finish(tx, info))
-}
-
-async fn stream_info_in(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    stream: &StreamId,
-) -> Result<Option<StreamInfo>, StoreError> {
-    let row = sqlx::query(
-        "SELECT stream_id, version, deleted, truncate_before FROM streams
-         WHERE tenant_id = $1 AND stream_id = $2",
-    )
-    .bind(tenant.as_str())
-    .bind(stream.as_str())
-    .fetch_optional(conn)
-    .await
-    .map_err(unavailable)?;
+    let row = reading(tenant_pool, || {
+        sqlx::query("SELECT * FROM cairn_stream_info($1, $2)")
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .fetch_optional(tenant_pool)
+    })
+    .await?;
     row.as_ref().map(decode_info).transpose()
 }
 
@@ -144,36 +163,24 @@ pub(crate) async fn read_stream(
     stream: &StreamId,
     read: ReadStream,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut tx = scoped(tenant_pool, tenant).await?;
-    let Some(info) = stream_info_in(&mut tx, tenant, stream).await? else {
-        return Ok(finish(tx, Vec::new()));
-    };
-    if info.deleted {
+    let rows = reading(tenant_pool, || {
+        sqlx::query("SELECT * FROM cairn_read_stream($1, $2, $3, $4, $5)")
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .bind(read.from.map(clamp))
+            .bind(clamp(read.limit as u64))
+            .bind(read.direction == Direction::Backward)
+            .fetch_all(tenant_pool)
+    })
+    .await?;
+    // A deleted stream is one row, flagged, with no event.
+    let deleted = |row: &PgRow| row.try_get::<Option<bool>, _>(13).ok().flatten() == Some(true);
+    if rows.first().is_some_and(deleted) {
         return Err(StoreError::StreamDeleted {
             stream: stream.clone(),
         });
     }
-    let Some((lo, hi)) = read.bounds(info.truncate_before.unwrap_or(0), info.version) else {
-        return Ok(finish(tx, Vec::new()));
-    };
-    let order = match read.direction {
-        Direction::Forward => "ASC",
-        Direction::Backward => "DESC",
-    };
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE tenant_id = $1 AND stream_id = $2 AND version BETWEEN $3 AND $4
-         ORDER BY version {order}"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(tenant.as_str())
-        .bind(stream.as_str())
-        .bind(clamp(lo))
-        .bind(clamp(hi))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    finish(tx, rows.iter().map(decode_event).collect())
+    rows.iter().map(decode_event).collect()
 }
 
 pub(crate) async fn read_all(
@@ -230,16 +237,13 @@ pub(crate) async fn load_snapshot(
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<Snapshot>, StoreError> {
-    let mut tx = scoped(tenant_pool, tenant).await?;
-    let row = sqlx::query(
-        "SELECT version, schema_version, state FROM snapshots WHERE tenant_id = $1 AND stream_id = $2",
-    )
-    .bind(tenant.as_str())
-    .bind(stream.as_str())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(unavailable)?;
-    finish(tx, ());
+    let row = reading(tenant_pool, || {
+        sqlx::query("SELECT * FROM cairn_load_snapshot($1, $2)")
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .fetch_optional(tenant_pool)
+    })
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let get = |e: sqlx::Error| corrupt("snapshot row", e);
     let version: i64 = row.try_get(0).map_err(get)?;

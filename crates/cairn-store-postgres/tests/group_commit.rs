@@ -130,7 +130,7 @@ async fn reconnecting_keeps_data_and_migrations_are_idempotent() {
             .fetch_all(first.pool())
             .await
             .unwrap();
-    assert_eq!(applied, vec![1, 2, 3]);
+    assert_eq!(applied, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test]

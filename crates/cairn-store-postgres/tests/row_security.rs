@@ -188,6 +188,107 @@ async fn a_connection_that_names_no_tenant_sees_nothing() {
     conn.close().await.unwrap();
 }
 
+/// The one-round-trip reads (`cairn_read_stream`, `cairn_stream_info`,
+/// `cairn_load_snapshot`) on a session like the tenant pool's: each sees
+/// its tenant's rows only, and the tenant it sets ends with its statement,
+/// so the session denies everything again right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_round_trip_reads_see_one_tenant_and_leave_nothing_set() {
+    let schema = fresh_schema();
+    let Some(store) = store_with(options(&schema)).await else {
+        return;
+    };
+    two_tenants(&store).await;
+    let mut conn = raw(&url(), &schema).await;
+    conn.execute(format!("SET ROLE {}; SET cairn.tenant TO ''", row_security::ROLE).as_str())
+        .await
+        .unwrap();
+    let tenants_read = |t: &'static str, s: &'static str| {
+        format!("SELECT o_tenant_id FROM cairn_read_stream('{t}', '{s}', NULL, 100, false)")
+    };
+    for (t, s, expected) in [
+        ("acme", "order-1", vec!["acme"; 3]),
+        ("globex", "order-1", vec!["globex"; 2]),
+        ("globex", "invoice-9", vec![]),
+        ("initech", "order-1", vec![]),
+    ] {
+        let read: Vec<String> = sqlx::query_scalar(&tenants_read(t, s))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(read, expected, "{t} {s}");
+        // the setting ended with the statement: nothing is visible now
+        let setting: String = sqlx::query_scalar("SELECT current_setting('cairn.tenant')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(setting, "", "after {t} {s}");
+        assert_eq!(count(&mut conn, "SELECT count(*) FROM events").await, 0);
+    }
+    let infos = |t: &str, s: &str| format!("SELECT count(*) FROM cairn_stream_info('{t}', '{s}')");
+    assert_eq!(count(&mut conn, &infos("acme", "invoice-9")).await, 1);
+    assert_eq!(count(&mut conn, &infos("globex", "invoice-9")).await, 0);
+    let snapshots =
+        |t: &str, s: &str| format!("SELECT count(*) FROM cairn_load_snapshot('{t}', '{s}')");
+    assert_eq!(count(&mut conn, &snapshots("acme", "order-1")).await, 1);
+    assert_eq!(count(&mut conn, &snapshots("globex", "order-1")).await, 0);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM snapshots").await, 0);
+    // They run as their caller, so the policies bind them: never as their
+    // owner (SECURITY DEFINER), who may be a superuser.
+    let definers = count(
+        &mut conn,
+        "SELECT count(*) FROM pg_proc WHERE prosecdef AND proname LIKE 'cairn\\_%'",
+    )
+    .await;
+    assert_eq!(definers, 0);
+    conn.close().await.unwrap();
+}
+
+/// The tenant pool does not ping a connection before a read; a read that
+/// meets a dead one (here killed by the server) runs again on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_dead_pooled_connection_runs_again() {
+    let Some(store) = store_with(options(&fresh_schema())).await else {
+        return;
+    };
+    two_tenants(&store).await;
+    let acme = tenant("acme");
+    for round in 0..3 {
+        // The tenant pool's one connection, by its server process id.
+        let mut tx = store.scoped(&acme).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert!(killed, "round {round}");
+        let events = store
+            .read_stream(&acme, &stream("order-1"), ReadStream::all())
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 3, "round {round}");
+    }
+    // and so does the begin of a tenant transaction
+    let mut tx = store.scoped(&acme).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let listed = store.list_streams(&acme, None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_transaction_cannot_write_the_store() {
     let Some(store) = store_with(options(&fresh_schema())).await else {

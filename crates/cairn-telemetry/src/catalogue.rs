@@ -43,6 +43,9 @@ pub mod names {
     pub const COMMAND_DURATION_SECONDS: &str = "cairn_command_duration_seconds";
     /// Commands decided again after losing a race, by aggregate category.
     pub const COMMAND_RETRIES_TOTAL: &str = "cairn_command_retries_total";
+    /// Commands that found their aggregate's state kept in the aggregate
+    /// cache (`hit`), did not (`miss`), or found it stale (`stale`).
+    pub const AGGREGATE_CACHE_TOTAL: &str = "cairn_aggregate_cache_total";
     /// The position of the last event in the store's global log.
     pub const STORE_HEAD_POSITION: &str = "cairn_store_head_position";
     /// How far a projection has looked in the global log.
@@ -136,6 +139,12 @@ pub const CATALOGUE: &[MetricDescription] = &[
         kind: MetricKind::Counter,
         labels: &["category"],
         help: "Commands decided again because another writer appended to the aggregate first.",
+    },
+    MetricDescription {
+        name: names::AGGREGATE_CACHE_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["category", "outcome"],
+        help: "Commands by whether their aggregate's state was kept in the aggregate cache (hit), not (miss), or kept but behind another writer's append (stale).",
     },
     MetricDescription {
         name: names::STORE_HEAD_POSITION,

@@ -1,11 +1,12 @@
 //! Test support: a small example aggregate (a concert selling a fixed number
 //! of tickets) and an event store wrapper that can play a rival writer or
-//! fail snapshot saves, over a real `MemoryStore` or `SqliteStore`.
+//! fail snapshot saves, over a real `MemoryStore`, `SqliteStore` or
+//! `PostgresStore` (a fresh schema of the test server).
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicBool, AtomicU32, Ordering},
 };
 
@@ -48,6 +49,7 @@ pub enum ConcertCommand {
     Book { holder: String },
     BookPair { first: String, second: String },
     Cancel,
+    Reopen,
 }
 
 pub fn book(holder: &str) -> ConcertCommand {
@@ -67,6 +69,7 @@ pub enum ConcertEvent {
         holder: String,
     },
     ConcertCancelled,
+    ConcertReopened,
 }
 
 impl DomainEvent for ConcertEvent {
@@ -142,7 +145,9 @@ impl Aggregate for Concert {
             }
             (Status::Unplanned, _) => Err(ConcertError::NotFound),
             (_, ConcertCommand::Plan { .. }) => Err(ConcertError::AlreadyPlanned),
+            (Status::Cancelled, ConcertCommand::Reopen) => Ok(vec![ConcertEvent::ConcertReopened]),
             (Status::Cancelled, _) => Err(ConcertError::Cancelled),
+            (Status::OnSale, ConcertCommand::Reopen) => Ok(Vec::new()),
             (Status::OnSale, ConcertCommand::Book { holder }) => {
                 Ok(self.book_one(holder, 0)?.into_iter().collect())
             }
@@ -163,6 +168,7 @@ impl Aggregate for Concert {
             }
             ConcertEvent::TicketBooked { holder } => self.holders.push(holder.clone()),
             ConcertEvent::ConcertCancelled => self.status = Status::Cancelled,
+            ConcertEvent::ConcertReopened => self.status = Status::OnSale,
         }
     }
 }
@@ -188,6 +194,7 @@ pub struct TestStore {
     rivals_written: AtomicU32,
     lost_races: AtomicU32,
     fail_snapshots: AtomicBool,
+    reads: Mutex<Vec<(StreamId, ReadStream)>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -199,15 +206,16 @@ impl TestStore {
             rivals_written: AtomicU32::new(0),
             lost_races: AtomicU32::new(0),
             fail_snapshots: AtomicBool::new(false),
+            reads: Mutex::default(),
             _dir: dir,
         })
     }
 
-    pub async fn memory() -> Arc<Self> {
-        Self::wrap(Arc::new(MemoryStore::new()), None)
+    pub async fn memory() -> Option<Arc<Self>> {
+        Some(Self::wrap(Arc::new(MemoryStore::new()), None))
     }
 
-    pub async fn sqlite() -> Arc<Self> {
+    pub async fn sqlite() -> Option<Arc<Self>> {
         let dir = tempfile::Builder::new()
             .prefix("cairn-domain-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -215,7 +223,19 @@ impl TestStore {
         let store = SqliteStore::open(dir.path().join("events.db"))
             .await
             .expect("open sqlite store");
-        Self::wrap(Arc::new(store), Some(dir))
+        Some(Self::wrap(Arc::new(store), Some(dir)))
+    }
+
+    /// A fresh schema on the test PostgreSQL server (`CAIRN_TEST_POSTGRES_URL`),
+    /// or `None` (skip) when it is absent and not required.
+    pub async fn postgres() -> Option<Arc<Self>> {
+        let store = postgres_store(&fresh_schema()).await?;
+        Some(Self::wrap(Arc::new(store), None))
+    }
+
+    /// The stream reads made so far, in order.
+    pub fn reads(&self) -> Vec<(StreamId, ReadStream)> {
+        self.reads.lock().unwrap().clone()
     }
 
     /// The next `n` appends each lose a race to a rival writer.
@@ -287,6 +307,7 @@ impl EventStore for TestStore {
         stream: &StreamId,
         read: ReadStream,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.reads.lock().unwrap().push((stream.clone(), read));
         self.inner.read_stream(tenant, stream, read).await
     }
 
@@ -360,5 +381,42 @@ impl EventStore for TestStore {
         stream: &StreamId,
     ) -> Result<Option<Snapshot>, StoreError> {
         self.inner.load_snapshot(tenant, stream).await
+    }
+}
+
+/// The test PostgreSQL server's URL.
+pub fn postgres_url() -> String {
+    std::env::var("CAIRN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema name no other test uses, in the `cairn_test_<secs>_` form the
+/// store's own tests sweep an hour later.
+pub fn fresh_schema() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let random = RandomState::new().hash_one(std::process::id());
+    format!("cairn_test_{secs}_{:012x}", random & 0xffff_ffff_ffff)
+}
+
+/// A `PostgresStore` on `schema` of the test server, or `None` (skip) when
+/// the server is absent and not required.
+pub async fn postgres_store(schema: &str) -> Option<cairn_store_postgres::PostgresStore> {
+    let options = cairn_store_postgres::PostgresOptions {
+        schema: schema.to_owned(),
+        ..Default::default()
+    };
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        cairn_store_postgres::PostgresStore::connect_with(&postgres_url(), options),
+    )
+    .await
+    {
+        Ok(Ok(store)) => Some(store),
+        Ok(Err(e)) => cairn_store::testkit::service_absent("PostgreSQL", e),
+        Err(_) => cairn_store::testkit::service_absent("PostgreSQL", "connect timed out"),
     }
 }
