@@ -93,10 +93,16 @@ fn finish<T>(tx: Transaction<'static, Postgres>, value: T) -> T {
     value
 }
 
-/// Whether `error` says the connection is gone (the server restarted, the
-/// network dropped it) rather than anything about the statement.
+/// Whether `error` says the connection is gone (the network dropped it, or
+/// the server ended the session: SQLSTATE class 57P, such as an
+/// administrator's `pg_terminate_backend` or a shutdown) rather than
+/// anything about the statement.
 fn connection_lost(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_))
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// Runs a read of the tenant pool, again on another connection while the
