@@ -24,7 +24,7 @@
 //! filter on it) so locks are always taken head first, as on the full path:
 //! two writers cannot deadlock.
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, Row};
 
 use cairn_core::NewEvent;
 use cairn_store::{AppendOutcome, ExpectedVersion};
@@ -132,9 +132,10 @@ pub(crate) enum Attempt {
     Declined(Vec<Request>),
 }
 
-/// Tries `requests` as one statement. On success answers every request.
+/// Tries `requests` as one statement on `conn` (the writer's own
+/// connection). On success answers every request.
 pub(crate) async fn try_append(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     channel: &str,
     pause: Option<std::time::Duration>,
     requests: Vec<Request>,
@@ -191,7 +192,7 @@ pub(crate) async fn try_append(
     if let Some(pause) = pause {
         query = query.bind(pause.as_secs_f64());
     }
-    let base: i64 = match query.fetch_one(pool).await.and_then(|row| row.try_get(0)) {
+    let base: i64 = match query.fetch_one(conn).await.and_then(|row| row.try_get(0)) {
         Ok(base) => base,
         Err(e) => {
             tracing::debug!(error = %e, "one-statement append declined; taking the full path");

@@ -62,9 +62,10 @@ pub struct PostgresOptions {
     /// The schema holding Cairn's tables: lower-case letters, digits and `_`,
     /// starting with a letter or `_`, at most 48 bytes. Default `cairn`.
     pub schema: String,
-    /// Size of each of the two pools: the system pool (the writer, `$all`
-    /// reads, the notification listener) and the tenant pool (stream reads,
-    /// stream metadata, snapshots; opened as needed). Default 8.
+    /// Size of each of the two pools: the system pool (the writer, which
+    /// keeps one connection for its one-statement appends, `$all` reads, the
+    /// notification listener) and the tenant pool (stream reads, stream
+    /// metadata, snapshots; opened as needed). Default 8.
     pub max_connections: u32,
     /// Most requests sharing one write transaction. Default 1024.
     pub max_batch: usize,

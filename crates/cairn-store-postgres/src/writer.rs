@@ -34,7 +34,7 @@ use cairn_store::{
 };
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, Row, postgres::PgRow, types::Json};
+use sqlx::{PgConnection, Postgres, Row, pool::PoolConnection, postgres::PgRow, types::Json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -108,17 +108,34 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Request>)
     let max_batch = shared.options.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     let channel = shared.options.channel();
+    // The one-statement append's connection, held from one batch to the
+    // next: taking it from the pool each time costs a round trip (the
+    // pool's ping before it hands out an idle connection), as much as the
+    // statement itself. Given back when a batch is declined (a statement
+    // that failed may have left it broken); the next batch takes another.
+    let mut held: Option<PoolConnection<Postgres>> = None;
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         let requests = std::mem::take(&mut batch);
         let pause = shared.options.pause_in_transaction.as_ref().map(random_in);
-        let requests = match fast::try_append(&shared.pool, &channel, pause, requests).await {
+        if held.is_none() {
+            held = shared.pool.acquire().await.ok();
+        }
+        let attempt = match held.as_mut() {
+            Some(conn) => fast::try_append(conn, &channel, pause, requests).await,
+            // No connection now: the full path reports why.
+            None => fast::Attempt::Declined(requests),
+        };
+        let requests = match attempt {
             fast::Attempt::Committed(head) => {
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 shared.one_statement_commits.fetch_add(1, Ordering::Relaxed);
                 advance_head(&shared, head);
                 continue;
             }
-            fast::Attempt::Declined(requests) => requests,
+            fast::Attempt::Declined(requests) => {
+                held = None;
+                requests
+            }
         };
         if let Err((requests, _)) = commit_batch(&shared, requests).await {
             // Retry each alone, so that one request the database refuses

@@ -214,3 +214,46 @@ async fn racing_handles_on_one_stream_have_one_winner_per_version() {
     let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (0..10).collect::<Vec<_>>());
 }
+
+/// The writer keeps its connection for the one-statement append from one
+/// batch to the next; when the server ends that connection, the next append
+/// still succeeds (the statement fails, the full path takes the batch on a
+/// fresh connection) and the one after is one statement again.
+#[tokio::test]
+async fn the_writer_outlives_its_connection() {
+    let Some(store) = store_with(options(&fresh_schema())).await else {
+        return;
+    };
+    let t = TenantId::new("acme").unwrap();
+    let s = StreamId::new("s-1").unwrap();
+    store
+        .append(&t, &s, ExpectedVersion::NoStream, vec![ev(1)])
+        .await
+        .unwrap();
+    // Every idle writer connection of this database, this store's among
+    // them (other tests' writers take the same way back).
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'idle' AND pid <> pg_backend_pid()
+           AND query LIKE '%UPDATE log_head SET position = position + $1%'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the writer's connection was found");
+    let before = store.one_statement_commits();
+    let second = store
+        .append(&t, &s, ExpectedVersion::Exact(0), vec![ev(2)])
+        .await
+        .unwrap();
+    assert_eq!((second.first_version, second.first_position), (1, 2));
+    let third = store
+        .append(&t, &s, ExpectedVersion::Exact(1), vec![ev(3)])
+        .await
+        .unwrap();
+    assert_eq!((third.first_version, third.first_position), (2, 3));
+    assert_eq!(store.one_statement_commits(), before + 1, "the third");
+    let read = store.read_stream(&t, &s, ReadStream::all()).await.unwrap();
+    let positions: Vec<u64> = read.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2, 3]);
+}
