@@ -5,7 +5,11 @@
 -- connection goes back to its pool denying everything, as it came. They run
 -- as the caller (SECURITY INVOKER, the default), so the policies bind them
 -- as they bind any query of the tenant pool; the explicit tenant filters
--- are for the indexes, not for isolation.
+-- are for the indexes, not for isolation. Their queries keep one generic
+-- plan (`plan_cache_mode`): each is a lookup on a unique index whatever the
+-- arguments, and otherwise PostgreSQL plans the range read of every call
+-- anew (its estimate for a generic `BETWEEN` of variables is worse than for
+-- the values).
 
 -- A stream's events, bounded as `ReadStream::bounds` bounds them: forward
 -- from `p_from` (the start when NULL), or backward from `p_from` (the end
@@ -19,7 +23,7 @@ RETURNS TABLE (
     o_event_id uuid, o_event_type text, o_schema_version integer, o_data jsonb,
     o_correlation_id text, o_causation_id text, o_traceparent text, o_actor text,
     o_recorded_at timestamptz, o_deleted boolean)
-LANGUAGE plpgsql AS $cairn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $cairn$
 DECLARE
     s_version bigint;
     s_deleted boolean;
@@ -71,7 +75,7 @@ $cairn$;
 -- A stream's row: version, deleted, truncate_before. No row when absent.
 CREATE FUNCTION cairn_stream_info(p_tenant text, p_stream text)
 RETURNS TABLE (o_stream_id text, o_version bigint, o_deleted boolean, o_truncate_before bigint)
-LANGUAGE plpgsql AS $cairn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $cairn$
 BEGIN
     PERFORM set_config('cairn.tenant', p_tenant, true);
     RETURN QUERY
@@ -83,7 +87,7 @@ $cairn$;
 -- A stream's snapshot: version, schema_version, state. No row when none.
 CREATE FUNCTION cairn_load_snapshot(p_tenant text, p_stream text)
 RETURNS TABLE (o_version bigint, o_schema_version integer, o_state jsonb)
-LANGUAGE plpgsql AS $cairn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $cairn$
 BEGIN
     PERFORM set_config('cairn.tenant', p_tenant, true);
     RETURN QUERY
