@@ -141,9 +141,9 @@ struct Inner {
 pub(crate) struct Shared {
     /// System access: sessions see every tenant.
     pub(crate) pool: PgPool,
-    /// Tenant access: sessions see nothing until a transaction names its
-    /// tenant ([`read::scoped`]).
-    pub(crate) tenant_pool: PgPool,
+    /// Tenant access: sessions see nothing until a transaction or a read
+    /// names its tenant ([`read::scoped`], [`read::TenantReads`]).
+    pub(crate) tenant_reads: read::TenantReads,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) commits: AtomicU64,
     pub(crate) one_statement_commits: AtomicU64,
@@ -266,7 +266,7 @@ impl PostgresStore {
 
         let shared = Arc::new(Shared {
             pool,
-            tenant_pool,
+            tenant_reads: read::TenantReads::new(tenant_pool, options.max_connections),
             head: watch::Sender::new(head as u64),
             commits: AtomicU64::new(0),
             one_statement_commits: AtomicU64::new(0),
@@ -318,7 +318,7 @@ impl PostgresStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        read::scoped(&self.inner.shared.tenant_pool, tenant).await
+        read::scoped(self.inner.shared.tenant_reads.pool(), tenant).await
     }
 
     async fn submit<T>(
@@ -385,7 +385,7 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         read: ReadStream,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read::read_stream(&self.inner.shared.tenant_pool, tenant, stream, read).await
+        read::read_stream(&self.inner.shared.tenant_reads, tenant, stream, read).await
     }
 
     async fn read_all(
@@ -410,7 +410,7 @@ impl EventStore for PostgresStore {
         tenant: &TenantId,
         stream: &StreamId,
     ) -> Result<Option<StreamInfo>, StoreError> {
-        read::stream_info(&self.inner.shared.tenant_pool, tenant, stream).await
+        read::stream_info(&self.inner.shared.tenant_reads, tenant, stream).await
     }
 
     async fn list_streams(
@@ -419,7 +419,7 @@ impl EventStore for PostgresStore {
         after: Option<&StreamId>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
-        read::list_streams(&self.inner.shared.tenant_pool, tenant, after, limit).await
+        read::list_streams(self.inner.shared.tenant_reads.pool(), tenant, after, limit).await
     }
 
     async fn delete_stream(
@@ -472,6 +472,6 @@ impl EventStore for PostgresStore {
         tenant: &TenantId,
         stream: &StreamId,
     ) -> Result<Option<Snapshot>, StoreError> {
-        read::load_snapshot(&self.inner.shared.tenant_pool, tenant, stream).await
+        read::load_snapshot(&self.inner.shared.tenant_reads, tenant, stream).await
     }
 }

@@ -18,7 +18,11 @@ use cairn_store::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Row, Transaction, postgres::PgRow};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::{
+    PgConnection, PgPool, Postgres, Row, Transaction, pool::PoolConnection, postgres::PgRow,
+};
 use uuid::Uuid;
 
 use crate::unavailable;
@@ -127,18 +131,120 @@ where
     }
 }
 
+/// The tenant pool's connections for the one-statement reads, kept out of
+/// the pool from one read to the next: sqlx pings a connection as it goes
+/// back to its pool, a round trip (and a wakeup of the server process) as
+/// costly as the read itself. A read takes a free kept connection, or, when
+/// all are busy, one from the pool as usual. Half the pool is kept (at least
+/// one); the rest serves the tenant transactions ([`scoped`]).
+pub(crate) struct TenantReads {
+    pool: PgPool,
+    kept: Box<[tokio::sync::Mutex<Option<PoolConnection<Postgres>>>]>,
+    next: AtomicUsize,
+}
+
+/// A connection for one read: kept, or from the pool.
+enum Lease<'a> {
+    Kept(tokio::sync::MutexGuard<'a, Option<PoolConnection<Postgres>>>),
+    Pooled(PoolConnection<Postgres>),
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Lease::Kept(slot) => match slot.as_deref_mut() {
+                Some(conn) => conn,
+                None => unreachable!("a kept lease is filled before it is handed out"),
+            },
+            Lease::Pooled(conn) => conn,
+        }
+    }
+
+    /// Closes the connection instead of keeping it (it is dead).
+    fn discard(self) {
+        match self {
+            Lease::Kept(mut slot) => {
+                if let Some(mut conn) = slot.take() {
+                    conn.close_on_drop();
+                }
+            }
+            Lease::Pooled(mut conn) => conn.close_on_drop(),
+        }
+    }
+}
+
+impl TenantReads {
+    pub(crate) fn new(pool: PgPool, max_connections: u32) -> Self {
+        let kept = (max_connections / 2).max(1) as usize;
+        Self {
+            pool,
+            kept: (0..kept).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The tenant pool, for tenant transactions.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, sqlx::Error> {
+        let n = self.kept.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(mut slot) = self.kept[(start + i) % n].try_lock() {
+                if slot.is_none() {
+                    *slot = Some(self.pool.acquire().await?);
+                }
+                return Ok(Lease::Kept(slot));
+            }
+        }
+        Ok(Lease::Pooled(self.pool.acquire().await?))
+    }
+
+    /// How many reads to try before a lost connection is the answer: one
+    /// per connection that may be dead, and one more.
+    fn tries(&self) -> u32 {
+        self.kept.len() as u32 + self.pool.size() + 1
+    }
+}
+
+/// Runs the read `$read` (a future using `$conn: &mut PgConnection`) on a
+/// connection of `$reads`, again on another while the one it got turns out
+/// to be dead (reads change nothing, so running one again is safe).
+macro_rules! on_reader {
+    ($reads:expr, |$conn:ident| $read:expr) => {{
+        let reads: &TenantReads = $reads;
+        let mut tries = reads.tries();
+        loop {
+            let mut lease = reads.lease().await.map_err(unavailable)?;
+            let result = {
+                let $conn: &mut PgConnection = lease.conn();
+                $read.await
+            };
+            match result {
+                Err(error) if connection_lost(&error) && tries > 1 => {
+                    tracing::debug!(%error, "a tenant connection was gone; reading again");
+                    lease.discard();
+                    tries -= 1;
+                }
+                result => break result.map_err(unavailable),
+            }
+        }
+    }};
+}
+
 pub(crate) async fn stream_info(
-    tenant_pool: &PgPool,
+    reads: &TenantReads,
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<StreamInfo>, StoreError> {
-    let row = reading(tenant_pool, || {
+    let row = on_reader!(reads, |conn| {
         sqlx::query("SELECT * FROM cairn_stream_info($1, $2)")
             .bind(tenant.as_str())
             .bind(stream.as_str())
-            .fetch_optional(tenant_pool)
-    })
-    .await?;
+            .fetch_optional(conn)
+    })?;
     row.as_ref().map(decode_info).transpose()
 }
 
@@ -164,21 +270,20 @@ pub(crate) async fn list_streams(
 }
 
 pub(crate) async fn read_stream(
-    tenant_pool: &PgPool,
+    reads: &TenantReads,
     tenant: &TenantId,
     stream: &StreamId,
     read: ReadStream,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let rows = reading(tenant_pool, || {
+    let rows = on_reader!(reads, |conn| {
         sqlx::query("SELECT * FROM cairn_read_stream($1, $2, $3, $4, $5)")
             .bind(tenant.as_str())
             .bind(stream.as_str())
             .bind(read.from.map(clamp))
             .bind(clamp(read.limit as u64))
             .bind(read.direction == Direction::Backward)
-            .fetch_all(tenant_pool)
-    })
-    .await?;
+            .fetch_all(conn)
+    })?;
     // A deleted stream is one row, flagged, with no event.
     let deleted = |row: &PgRow| row.try_get::<Option<bool>, _>(13).ok().flatten() == Some(true);
     if rows.first().is_some_and(deleted) {
@@ -239,17 +344,16 @@ pub(crate) async fn read_all(
 }
 
 pub(crate) async fn load_snapshot(
-    tenant_pool: &PgPool,
+    reads: &TenantReads,
     tenant: &TenantId,
     stream: &StreamId,
 ) -> Result<Option<Snapshot>, StoreError> {
-    let row = reading(tenant_pool, || {
+    let row = on_reader!(reads, |conn| {
         sqlx::query("SELECT * FROM cairn_load_snapshot($1, $2)")
             .bind(tenant.as_str())
             .bind(stream.as_str())
-            .fetch_optional(tenant_pool)
-    })
-    .await?;
+            .fetch_optional(conn)
+    })?;
     let Some(row) = row else { return Ok(None) };
     let get = |e: sqlx::Error| corrupt("snapshot row", e);
     let version: i64 = row.try_get(0).map_err(get)?;
