@@ -26,26 +26,19 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::Read,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use async_trait::async_trait;
-use cairn_core::{NewEvent, RecordedEvent, StreamId, TenantId};
 use cairn_domain::{AggregateOptions, AggregateStore, CommandError};
-use cairn_store::{
-    AllFilter, AppendOutcome, EventStore, EventSubscription, ExpectedVersion, ReadStream, Snapshot,
-    StoreError, StreamInfo,
-};
+use cairn_store::{EventStore, ReadStream};
 use cairn_store_sqlite::SqliteStore;
 use cairn_telemetry::Metrics;
-use common::{Concert, ConcertCommand, ConcertError, book, ctx, fresh_schema, postgres_store};
+use common::{
+    Concert, ConcertCommand, ConcertError, TestStore, book, ctx, fresh_schema, postgres_store,
+};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 /// How many concerts the children race on.
 const CONCERTS: usize = 4;
@@ -419,11 +412,10 @@ async fn race_child() {
         ),
         other => panic!("unknown backend {other:?}"),
     };
-    let store = Arc::new(RefusalCounter {
-        inner,
-        refused: AtomicU64::new(0),
-    });
-    let concerts = AggregateStore::<Concert>::new(Arc::clone(&store) as Arc<dyn EventStore>);
+    // Counts the appends refused with `WrongExpectedVersion`: each is a
+    // decision made on a version another writer had moved past.
+    let store = TestStore::wrap(inner, None);
+    let concerts = AggregateStore::<Concert>::new(store.handle());
     let ctx = ctx();
 
     // Warm the cache: reopening a concert on sale decides nothing, and keeps
@@ -493,7 +485,7 @@ async fn race_child() {
             }
         }
     }
-    report.refused_appends = store.refused.load(Ordering::SeqCst);
+    report.refused_appends = u64::from(store.lost_races());
     let rendered = metrics.render();
     report.stale = counter(
         &rendered,
@@ -518,106 +510,4 @@ fn counter(rendered: &str, name: &str, label: &str) -> u64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
-}
-
-/// A store that counts the appends refused with `WrongExpectedVersion`:
-/// each is a decision made on a version another writer had moved past.
-struct RefusalCounter {
-    inner: Arc<dyn EventStore>,
-    refused: AtomicU64,
-}
-
-#[async_trait]
-impl EventStore for RefusalCounter {
-    async fn append(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        let result = self.inner.append(tenant, stream, expected, events).await;
-        if matches!(result, Err(StoreError::WrongExpectedVersion { .. })) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-        }
-        result
-    }
-
-    async fn read_stream(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        read: ReadStream,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(tenant, stream, read).await
-    }
-
-    async fn read_all(
-        &self,
-        after: u64,
-        filter: &AllFilter,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_all(after, filter, limit).await
-    }
-
-    fn subscribe_all(&self, after: u64, filter: AllFilter) -> EventSubscription {
-        self.inner.subscribe_all(after, filter)
-    }
-
-    fn head(&self) -> watch::Receiver<u64> {
-        self.inner.head()
-    }
-
-    async fn stream_info(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-    ) -> Result<Option<StreamInfo>, StoreError> {
-        self.inner.stream_info(tenant, stream).await
-    }
-
-    async fn list_streams(
-        &self,
-        tenant: &TenantId,
-        after: Option<&StreamId>,
-        limit: usize,
-    ) -> Result<Vec<StreamInfo>, StoreError> {
-        self.inner.list_streams(tenant, after, limit).await
-    }
-
-    async fn delete_stream(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-    ) -> Result<(), StoreError> {
-        self.inner.delete_stream(tenant, stream, expected).await
-    }
-
-    async fn truncate_stream(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        before: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.truncate_stream(tenant, stream, before).await
-    }
-
-    async fn save_snapshot(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        snapshot: Snapshot,
-    ) -> Result<(), StoreError> {
-        self.inner.save_snapshot(tenant, stream, snapshot).await
-    }
-
-    async fn load_snapshot(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-    ) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.load_snapshot(tenant, stream).await
-    }
 }

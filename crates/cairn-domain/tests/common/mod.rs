@@ -199,7 +199,8 @@ pub struct TestStore {
 }
 
 impl TestStore {
-    fn wrap(inner: Arc<dyn EventStore>, dir: Option<tempfile::TempDir>) -> Arc<Self> {
+    /// Wraps `inner`; `dir` is kept (not deleted) as long as the store.
+    pub fn wrap(inner: Arc<dyn EventStore>, dir: Option<tempfile::TempDir>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             rivals: AtomicU32::new(0),
